@@ -1,0 +1,60 @@
+"""Shared CLI plumbing: error mapping, consoles, logging. Only the CLI prints."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from sepcli.errors import SepcliError, exit_code_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: stderr console for messages and progress; stdout stays clean for data (--json, paths).
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one error line on stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Decorator for click commands: typed errors become one line + exit code.
+
+    ``KeyboardInterrupt`` exits 130 after one line; unexpected exceptions keep
+    their traceback only when ``SEPCLI_DEBUG`` is set.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", style="yellow")
+            sys.exit(130)
+        except SepcliError as exc:
+            fail(str(exc), exit_code_for(exc))
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Route library logging to stderr; warnings from torch.jit are silenced."""
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("sepcli").setLevel(level)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")

@@ -1,0 +1,98 @@
+"""The one STFT convention of sepcli.
+
+Every spectrogram in the project is made here, so that models, phase
+reconstruction, metrics and training agree bit for bit. The convention is the
+one of Open-Unmix's separator (``openunmix.transforms.TorchSTFT`` with
+``center=True``): periodic Hann window, ``center=True`` with reflect padding,
+one-sided, unnormalised. All functions are TorchScript-scriptable.
+
+Layouts: waveforms ``(..., time)``; complex spectrograms ``(..., freq, frame)``
+with ``freq = n_fft // 2 + 1`` and ``frame = 1 + time // hop_length``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["stft", "istft", "num_frames", "hann_window"]
+
+
+def hann_window(n_fft: int, device: Optional[torch.device] = None) -> Tensor:
+    """Periodic Hann window of ``n_fft`` samples (float32)."""
+    return torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
+
+
+def num_frames(length: int, hop_length: int) -> int:
+    """Number of STFT frames for a waveform of ``length`` samples (``center=True``)."""
+    return 1 + length // hop_length
+
+
+def stft(
+    x: Tensor, n_fft: int, hop_length: int, window: Optional[Tensor] = None
+) -> Tensor:
+    """Complex STFT of a real waveform.
+
+    Args:
+        x: waveform, shape ``(..., time)``, float.
+        n_fft: FFT size in samples.
+        hop_length: hop in samples.
+        window: optional precomputed :func:`hann_window` (same device as ``x``).
+
+    Returns:
+        complex tensor of shape ``(..., n_fft // 2 + 1, 1 + time // hop_length)``.
+    """
+    if window is None:
+        window = hann_window(n_fft, x.device)
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    spec = torch.stft(
+        flat,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        window=window.to(flat.dtype),
+        center=True,
+        normalized=False,
+        onesided=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    return spec.reshape(shape[:-1] + spec.shape[-2:])
+
+
+def istft(
+    spec: Tensor,
+    n_fft: int,
+    hop_length: int,
+    length: int,
+    window: Optional[Tensor] = None,
+) -> Tensor:
+    """Inverse of :func:`stft`.
+
+    Args:
+        spec: complex tensor ``(..., freq, frame)``.
+        n_fft: FFT size used by the forward transform.
+        hop_length: hop used by the forward transform.
+        length: number of output samples (the original waveform's length).
+        window: optional precomputed :func:`hann_window`.
+
+    Returns:
+        real waveform ``(..., length)``.
+    """
+    if window is None:
+        window = hann_window(n_fft, spec.device)
+    shape = spec.shape
+    flat = spec.reshape(-1, shape[-2], shape[-1])
+    y = torch.istft(
+        flat,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        window=window,
+        center=True,
+        normalized=False,
+        onesided=True,
+        length=length,
+    )
+    return y.reshape(shape[:-2] + y.shape[-1:])

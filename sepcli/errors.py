@@ -1,0 +1,107 @@
+"""Error types raised by the library.
+
+The library never prints or exits; it raises one of these. The CLI maps each
+class to a one-line message and an exit code (see :data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SepcliError",
+    "UsageError",
+    "AudioError",
+    "AudioDecodeError",
+    "AudioEncodeError",
+    "FfmpegNotFoundError",
+    "ArchiveError",
+    "ModelNotFoundError",
+    "RegistryError",
+    "DownloadError",
+    "IntegrityError",
+    "OfflineError",
+    "DatasetError",
+    "TrainingError",
+    "EXIT_CODES",
+    "exit_code_for",
+]
+
+
+class SepcliError(Exception):
+    """Base class of every error sepcli raises on purpose."""
+
+
+class UsageError(SepcliError):
+    """An option or argument value that cannot work (unknown stem, bad shard...)."""
+
+
+class AudioError(SepcliError):
+    """Reading or writing audio failed."""
+
+
+class AudioDecodeError(AudioError):
+    """A file is missing, empty, corrupt or not audio."""
+
+
+class AudioEncodeError(AudioError):
+    """An output could not be written (unwritable folder, full disk, bad format)."""
+
+
+class FfmpegNotFoundError(AudioDecodeError):
+    """A format that needs ffmpeg was asked for and ffmpeg is not installed."""
+
+
+class ArchiveError(SepcliError):
+    """A file is not a valid sepcli model archive, or its metadata is inconsistent."""
+
+
+class ModelNotFoundError(SepcliError):
+    """A model name is neither in the registry nor an existing file."""
+
+
+class RegistryError(SepcliError):
+    """A registry manifest is malformed or unsafe."""
+
+
+class DownloadError(SepcliError):
+    """A download failed (HTTP error, timeout, refused connection...)."""
+
+
+class IntegrityError(DownloadError):
+    """Downloaded or cached bytes do not match the registry's size or SHA-256."""
+
+
+class OfflineError(SepcliError):
+    """Offline mode is on and a model is not in the cache."""
+
+
+class DatasetError(SepcliError):
+    """A dataset folder is missing, empty or laid out wrongly."""
+
+
+class TrainingError(SepcliError):
+    """Training cannot start or continue."""
+
+
+#: Exit codes used by the CLI. 1 = a generic failure, 2 = bad usage (click's own
+#: convention), 130 = interrupted (Ctrl-C).
+EXIT_CODES: dict[type[SepcliError], int] = {
+    UsageError: 2,
+    AudioError: 3,
+    ArchiveError: 4,
+    ModelNotFoundError: 4,
+    RegistryError: 5,
+    DownloadError: 5,
+    OfflineError: 5,
+    DatasetError: 6,
+    TrainingError: 7,
+}
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Return the CLI exit code for ``error`` (most specific class wins)."""
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1

@@ -1,0 +1,140 @@
+"""Shared fixtures: tiny generated audio and tiny random-weight archives.
+
+Nothing here reads ../shared/data except through the ``shared_data`` fixture,
+which skips (and says why) when the data is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Root of the real stems (../shared/data); skips the test when absent."""
+    if not (SHARED_DATA / "musdb18-preview" / "train").is_dir():
+        pytest.skip(f"real stems not found at {SHARED_DATA} (CI provides ../shared)")
+    return SHARED_DATA
+
+
+def make_tone(seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """A few sines plus a little noise, shape ``(channel, time)`` float32 in [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n) / sample_rate
+    out = np.zeros((channels, n), dtype=np.float32)
+    for c in range(channels):
+        for f in (220.0 * (c + 1), 330.0, 1250.0):
+            out[c] += 0.12 * np.sin(2 * math.pi * f * t + rng.uniform(0, 2 * math.pi))
+        out[c] += 0.02 * rng.standard_normal(n)
+    return out.astype(np.float32)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int = 44100, subtype: str = "FLOAT") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio.T, sample_rate, subtype=subtype)
+    return path
+
+
+class IdentityModel(torch.nn.Module):
+    """Outputs its input as every source: ``(B, C, T) -> (B, S, C, T)``."""
+
+    def __init__(self, sample_rate: int = 44100, audio_channels: int = 2, num_sources: int = 1):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.audio_channels = audio_channels
+        self.num_sources = num_sources
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        return mix.unsqueeze(1).expand(-1, self.num_sources, -1, -1) + self.dummy * 0
+
+
+class TinyWaveModel(torch.nn.Module):
+    """Random 1-D conv net producing sources from the mixture (waveform out)."""
+
+    def __init__(self, sample_rate: int = 44100, audio_channels: int = 2, num_sources: int = 2):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.audio_channels = audio_channels
+        self.num_sources = num_sources
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(audio_channels, audio_channels * num_sources, 9, padding=4)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        b, c, t = mix.shape
+        return torch.tanh(self.conv(mix)).view(b, self.num_sources, c, t) * 0.5
+
+
+class TinyMaskModel(torch.nn.Module):
+    """Random per-bin sigmoid masks on the mixture magnitude (magnitude out)."""
+
+    def __init__(self, sample_rate: int = 44100, audio_channels: int = 2, num_sources: int = 2,
+                 n_fft: int = 512, hop_length: int = 128):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.audio_channels = audio_channels
+        self.num_sources = num_sources
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        torch.manual_seed(0)
+        self.logits = torch.nn.Parameter(torch.randn(num_sources, n_fft // 2 + 1, 1))
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        from sepcli.dsp.stft import stft
+
+        mag = stft(mix, self.n_fft, self.hop_length).abs()  # (B, C, F, N)
+        masks = torch.softmax(self.logits, dim=0)  # (S, F, 1)
+        return mag.unsqueeze(1) * masks.unsqueeze(1)  # (B, S, C, F, N)
+
+
+def _meta(name: str, sources, sample_rate, channels, output, family, stft=None, **kw) -> ArchiveMetadata:
+    return ArchiveMetadata(
+        name=name, sources=tuple(sources), sample_rate=sample_rate, audio_channels=channels,
+        output=output, family=family, stft=stft, segment_seconds=kw.pop("segment_seconds", 1.0),
+        licence="MIT (random test weights)", training_data="none", **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def archive_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("archives")
+
+
+@pytest.fixture(scope="session")
+def identity_archive(archive_dir) -> Path:
+    """One-source identity archive (source ``vocals``), 44.1 kHz stereo."""
+    return save_archive(IdentityModel(), _meta("identity", ["vocals"], 44100, 2, "waveform", "test"),
+                        archive_dir / "identity.sepcli")
+
+
+@pytest.fixture(scope="session")
+def tiny_wave_archive(archive_dir) -> Path:
+    """Random waveform model with sources vocals, accompaniment."""
+    return save_archive(TinyWaveModel(), _meta("tiny-wave", ["vocals", "accompaniment"], 44100, 2,
+                                               "waveform", "test"), archive_dir / "tiny-wave.sepcli")
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_archive(archive_dir) -> Path:
+    """Random magnitude-mask model with sources drums, bass, other, vocals."""
+    model = TinyMaskModel(num_sources=4)
+    return save_archive(model, _meta("tiny-mask", ["drums", "bass", "other", "vocals"], 44100, 2,
+                                     "magnitude", "test", stft=StftParams(512, 128)),
+                        archive_dir / "tiny-mask.sepcli")
+
+
+@pytest.fixture
+def tone_wav(tmp_path) -> Path:
+    """A 1.5 s stereo 44.1 kHz float WAV."""
+    return write_wav(tmp_path / "in" / "tone.wav", make_tone(1.5))
