@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from sepcli.dsp.stft import stft
 from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -91,8 +92,6 @@ class TinyMaskModel(torch.nn.Module):
         self.logits = torch.nn.Parameter(torch.randn(num_sources, n_fft // 2 + 1, 1))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        from sepcli.dsp.stft import stft
-
         mag = stft(mix, self.n_fft, self.hop_length).abs()  # (B, C, F, N)
         masks = torch.softmax(self.logits, dim=0)  # (S, F, 1)
         return mag.unsqueeze(1) * masks.unsqueeze(1)  # (B, S, C, F, N)

@@ -1,0 +1,87 @@
+"""Which stems a model can give, and how derived stems are computed.
+
+A model outputs its ``sources``; users may also ask for stems the model does not
+output directly:
+
+* ``accompaniment``: the sum of drums, bass and other when the model outputs all
+  three (as Demucs' ``--two-stems`` does), otherwise ``mixture - vocals``;
+* ``no_<source>``: the sum of every other source when the model's sources make up
+  the whole mixture (it outputs drums, bass, other and vocals), otherwise
+  ``mixture - <source>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sepcli.errors import UsageError
+
+__all__ = ["StemRecipe", "available_stems", "plan_stems"]
+
+_FOUR = ("drums", "bass", "other", "vocals")
+
+
+@dataclass(frozen=True)
+class StemRecipe:
+    """How to make one output stem from model sources (indices into ``sources``).
+
+    ``kind`` is ``"source"`` (one source), ``"sum"`` (sum of sources) or
+    ``"mix_minus"`` (mixture minus the sum of sources).
+    """
+
+    name: str
+    kind: str
+    indices: tuple[int, ...]
+
+
+def _recipe(name: str, sources: Sequence[str]) -> StemRecipe | None:
+    if name in sources:
+        return StemRecipe(name, "source", (sources.index(name),))
+    complete = all(s in sources for s in _FOUR)
+    if name == "accompaniment" and "vocals" in sources:
+        if all(s in sources for s in ("drums", "bass", "other")):
+            return StemRecipe(name, "sum", tuple(sources.index(s) for s in ("drums", "bass", "other")))
+        return StemRecipe(name, "mix_minus", (sources.index("vocals"),))
+    if name.startswith("no_") and name[3:] in sources:
+        target = name[3:]
+        if complete and len(sources) > 1:
+            return StemRecipe(name, "sum", tuple(i for i, s in enumerate(sources) if s != target))
+        return StemRecipe(name, "mix_minus", (sources.index(target),))
+    return None
+
+
+def available_stems(sources: Sequence[str]) -> list[str]:
+    """Every stem name :func:`plan_stems` accepts for a model with these sources."""
+    names = list(sources)
+    if "vocals" in sources and "accompaniment" not in sources:
+        names.append("accompaniment")
+    names += [f"no_{s}" for s in sources if f"no_{s}" not in names]
+    return names
+
+
+def plan_stems(sources: Sequence[str], requested: Sequence[str] | None) -> list[StemRecipe]:
+    """Recipes for the requested stems (``None`` = every source of the model).
+
+    Raises:
+        UsageError: a requested stem cannot be made from this model's sources.
+    """
+    sources = list(sources)
+    if not requested:
+        requested = sources
+    recipes: list[StemRecipe] = []
+    for name in requested:
+        name = name.strip().lower()
+        if not name:
+            continue
+        recipe = _recipe(name, sources)
+        if recipe is None:
+            raise UsageError(
+                f"unknown stem {name!r} for a model with sources {', '.join(sources)}; "
+                f"available: {', '.join(available_stems(sources))}"
+            )
+        if recipe not in recipes:
+            recipes.append(recipe)
+    if not recipes:
+        raise UsageError("no stems requested")
+    return recipes

@@ -1,0 +1,141 @@
+"""The Separator pipeline: chunking, shifts, resampling, channels, derived stems, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import make_tone, write_wav
+from sepcli.errors import UsageError
+from sepcli.inference.separator import Separator
+
+
+@pytest.mark.parametrize("length", [1, 999, 22050, 44101, 100_003])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
+@pytest.mark.parametrize("shifts", [0, 2])
+def test_identity_archive_returns_the_input(identity_archive, length, overlap, shifts):
+    """An identity model through the chunker gives the input back (Asteroid's OLA test)."""
+    x = np.random.default_rng(length).standard_normal((2, length)).astype(np.float32) * 0.3
+    sep = Separator(identity_archive, device="cpu", segment=0.5, overlap=overlap, shifts=shifts)
+    y = sep.separate(x, 44100)["vocals"].numpy()
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("sample_rate", [48000, 22050])
+def test_other_sample_rates_keep_length_and_content(identity_archive, sample_rate):
+    t = np.arange(int(1.3 * sample_rate)) / sample_rate
+    x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 3000 * t)]).astype(np.float32)
+    y = Separator(identity_archive, device="cpu", segment=0.5).separate(x, sample_rate)["vocals"].numpy()
+    assert y.shape == x.shape
+    core = slice(2000, -2000)  # resampler filters ramp up at the very ends
+    snr = 10 * np.log10((x[:, core] ** 2).sum() / ((y - x)[:, core] ** 2).sum())
+    assert snr > 60
+
+
+def test_mono_input_gives_mono_stems_unless_asked(tiny_wave_archive):
+    x = make_tone(0.7, channels=1)
+    sep = Separator(tiny_wave_archive, device="cpu", segment=0.5)
+    out = sep.separate(x, 44100)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "vocals": (1, x.shape[1]),
+        "accompaniment": (1, x.shape[1]),
+    }
+    stereo = sep.separate(x, 44100, out_channels=2)
+    assert stereo["vocals"].shape == (2, x.shape[1])
+
+
+def test_more_than_two_channels_are_downmixed(identity_archive, caplog):
+    x = np.tile(make_tone(0.5, channels=1), (6, 1))
+    out = Separator(identity_archive, device="cpu", segment=0.5).separate(x, 44100)
+    assert out["vocals"].shape == (2, x.shape[1])
+    np.testing.assert_allclose(out["vocals"][0].numpy(), x[0], atol=1e-5)
+    assert "downmixing" in caplog.text
+
+
+def test_derived_stems(tiny_mask_archive, identity_archive):
+    x = make_tone(1.2)
+    four = Separator(tiny_mask_archive, device="cpu", segment=0.5)
+    out = four.separate(x, 44100, ["drums", "bass", "other", "vocals", "accompaniment"])
+    expected = out["drums"] + out["bass"] + out["other"]
+    torch.testing.assert_close(out["accompaniment"], expected, atol=1e-5, rtol=0)
+    one = Separator(identity_archive, device="cpu", segment=0.5)
+    out = one.separate(x, 44100, ["vocals", "accompaniment"])
+    assert float(out["accompaniment"].abs().max()) < 1e-5  # mixture - vocals, vocals == mixture
+
+
+def test_magnitude_model_with_mixture_phase_sums_to_mixture(tiny_mask_archive):
+    """Softmax masks sum to one, so with mixture phase the stems add up to the input."""
+    x = make_tone(1.0)
+    out = Separator(tiny_mask_archive, device="cpu", segment=0.5, overlap=0.5).separate(x, 44100)
+    total = sum(out.values()).numpy()
+    np.testing.assert_allclose(total, x, atol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_wave_archive", "tiny_mask_archive"])
+def test_silent_input_gives_silent_finite_stems(fixture, request):
+    archive = request.getfixturevalue(fixture)
+    out = Separator(archive, device="cpu", segment=0.5).separate(np.zeros((2, 30000), np.float32), 44100)
+    for y in out.values():
+        assert torch.isfinite(y).all()
+    if fixture == "tiny_mask_archive":
+        assert all(float(y.abs().max()) == 0.0 for y in out.values())
+
+
+def test_shifts_are_reproducible_and_seeded(tiny_wave_archive):
+    x = make_tone(1.0)
+    a = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=1).separate(x, 44100)
+    b = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=1).separate(x, 44100)
+    c = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=2).separate(x, 44100)
+    assert torch.equal(a["vocals"], b["vocals"])
+    assert not torch.equal(a["vocals"], c["vocals"])
+
+
+def test_bad_options(identity_archive):
+    with pytest.raises(UsageError, match="overlap"):
+        Separator(identity_archive, device="cpu", overlap=0.95)
+    with pytest.raises(UsageError, match="segment"):
+        Separator(identity_archive, device="cpu", segment=0)
+    with pytest.raises(UsageError, match="unknown stem 'piano'"):
+        Separator(identity_archive, device="cpu").stems(["piano"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            Separator(identity_archive, device="cuda")
+
+
+@pytest.mark.parametrize("sample_rate,channels", [(44100, 2), (48000, 1), (22050, 2)])
+def test_separate_file_writes_same_length_and_rate(tmp_path, tiny_wave_archive, sample_rate, channels):
+    src = write_wav(tmp_path / "song.wav", make_tone(1.1, sample_rate, channels), sample_rate)
+    outputs = {"vocals": tmp_path / "out" / "vocals.wav", "accompaniment": tmp_path / "out" / "acc.flac"}
+    result = Separator(tiny_wave_archive, device="cpu", segment=0.5).separate_file(src, outputs)
+    for stem, path in outputs.items():
+        info = sf.info(str(path))
+        assert info.samplerate == sample_rate and info.channels == channels
+        assert info.frames == int(round(1.1 * sample_rate)), stem
+    assert result.outputs == outputs
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_separate_file_failure_leaves_nothing(tmp_path, tiny_wave_archive, monkeypatch):
+    src = write_wav(tmp_path / "song.wav", make_tone(1.5))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    existing = out_dir / "vocals.wav"
+    existing.write_bytes(b"keep me")
+    sep = Separator(tiny_wave_archive, device="cpu", segment=0.2)
+    calls = {"n": 0}
+    forward = sep._forward
+
+    def interrupted(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return forward(batch)
+
+    monkeypatch.setattr(sep, "_forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sep.separate_file(src, {"vocals": existing, "accompaniment": out_dir / "acc.wav"})
+    assert sorted(p.name for p in out_dir.iterdir()) == ["vocals.wav"]
+    assert existing.read_bytes() == b"keep me"
