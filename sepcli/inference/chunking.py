@@ -172,8 +172,11 @@ class StreamingOverlapAdd:
         self._inp = torch.zeros(channels, 0)  # input samples [inp_start, inp_start + len)
         self._inp_start = 0
         self._pushed = 0
-        self._acc = torch.zeros(num_sources, channels, 0)  # outputs for [out_start, ...)
-        self._wsum = torch.zeros(0)
+        # Output accumulator for positions [out_start, out_start + acc_len); the
+        # buffers have spare capacity so that chunks are added without reallocating.
+        self._acc = torch.zeros(num_sources, channels, 2 * segment)
+        self._wsum = torch.zeros(2 * segment)
+        self._acc_len = 0
         self._out_start = 0
         self._finished = False
 
@@ -182,6 +185,9 @@ class StreamingOverlapAdd:
         """Input ``[start - context, start + segment + context)``, zeros off the track."""
         lo = start - self.context
         hi = start + self.segment + self.context
+        end = self._inp_start + self._inp.shape[-1]
+        if lo >= max(self._inp_start, 0) and hi <= (end if total is None else min(end, total)):
+            return self._inp[:, lo - self._inp_start : hi - self._inp_start]
         out = torch.zeros(self.channels, hi - lo)
         avail_lo = max(lo, self._inp_start, 0)
         avail_hi = min(hi, self._inp_start + self._inp.shape[-1])
@@ -195,11 +201,15 @@ class StreamingOverlapAdd:
 
     def _ensure_acc(self, upto: int) -> None:
         need = upto - self._out_start
-        have = self._acc.shape[-1]
-        if need > have:
-            grow = need - have
-            self._acc = torch.cat([self._acc, torch.zeros(self.num_sources, self.channels, grow)], dim=-1)
-            self._wsum = torch.cat([self._wsum, torch.zeros(grow)])
+        capacity = self._acc.shape[-1]
+        if need > capacity:
+            grown = max(need, 2 * capacity)
+            acc = torch.zeros(self.num_sources, self.channels, grown)
+            acc[..., :capacity] = self._acc
+            wsum = torch.zeros(grown)
+            wsum[:capacity] = self._wsum
+            self._acc, self._wsum = acc, wsum
+        self._acc_len = max(self._acc_len, need)
 
     def _run(self, starts: list[int], total: int | None) -> None:
         batch = torch.stack([self._chunk_input(s, total) for s in starts]).to(self.device)
@@ -258,11 +268,17 @@ class StreamingOverlapAdd:
         if n <= 0:
             return torch.zeros(self.num_sources, self.channels, 0)
         weight = self._wsum[:n]
-        if bool((weight <= 0).any()):
+        if n > self._acc_len or bool((weight <= 0).any()):
             raise AssertionError("overlap-add: some samples are not covered by any chunk")
         out = self._acc[..., :n] / weight
-        self._acc = self._acc[..., n:]
-        self._wsum = self._wsum[n:]
+        # Move what is still accumulating to the front and clear the rest.
+        rest = self._acc_len - n
+        if rest:
+            self._acc[..., :rest] = self._acc[..., n : self._acc_len].clone()
+            self._wsum[:rest] = self._wsum[n : self._acc_len].clone()
+        self._acc[..., rest : self._acc_len] = 0
+        self._wsum[rest : self._acc_len] = 0
+        self._acc_len = rest
         self._out_start = upto
         return out
 
