@@ -63,7 +63,9 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--minutes", type=float, nargs="+", default=[5, 60])
     parser.add_argument("--threads", type=int, default=2)
@@ -76,8 +78,21 @@ def main() -> None:
             src = Path(tmp) / f"track-{minutes:g}min.wav"
             write_long_wav(src, minutes)
             out = Path(tmp) / "out"
-            cmd = [sepcli, "separate", str(src), "-o", str(out), "-m", args.model, "--stems", args.stems,
-                   "--threads", str(args.threads), "--quiet", "--force"]
+            cmd = [
+                sepcli,
+                "separate",
+                str(src),
+                "-o",
+                str(out),
+                "-m",
+                args.model,
+                "--stems",
+                args.stems,
+                "--threads",
+                str(args.threads),
+                "--quiet",
+                "--force",
+            ]
             peak, wall = measure(cmd)
             results.append((minutes, peak, wall))
             print(f"{minutes:>5g} min: peak RSS {peak:8.1f} MiB, wall {wall:7.1f} s", flush=True)

@@ -28,7 +28,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def make_tone(seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0) -> np.ndarray:
+def make_tone(
+    seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0
+) -> np.ndarray:
     """A few sines plus a little noise, shape ``(channel, time)`` float32 in [-0.5, 0.5]."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sample_rate))
@@ -41,7 +43,9 @@ def make_tone(seconds: float, sample_rate: int = 44100, channels: int = 2, seed:
     return out.astype(np.float32)
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int = 44100, subtype: str = "FLOAT") -> Path:
+def write_wav(
+    path: Path, audio: np.ndarray, sample_rate: int = 44100, subtype: str = "FLOAT"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio.T, sample_rate, subtype=subtype)
     return path
@@ -80,8 +84,14 @@ class TinyWaveModel(torch.nn.Module):
 class TinyMaskModel(torch.nn.Module):
     """Random per-bin sigmoid masks on the mixture magnitude (magnitude out)."""
 
-    def __init__(self, sample_rate: int = 44100, audio_channels: int = 2, num_sources: int = 2,
-                 n_fft: int = 512, hop_length: int = 128):
+    def __init__(
+        self,
+        sample_rate: int = 44100,
+        audio_channels: int = 2,
+        num_sources: int = 2,
+        n_fft: int = 512,
+        hop_length: int = 128,
+    ):
         super().__init__()
         self.sample_rate = sample_rate
         self.audio_channels = audio_channels
@@ -97,11 +107,21 @@ class TinyMaskModel(torch.nn.Module):
         return mag.unsqueeze(1) * masks.unsqueeze(1)  # (B, S, C, F, N)
 
 
-def _meta(name: str, sources, sample_rate, channels, output, family, stft=None, **kw) -> ArchiveMetadata:
+def _meta(
+    name: str, sources, sample_rate, channels, output, family, stft=None, **kw
+) -> ArchiveMetadata:
     return ArchiveMetadata(
-        name=name, sources=tuple(sources), sample_rate=sample_rate, audio_channels=channels,
-        output=output, family=family, stft=stft, segment_seconds=kw.pop("segment_seconds", 1.0),
-        licence="MIT (random test weights)", training_data="none", **kw,
+        name=name,
+        sources=tuple(sources),
+        sample_rate=sample_rate,
+        audio_channels=channels,
+        output=output,
+        family=family,
+        stft=stft,
+        segment_seconds=kw.pop("segment_seconds", 1.0),
+        licence="MIT (random test weights)",
+        training_data="none",
+        **kw,
     )
 
 
@@ -113,24 +133,40 @@ def archive_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def identity_archive(archive_dir) -> Path:
     """One-source identity archive (source ``vocals``), 44.1 kHz stereo."""
-    return save_archive(IdentityModel(), _meta("identity", ["vocals"], 44100, 2, "waveform", "test"),
-                        archive_dir / "identity.sepcli")
+    return save_archive(
+        IdentityModel(),
+        _meta("identity", ["vocals"], 44100, 2, "waveform", "test"),
+        archive_dir / "identity.sepcli",
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_wave_archive(archive_dir) -> Path:
     """Random waveform model with sources vocals, accompaniment."""
-    return save_archive(TinyWaveModel(), _meta("tiny-wave", ["vocals", "accompaniment"], 44100, 2,
-                                               "waveform", "test"), archive_dir / "tiny-wave.sepcli")
+    return save_archive(
+        TinyWaveModel(),
+        _meta("tiny-wave", ["vocals", "accompaniment"], 44100, 2, "waveform", "test"),
+        archive_dir / "tiny-wave.sepcli",
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_mask_archive(archive_dir) -> Path:
     """Random magnitude-mask model with sources drums, bass, other, vocals."""
     model = TinyMaskModel(num_sources=4)
-    return save_archive(model, _meta("tiny-mask", ["drums", "bass", "other", "vocals"], 44100, 2,
-                                     "magnitude", "test", stft=StftParams(512, 128)),
-                        archive_dir / "tiny-mask.sepcli")
+    return save_archive(
+        model,
+        _meta(
+            "tiny-mask",
+            ["drums", "bass", "other", "vocals"],
+            44100,
+            2,
+            "magnitude",
+            "test",
+            stft=StftParams(512, 128),
+        ),
+        archive_dir / "tiny-mask.sepcli",
+    )
 
 
 @pytest.fixture

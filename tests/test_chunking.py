@@ -21,8 +21,12 @@ def _identity(batch: torch.Tensor) -> torch.Tensor:
     return batch.unsqueeze(1)
 
 
-def _run_stream(fn, x, segment, overlap, context=0, offsets=(0,), block=333, batch_size=2, sources=1):
-    eng = StreamingOverlapAdd(fn, x.shape[0], sources, segment, overlap, context, offsets, batch_size)
+def _run_stream(
+    fn, x, segment, overlap, context=0, offsets=(0,), block=333, batch_size=2, sources=1
+):
+    eng = StreamingOverlapAdd(
+        fn, x.shape[0], sources, segment, overlap, context, offsets, batch_size
+    )
     outs = [eng.push(x[:, i : i + block]) for i in range(0, x.shape[-1], block)]
     outs.append(eng.finish())
     return torch.cat(outs, dim=-1)

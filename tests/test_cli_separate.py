@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
 from conftest import make_tone, write_wav
+
 from sepcli.cli import main
 
 
@@ -25,7 +25,11 @@ def run(*args: str):
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        if folder.exists()
+        else []
+    )
 
 
 def error_lines(result) -> list[str]:
@@ -35,18 +39,44 @@ def error_lines(result) -> list[str]:
 def test_separates_a_file(tmp_path, tiny_wave_archive):
     src = write_wav(tmp_path / "My Song.wav", make_tone(1.0))
     out = tmp_path / "stems"
-    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive), "--stems", "vocals,accompaniment")
+    r = run(
+        "separate",
+        str(src),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_wave_archive),
+        "--stems",
+        "vocals,accompaniment",
+    )
     assert r.exit_code == 0, r.output
     assert _files(out) == ["My Song/accompaniment.wav", "My Song/vocals.wav"]
     info = sf.info(str(out / "My Song" / "vocals.wav"))
-    assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 2, 44100, "PCM_16")
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (
+        44100,
+        2,
+        44100,
+        "PCM_16",
+    )
 
 
 def test_formats_template_and_bit_depth(tmp_path, tiny_wave_archive):
     src = write_wav(tmp_path / "a.wav", make_tone(0.5))
     out = tmp_path / "o"
-    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive), "--format", "flac",
-            "--bit-depth", "24", "--filename", "{model}/{track}-{stem}.{ext}")
+    r = run(
+        "separate",
+        str(src),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_wave_archive),
+        "--format",
+        "flac",
+        "--bit-depth",
+        "24",
+        "--filename",
+        "{model}/{track}-{stem}.{ext}",
+    )
     assert r.exit_code == 0, r.output
     assert _files(out) == ["tiny-wave/a-accompaniment.flac", "tiny-wave/a-vocals.flac"]
     assert sf.info(str(out / "tiny-wave" / "a-vocals.flac")).subtype == "PCM_24"
@@ -59,8 +89,18 @@ def test_batch_folder_skip_force_report_and_one_failure(tmp_path, tiny_wave_arch
     (album / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     (album / "notes.txt").write_text("not audio")
     out, report = tmp_path / "out", tmp_path / "report.json"
-    args = ["separate", str(album), "-o", str(out), "-m", str(tiny_wave_archive), "--stems", "vocals",
-            "--report", str(report)]
+    args = [
+        "separate",
+        str(album),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_wave_archive),
+        "--stems",
+        "vocals",
+        "--report",
+        str(report),
+    ]
     r = run(*args)
     assert r.exit_code == 1
     assert len(error_lines(r)) == 1 and "broken.wav" in error_lines(r)[0]
@@ -70,7 +110,9 @@ def test_batch_folder_skip_force_report_and_one_failure(tmp_path, tiny_wave_arch
     assert {"outputs", "duration", "seconds", "model", "device"} <= set(records[1])
     before = (out / "t0" / "vocals.wav").stat().st_mtime_ns
     r = run(*args)
-    assert [rec["status"] for rec in json.loads(report.read_text())["inputs"]][1:] == ["skipped"] * 3
+    assert [rec["status"] for rec in json.loads(report.read_text())["inputs"]][1:] == [
+        "skipped"
+    ] * 3
     assert (out / "t0" / "vocals.wav").stat().st_mtime_ns == before
     r = run(*args, "--force")
     assert [rec["status"] for rec in json.loads(report.read_text())["inputs"]][1:] == ["ok"] * 3
@@ -87,7 +129,17 @@ def test_recursive_and_shards_partition_the_inputs(tmp_path, identity_archive):
     seen = []
     for k in (1, 2, 3):
         out = tmp_path / f"shard{k}"
-        r = run("separate", str(lib), "-r", "-o", str(out), "-m", str(identity_archive), "--shard", f"{k}/3")
+        r = run(
+            "separate",
+            str(lib),
+            "-r",
+            "-o",
+            str(out),
+            "-m",
+            str(identity_archive),
+            "--shard",
+            f"{k}/3",
+        )
         assert r.exit_code == 0, r.output
         seen += [f.split("/")[0] for f in _files(out)]
     assert sorted(seen) == sorted(n.split("/")[1] for n in names)
@@ -96,8 +148,16 @@ def test_recursive_and_shards_partition_the_inputs(tmp_path, identity_archive):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "empty_dir", "truncated", "zero_length", "text_as_mp3", "unwritable", "unknown_stem",
-     "unknown_model"],
+    [
+        "missing",
+        "empty_dir",
+        "truncated",
+        "zero_length",
+        "text_as_mp3",
+        "unwritable",
+        "unknown_stem",
+        "unknown_model",
+    ],
 )
 def test_bad_input_one_line_error_nonzero_exit_no_output(tmp_path, tiny_wave_archive, case):
     out = tmp_path / "out"
@@ -133,8 +193,11 @@ def test_bad_input_one_line_error_nonzero_exit_no_output(tmp_path, tiny_wave_arc
     assert r.exit_code != 0
     errors = error_lines(r)
     assert len(errors) == 1, r.output
-    expected_name = {"unknown_stem": "piano", "unknown_model": "no-such-model-xyz",
-                     "unwritable": str(out)}.get(case, src.name)
+    expected_name = {
+        "unknown_stem": "piano",
+        "unknown_model": "no-such-model-xyz",
+        "unwritable": str(out),
+    }.get(case, src.name)
     assert expected_name in errors[0]
     assert "Traceback" not in r.output
     if case != "unwritable":
@@ -161,14 +224,27 @@ def test_installed_console_script_end_to_end(tmp_path, tiny_wave_archive):
     src = write_wav(tmp_path / "song.wav", make_tone(0.8, 48000, 1), 48000)
     out = tmp_path / "o"
     proc = subprocess.run(
-        [_console_script(), "separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive), "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        [
+            _console_script(),
+            "separate",
+            str(src),
+            "-o",
+            str(out),
+            "-m",
+            str(tiny_wave_archive),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     info = sf.info(str(out / "song" / "vocals.wav"))
     assert (info.samplerate, info.channels, info.frames) == (48000, 1, 38400)
-    proc = subprocess.run([sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "separate" in proc.stdout
 
 
@@ -179,9 +255,24 @@ def test_ctrl_c_during_a_batch_exits_130_and_leaves_no_partial_file(tmp_path, ti
         write_wav(album / f"t{i}.wav", make_tone(4.0, seed=i))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [_console_script(), "separate", str(album), "-o", str(out), "-m", str(tiny_wave_archive),
-         "--segment", "0.05", "--overlap", "0.75", "--format", "flac"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            _console_script(),
+            "separate",
+            str(album),
+            "-o",
+            str(out),
+            "-m",
+            str(tiny_wave_archive),
+            "--segment",
+            "0.05",
+            "--overlap",
+            "0.75",
+            "--format",
+            "flac",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not (out.exists() and any(out.rglob("*"))):
@@ -197,13 +288,32 @@ def test_ctrl_c_during_a_batch_exits_130_and_leaves_no_partial_file(tmp_path, ti
         sf.read(str(p))
     finished = {p.parent.name for p in leftovers}
     for track in finished:
-        assert sorted(q.name for q in (out / track).iterdir()) == ["accompaniment.flac", "vocals.flac"]
+        assert sorted(q.name for q in (out / track).iterdir()) == [
+            "accompaniment.flac",
+            "vocals.flac",
+        ]
 
 
 def test_help_lists_every_documented_option():
     r = run("separate", "--help")
-    for option in ("--stems", "--model", "--device", "--cuda", "--segment", "--overlap", "--shifts",
-                   "--format", "--bit-depth", "--clip", "--filename", "--recursive", "--force",
-                   "--threads", "--shard", "--report", "--quiet", "--phase"):
+    for option in (
+        "--stems",
+        "--model",
+        "--device",
+        "--cuda",
+        "--segment",
+        "--overlap",
+        "--shifts",
+        "--format",
+        "--bit-depth",
+        "--clip",
+        "--filename",
+        "--recursive",
+        "--force",
+        "--threads",
+        "--shard",
+        "--report",
+        "--quiet",
+        "--phase",
+    ):
         assert option in r.output
-

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import make_tone, write_wav
+
 from sepcli.errors import UsageError
 from sepcli.inference.separator import Separator
 
@@ -27,8 +27,14 @@ def test_identity_archive_returns_the_input(identity_archive, length, overlap, s
 @pytest.mark.parametrize("sample_rate", [48000, 22050])
 def test_other_sample_rates_keep_length_and_content(identity_archive, sample_rate):
     t = np.arange(int(1.3 * sample_rate)) / sample_rate
-    x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 3000 * t)]).astype(np.float32)
-    y = Separator(identity_archive, device="cpu", segment=0.5).separate(x, sample_rate)["vocals"].numpy()
+    x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 3000 * t)]).astype(
+        np.float32
+    )
+    y = (
+        Separator(identity_archive, device="cpu", segment=0.5)
+        .separate(x, sample_rate)["vocals"]
+        .numpy()
+    )
     assert y.shape == x.shape
     core = slice(2000, -2000)  # resampler filters ramp up at the very ends
     snr = 10 * np.log10((x[:, core] ** 2).sum() / ((y - x)[:, core] ** 2).sum())
@@ -77,7 +83,9 @@ def test_magnitude_model_with_mixture_phase_sums_to_mixture(tiny_mask_archive):
 @pytest.mark.parametrize("fixture", ["tiny_wave_archive", "tiny_mask_archive"])
 def test_silent_input_gives_silent_finite_stems(fixture, request):
     archive = request.getfixturevalue(fixture)
-    out = Separator(archive, device="cpu", segment=0.5).separate(np.zeros((2, 30000), np.float32), 44100)
+    out = Separator(archive, device="cpu", segment=0.5).separate(
+        np.zeros((2, 30000), np.float32), 44100
+    )
     for y in out.values():
         assert torch.isfinite(y).all()
     if fixture == "tiny_mask_archive":
@@ -106,9 +114,14 @@ def test_bad_options(identity_archive):
 
 
 @pytest.mark.parametrize("sample_rate,channels", [(44100, 2), (48000, 1), (22050, 2)])
-def test_separate_file_writes_same_length_and_rate(tmp_path, tiny_wave_archive, sample_rate, channels):
+def test_separate_file_writes_same_length_and_rate(
+    tmp_path, tiny_wave_archive, sample_rate, channels
+):
     src = write_wav(tmp_path / "song.wav", make_tone(1.1, sample_rate, channels), sample_rate)
-    outputs = {"vocals": tmp_path / "out" / "vocals.wav", "accompaniment": tmp_path / "out" / "acc.flac"}
+    outputs = {
+        "vocals": tmp_path / "out" / "vocals.wav",
+        "accompaniment": tmp_path / "out" / "acc.flac",
+    }
     result = Separator(tiny_wave_archive, device="cpu", segment=0.5).separate_file(src, outputs)
     for stem, path in outputs.items():
         info = sf.info(str(path))

@@ -54,7 +54,9 @@ def handle_errors(func: F) -> F:
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Route library logging to stderr; warnings from torch.jit are silenced."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True
+    )
     logging.getLogger("sepcli").setLevel(level)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")

@@ -25,7 +25,7 @@ from sepcli import audio
 from sepcli.cli.common import err_console, handle_errors, setup_logging
 from sepcli.dsp.phase import PHASE_METHODS
 from sepcli.errors import SepcliError, UsageError
-from sepcli.inference.separator import Separator, resolve_device
+from sepcli.inference.separator import Separator, resolve_device, track_name
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 _PLACEHOLDERS = {"track", "stem", "ext", "model", "parent"}
@@ -53,15 +53,6 @@ def take_shard(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
     return ordered[k - 1 :: n]
 
 
-def track_name(path: Path) -> str:
-    """File name without its audio suffixes (``song.stem.mp4`` -> ``song``)."""
-    name = path.name
-    lower = name.lower()
-    if lower.endswith(".stem.mp4"):
-        return name[: -len(".stem.mp4")]
-    return path.stem if path.suffix else name
-
-
 def output_paths(
     path: Path, out_dir: Path, template: str, stems: list[str], ext: str, model: str
 ) -> dict[str, Path]:
@@ -82,7 +73,9 @@ def check_template(template: str) -> None:
     if "stem" not in names:
         raise UsageError("--filename must contain {stem}, or every stem would go to the same file")
     if "track" not in names:
-        raise UsageError("--filename must contain {track}, or every input would go to the same file")
+        raise UsageError(
+            "--filename must contain {track}, or every input would go to the same file"
+        )
 
 
 def write_report(path: Path, records: list[dict[str, Any]]) -> None:
@@ -98,15 +91,24 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
         raise
 
 
-def load_model_for_cli(model: str, device: torch.device, cache_dir: str | None, offline: bool, quiet: bool):
+def load_model_for_cli(
+    model: str, device: torch.device, cache_dir: str | None, offline: bool, quiet: bool
+):
     """Resolve a name or path (downloading on first use, with a progress bar)."""
     from sepcli.hub import load_model
 
     kwargs: dict[str, Any] = {"cache_dir": cache_dir}
     if offline:
         kwargs["offline"] = True
-    with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err_console, disable=quiet, transient=True) as bar:
+    with Progress(
+        TextColumn("downloading {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task(model, total=None)
 
         def on_bytes(done: int, total: int | None) -> None:
@@ -117,50 +119,155 @@ def load_model_for_cli(model: str, device: torch.device, cache_dir: str | None, 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("separated"),
-              show_default=True, help="Folder the stems are written to.")
-@click.option("--stems", default=None, help="Comma-separated stems, e.g. vocals,accompaniment "
-              "(default: every source of the model). Derived: accompaniment, no_<source>.")
-@click.option("-m", "--model", default="default", show_default=True,
-              help="Registry name or path of a .sepcli archive.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("separated"),
+    show_default=True,
+    help="Folder the stems are written to.",
+)
+@click.option(
+    "--stems",
+    default=None,
+    help="Comma-separated stems, e.g. vocals,accompaniment "
+    "(default: every source of the model). Derived: accompaniment, no_<source>.",
+)
+@click.option(
+    "-m",
+    "--model",
+    default="default",
+    show_default=True,
+    help="Registry name or path of a .sepcli archive.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
-@click.option("--segment", type=float, default=None, help="Chunk length in seconds (default: the model's).")
-@click.option("--overlap", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
-              help="Fraction of a chunk shared with the next.")
-@click.option("--shifts", type=click.IntRange(0, 100), default=0, show_default=True,
-              help="Random time-shift passes averaged (better quality, N times slower).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for shifts and random phase.")
-@click.option("--phase", type=click.Choice(PHASE_METHODS), default=None,
-              help="Phase for spectrogram models (default: the model's).")
+@click.option(
+    "--segment", type=float, default=None, help="Chunk length in seconds (default: the model's)."
+)
+@click.option(
+    "--overlap",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.25,
+    show_default=True,
+    help="Fraction of a chunk shared with the next.",
+)
+@click.option(
+    "--shifts",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Random time-shift passes averaged (better quality, N times slower).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for shifts and random phase."
+)
+@click.option(
+    "--phase",
+    type=click.Choice(PHASE_METHODS),
+    default=None,
+    help="Phase for spectrogram models (default: the model's).",
+)
 @click.option("--wiener-iters", type=click.IntRange(0, 10), default=1, show_default=True)
 @click.option("--gl-iters", type=click.IntRange(1, 1000), default=32, show_default=True)
-@click.option("--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["wav", "flac", "mp3", "ogg"]), default="wav",
-              show_default=True)
-@click.option("--bit-depth", type=click.Choice(["16", "24", "32"]), default="16", show_default=True,
-              help="PCM bits (32 is float).")
-@click.option("--clip", type=click.Choice(["rescale", "clamp", "none"]), default="rescale", show_default=True,
-              help="What to do with samples beyond full scale.")
-@click.option("--channels", type=click.Choice(["auto", "1", "2"]), default="auto", show_default=True,
-              help="Channels of the stems (auto: same as the input).")
-@click.option("--filename", "template", default=DEFAULT_TEMPLATE, show_default=True,
-              help="Output path under --out; placeholders {track} {stem} {ext} {model} {parent}.")
+@click.option(
+    "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["wav", "flac", "mp3", "ogg"]),
+    default="wav",
+    show_default=True,
+)
+@click.option(
+    "--bit-depth",
+    type=click.Choice(["16", "24", "32"]),
+    default="16",
+    show_default=True,
+    help="PCM bits (32 is float).",
+)
+@click.option(
+    "--clip",
+    type=click.Choice(["rescale", "clamp", "none"]),
+    default="rescale",
+    show_default=True,
+    help="What to do with samples beyond full scale.",
+)
+@click.option(
+    "--channels",
+    type=click.Choice(["auto", "1", "2"]),
+    default="auto",
+    show_default=True,
+    help="Channels of the stems (auto: same as the input).",
+)
+@click.option(
+    "--filename",
+    "template",
+    default=DEFAULT_TEMPLATE,
+    show_default=True,
+    help="Output path under --out; placeholders {track} {stem} {ext} {model} {parent}.",
+)
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs (default: skip them).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch.")
-@click.option("--batch-size", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Chunks per forward pass.")
+@click.option(
+    "-f", "--force", is_flag=True, help="Overwrite existing outputs (default: skip them)."
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Chunks per forward pass.",
+)
 @click.option("--shard", default=None, help="K/N: process only the K-th of N slices of the inputs.")
-@click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Write a JSON record per input to this file.")
-@click.option("--cache-dir", default=None, help="Model cache folder (default: SEPCLI_CACHE or the user cache).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a JSON record per input to this file.",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Model cache folder (default: SEPCLI_CACHE or the user cache).",
+)
 @click.option("--offline", is_flag=True, help="Never use the network to fetch a model.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
-def separate(inputs, out_dir, stems, model, device, cuda, segment, overlap, shifts, seed, phase,
-             wiener_iters, gl_iters, gl_init, fmt, bit_depth, clip, channels, template, recursive,
-             force, threads, batch_size, shard, report, cache_dir, offline, quiet) -> None:
+def separate(
+    inputs,
+    out_dir,
+    stems,
+    model,
+    device,
+    cuda,
+    segment,
+    overlap,
+    shifts,
+    seed,
+    phase,
+    wiener_iters,
+    gl_iters,
+    gl_init,
+    fmt,
+    bit_depth,
+    clip,
+    channels,
+    template,
+    recursive,
+    force,
+    threads,
+    batch_size,
+    shard,
+    report,
+    cache_dir,
+    offline,
+    quiet,
+) -> None:
     """Separate audio files (or every audio file in folders) into stems.
 
     \b
@@ -195,8 +302,17 @@ def separate(inputs, out_dir, stems, model, device, cuda, segment, overlap, shif
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     separator = Separator(
-        archive, device=torch_device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
-        batch_size=batch_size, phase=phase, wiener_iters=wiener_iters, gl_iters=gl_iters, gl_init=gl_init,
+        archive,
+        device=torch_device,
+        segment=segment,
+        overlap=overlap,
+        shifts=shifts,
+        seed=seed,
+        batch_size=batch_size,
+        phase=phase,
+        wiener_iters=wiener_iters,
+        gl_iters=gl_iters,
+        gl_init=gl_init,
     )
     recipes = separator.stems(stem_list)
     stem_names = [r.name for r in recipes]
@@ -205,19 +321,31 @@ def separate(inputs, out_dir, stems, model, device, cuda, segment, overlap, shif
 
     planned: dict[Path, Path] = {}
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, disable=quiet, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=True,
     )
     try:
         with progress:
             files_task = progress.add_task("files", total=len(files))
             for path in files:
-                record: dict[str, Any] = {"input": str(path), "model": model_name, "device": str(separator.device)}
+                record: dict[str, Any] = {
+                    "input": str(path),
+                    "model": model_name,
+                    "device": str(separator.device),
+                }
                 outputs = output_paths(path, out_dir, template, stem_names, fmt, model_name)
                 clash = next((planned[o] for o in outputs.values() if o in planned), None)
                 if clash is not None:
-                    record.update(status="failed", error=f"{path}: outputs would overwrite those of {clash}; "
-                                  "add {parent} to --filename")
+                    record.update(
+                        status="failed",
+                        error=f"{path}: outputs would overwrite those of {clash}; "
+                        "add {parent} to --filename",
+                    )
                     err_console.print(f"[bold red]error:[/] {record['error']}", soft_wrap=True)
                     records.append(record)
                     progress.advance(files_task)
@@ -237,16 +365,31 @@ def separate(inputs, out_dir, stems, model, device, cuda, segment, overlap, shif
                 started = time.perf_counter()
                 try:
                     result = separator.separate_file(
-                        path, outputs, format=fmt, bit_depth=int(bit_depth), clip=clip,
-                        out_channels=out_channels, on_progress=on_progress,
+                        path,
+                        outputs,
+                        format=fmt,
+                        bit_depth=int(bit_depth),
+                        clip=clip,
+                        out_channels=out_channels,
+                        on_progress=on_progress,
                     )
-                    record.update(status="ok", duration=round(result.duration, 3),
-                                  seconds=round(result.seconds, 3))
+                    record.update(
+                        status="ok",
+                        duration=round(result.duration, 3),
+                        seconds=round(result.seconds, 3),
+                    )
                     if not quiet:
-                        err_console.print(f"[green]ok[/] {path} ({result.duration:.1f}s audio in "
-                                          f"{result.seconds:.1f}s)", soft_wrap=True)
+                        err_console.print(
+                            f"[green]ok[/] {path} ({result.duration:.1f}s audio in "
+                            f"{result.seconds:.1f}s)",
+                            soft_wrap=True,
+                        )
                 except SepcliError as exc:
-                    record.update(status="failed", error=str(exc), seconds=round(time.perf_counter() - started, 3))
+                    record.update(
+                        status="failed",
+                        error=str(exc),
+                        seconds=round(time.perf_counter() - started, 3),
+                    )
                     err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
                 records.append(record)
                 progress.remove_task(chunk_task)
@@ -260,8 +403,10 @@ def separate(inputs, out_dir, stems, model, device, cuda, segment, overlap, shif
 
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     if not quiet:
-        err_console.print(f"{counts['ok']} separated, {counts['skipped']} skipped (exist; --force to redo), "
-                          f"{counts['failed']} failed")
+        err_console.print(
+            f"{counts['ok']} separated, {counts['skipped']} skipped (exist; --force to redo), "
+            f"{counts['failed']} failed"
+        )
     if counts["failed"]:
         # One failing input does not stop the others, but the batch reports it.
         raise click.exceptions.Exit(1)

@@ -12,15 +12,13 @@ with ``freq = n_fft // 2 + 1`` and ``frame = 1 + time // hop_length``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 __all__ = ["stft", "istft", "num_frames", "hann_window"]
 
 
-def hann_window(n_fft: int, device: Optional[torch.device] = None) -> Tensor:
+def hann_window(n_fft: int, device: torch.device | None = None) -> Tensor:
     """Periodic Hann window of ``n_fft`` samples (float32)."""
     return torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
 
@@ -30,9 +28,7 @@ def num_frames(length: int, hop_length: int) -> int:
     return 1 + length // hop_length
 
 
-def stft(
-    x: Tensor, n_fft: int, hop_length: int, window: Optional[Tensor] = None
-) -> Tensor:
+def stft(x: Tensor, n_fft: int, hop_length: int, window: Tensor | None = None) -> Tensor:
     """Complex STFT of a real waveform.
 
     Args:
@@ -67,7 +63,7 @@ def istft(
     n_fft: int,
     hop_length: int,
     length: int,
-    window: Optional[Tensor] = None,
+    window: Tensor | None = None,
 ) -> Tensor:
     """Inverse of :func:`stft`.
 

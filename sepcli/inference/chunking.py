@@ -79,7 +79,9 @@ def blend_window(segment: int, overlap: float, power: float = 1.0) -> Tensor:
     return window
 
 
-def overlap_add(chunks: Sequence[Tensor], starts: Sequence[int], length: int, window: Tensor) -> Tensor:
+def overlap_add(
+    chunks: Sequence[Tensor], starts: Sequence[int], length: int, window: Tensor
+) -> Tensor:
     """Blend chunk outputs ``(..., segment)`` placed at ``starts`` into ``(..., length)``.
 
     Pure reference implementation (whole track in memory); the streaming engine
@@ -91,7 +93,7 @@ def overlap_add(chunks: Sequence[Tensor], starts: Sequence[int], length: int, wi
     lead = chunks[0].shape[:-1]
     out = torch.zeros(*lead, length, dtype=chunks[0].dtype)
     weight = torch.zeros(length, dtype=torch.float32)
-    for y, start in zip(chunks, starts):
+    for y, start in zip(chunks, starts, strict=True):
         lo, hi = max(start, 0), min(start + segment, length)
         if hi <= lo:
             continue
@@ -294,7 +296,9 @@ class StreamingOverlapAdd:
         if self._finished:
             raise RuntimeError("push() after finish()")
         if block.dim() != 2 or block.shape[0] != self.channels:
-            raise ValueError(f"expected a block of shape ({self.channels}, n), got {tuple(block.shape)}")
+            raise ValueError(
+                f"expected a block of shape ({self.channels}, n), got {tuple(block.shape)}"
+            )
         self._inp = torch.cat([self._inp, block.float().cpu()], dim=-1)
         self._pushed += block.shape[-1]
         return self._process(None)

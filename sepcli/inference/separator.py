@@ -34,7 +34,7 @@ from sepcli.inference.chunking import (
 from sepcli.inference.stems import StemRecipe, plan_stems
 from sepcli.models.archive import Archive, load_archive
 
-__all__ = ["Separator", "FileResult", "resolve_device"]
+__all__ = ["Separator", "FileResult", "resolve_device", "track_name"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} asked for, but CUDA is not available on this machine")
+            raise UsageError(
+                f"device {device!r} asked for, but CUDA is not available on this machine"
+            )
         index = torch.device(name).index or 0
         if index >= torch.cuda.device_count():
             raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
@@ -63,6 +65,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+def track_name(path: str | os.PathLike[str]) -> str:
+    """File name without its audio suffixes (``song.stem.mp4`` -> ``song``)."""
+    name = Path(path).name
+    if name.lower().endswith(".stem.mp4"):
+        return name[: -len(".stem.mp4")]
+    return Path(name).stem if Path(name).suffix else name
 
 
 @dataclass
@@ -148,7 +158,9 @@ class Separator:
         self.batch_size = max(1, batch_size)
         self.phase = phase or meta.phase
         if self.phase not in PHASE_METHODS:
-            raise UsageError(f"unknown phase method {self.phase!r}; choose from {', '.join(PHASE_METHODS)}")
+            raise UsageError(
+                f"unknown phase method {self.phase!r}; choose from {', '.join(PHASE_METHODS)}"
+            )
         if gl_init not in ("mixture", "random"):
             raise UsageError(f"gl_init must be 'mixture' or 'random', got {gl_init!r}")
         self.wiener_iters = wiener_iters
@@ -207,7 +219,9 @@ class Separator:
     def count_chunks(self, frames: int, sample_rate: int) -> int:
         """Number of chunks the model will run for ``frames`` input samples."""
         n = int(math.ceil(frames * self.sample_rate / sample_rate))
-        return sum(len(plan_chunks(n, self.segment_samples, self.overlap, o)) for o in self._offsets())
+        return sum(
+            len(plan_chunks(n, self.segment_samples, self.overlap, o)) for o in self._offsets()
+        )
 
     # -- streaming core -----------------------------------------------------
     def stream(
@@ -240,7 +254,9 @@ class Separator:
         if channels < 1:
             raise UsageError("input has no channels")
         if channels > 2:
-            log.warning("input has %d channels; downmixing to %d for the model", channels, model_channels)
+            log.warning(
+                "input has %d channels; downmixing to %d for the model", channels, model_channels
+            )
         if out_channels is None:
             out_channels = channels if channels <= 2 else model_channels
         needed = sorted({i for r in recipes for i in r.indices})
@@ -279,7 +295,9 @@ class Separator:
                     parts.append(head[:, :n])
                     mix_fifo[0] = head[:, n:]
                     n = 0
-            got = np.concatenate(parts, axis=-1) if parts else np.zeros((out_channels, 0), np.float32)
+            got = (
+                np.concatenate(parts, axis=-1) if parts else np.zeros((out_channels, 0), np.float32)
+            )
             fifo_len -= got.shape[-1]
             if n > 0:  # resampler rounding at the very end
                 got = np.concatenate([got, np.zeros((out_channels, n), np.float32)], axis=-1)
@@ -291,7 +309,10 @@ class Separator:
             if n == 0:
                 return None
             per_source = resampled.reshape(len(needed), model_channels, n)
-            src = {idx: audio.convert_channels(per_source[k], out_channels) for k, idx in enumerate(needed)}
+            src = {
+                idx: audio.convert_channels(per_source[k], out_channels)
+                for k, idx in enumerate(needed)
+            }
             mix = take_mix(n) if use_mix else None
             result: dict[str, np.ndarray] = {}
             for r in recipes:
@@ -328,7 +349,11 @@ class Separator:
             if done:
                 yield done
         tail_in = res_in.flush()
-        parts = [engine.push(torch.from_numpy(np.ascontiguousarray(tail_in)))] if tail_in.shape[-1] else []
+        parts = (
+            [engine.push(torch.from_numpy(np.ascontiguousarray(tail_in)))]
+            if tail_in.shape[-1]
+            else []
+        )
         parts.append(engine.finish())
         tail = torch.cat(parts, dim=-1)
         resampled = np.concatenate([through(tail), res_out.flush()], axis=-1)
@@ -343,7 +368,9 @@ class Separator:
         if done:
             yield done
         if frames_out != frames_in:
-            raise AssertionError(f"separator produced {frames_out} samples for {frames_in} input samples")
+            raise AssertionError(
+                f"separator produced {frames_out} samples for {frames_in} input samples"
+            )
 
     # -- in memory ----------------------------------------------------------
     def separate(
@@ -379,7 +406,9 @@ class Separator:
         names = [r.name for r in self.stems(stems)]
         oc = out_channels or (mix.shape[0] if mix.shape[0] <= 2 else self.metadata.audio_channels)
         return {
-            n: torch.from_numpy(np.concatenate(parts[n], axis=-1)) if n in parts else torch.zeros(oc, 0)
+            n: torch.from_numpy(np.concatenate(parts[n], axis=-1))
+            if n in parts
+            else torch.zeros(oc, 0)
             for n in names
         }
 
@@ -417,15 +446,24 @@ class Separator:
                 if on_progress is not None:
                     on_progress(done_chunks, max(total_chunks, done_chunks))
 
-            oc = out_channels or (info.channels if info.channels <= 2 else self.metadata.audio_channels)
+            oc = out_channels or (
+                info.channels if info.channels <= 2 else self.metadata.audio_channels
+            )
             writers: dict[str, audio.AudioWriter] = {}
             frames = 0
             try:
                 for stem in stems:
                     writers[stem] = audio.AudioWriter(
-                        outputs[stem], info.sample_rate, oc, format=format, bit_depth=bit_depth, clip=clip
+                        outputs[stem],
+                        info.sample_rate,
+                        oc,
+                        format=format,
+                        bit_depth=bit_depth,
+                        clip=clip,
                     )
-                for out in self.stream(reader.blocks(block), info.sample_rate, info.channels, stems, oc, on_chunk):
+                for out in self.stream(
+                    reader.blocks(block), info.sample_rate, info.channels, stems, oc, on_chunk
+                ):
                     for stem, y in out.items():
                         writers[stem].write(y)
                     frames += next(iter(out.values())).shape[-1]
@@ -444,4 +482,3 @@ class Separator:
             sample_rate=info.sample_rate,
             channels=oc,
         )
-

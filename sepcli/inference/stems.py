@@ -41,7 +41,9 @@ def _recipe(name: str, sources: Sequence[str]) -> StemRecipe | None:
     complete = all(s in sources for s in _FOUR)
     if name == "accompaniment" and "vocals" in sources:
         if all(s in sources for s in ("drums", "bass", "other")):
-            return StemRecipe(name, "sum", tuple(sources.index(s) for s in ("drums", "bass", "other")))
+            return StemRecipe(
+                name, "sum", tuple(sources.index(s) for s in ("drums", "bass", "other"))
+            )
         return StemRecipe(name, "mix_minus", (sources.index("vocals"),))
     if name.startswith("no_") and name[3:] in sources:
         target = name[3:]

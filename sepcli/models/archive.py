@@ -66,7 +66,9 @@ class StftParams:
 
     def __post_init__(self) -> None:
         if self.n_fft <= 0 or self.hop_length <= 0 or self.hop_length > self.n_fft:
-            raise ArchiveError(f"invalid STFT parameters n_fft={self.n_fft} hop_length={self.hop_length}")
+            raise ArchiveError(
+                f"invalid STFT parameters n_fft={self.n_fft} hop_length={self.hop_length}"
+            )
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,9 @@ class ArchiveMetadata:
     def problems(self) -> list[str]:
         out: list[str] = []
         if not self.name or any(not (c.isalnum() or c in "._-") for c in self.name):
-            out.append(f"name {self.name!r} must be non-empty and use letters, digits, '.', '_', '-'")
+            out.append(
+                f"name {self.name!r} must be non-empty and use letters, digits, '.', '_', '-'"
+            )
         if not self.sources:
             out.append("sources is empty")
         if len(set(self.sources)) != len(self.sources):
@@ -252,7 +256,10 @@ def probe_archive(archive: Archive, seconds: float = 0.25) -> None:
 
 
 def save_archive(
-    module: torch.nn.Module, metadata: ArchiveMetadata, path: str | os.PathLike[str], probe: bool = True
+    module: torch.nn.Module,
+    metadata: ArchiveMetadata,
+    path: str | os.PathLike[str],
+    probe: bool = True,
 ) -> Path:
     """Script ``module`` (if needed), check it against ``metadata`` and write an archive.
 
@@ -293,7 +300,9 @@ def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_FILE)]
             if not names:
-                raise ArchiveError(f"{path}: not a sepcli model archive (no {METADATA_FILE} inside)")
+                raise ArchiveError(
+                    f"{path}: not a sepcli model archive (no {METADATA_FILE} inside)"
+                )
             text = zf.read(names[0])
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"{path}: not a sepcli model archive ({exc})") from None
