@@ -469,6 +469,8 @@ class Separator:
                     frames += next(iter(out.values())).shape[-1]
                 if frames == 0:
                     raise AudioDecodeError(f"{path}: no audio samples")
+                for w in writers.values():  # encode every stem first, so the renames
+                    w.prepare()  # publish all of them or (on error) none
                 written = {stem: writers[stem].commit() for stem in stems}
             except BaseException:
                 for w in writers.values():
