@@ -1,0 +1,264 @@
+"""``sepcli models``: list, inspect, download, verify, remove and locate pretrained models."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.errors import IntegrityError, ModelNotFoundError
+from sepcli.hub import (
+    list_models,
+    open_registry,
+    remove_model,
+    resolve_model,
+    verify_models,
+)
+
+
+def _hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cache-dir/--offline/--registry``, accepted on the group and on each command."""
+    func = click.option(
+        "--registry", "registries", multiple=True, metavar="FILE|URL",
+        help="Extra registry (repeatable); replaces SEPCLI_REGISTRY.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--offline", is_flag=True, default=None, help="Never use the network (SEPCLI_OFFLINE=1)."
+    )(func)
+    func = click.option(
+        "--cache-dir", type=click.Path(file_okay=False), default=None,
+        help="Model cache folder (default: SEPCLI_CACHE, else the user cache dir).",
+    )(func)  # fmt: skip
+    return func
+
+
+def _settings(
+    ctx: click.Context, cache_dir: str | None, offline: bool | None, registries: tuple[str, ...]
+) -> dict[str, Any]:
+    """Merge a command's options over the group's."""
+    group = ctx.find_object(dict) or {}
+    return {
+        "cache_dir": cache_dir if cache_dir is not None else group.get("cache_dir"),
+        "offline": offline if offline else group.get("offline"),
+        "registry": list(registries) if registries else group.get("registry"),
+    }
+
+
+def _command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Shared plumbing: hub options merged into ``hub=dict(...)``, typed errors handled."""
+
+    @_hub_options
+    @click.pass_context
+    @functools.wraps(func)
+    @handle_errors
+    def wrapper(ctx: click.Context, cache_dir, offline, registries, **kwargs):
+        setup_logging()
+        return func(hub=_settings(ctx, cache_dir, offline, registries), **kwargs)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _download_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich download bar on stderr fed by the library's ``progress`` callback."""
+    with Progress(
+        TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(label, total=None, start=False)
+
+        def update(done: int, total: int) -> None:
+            bar.start_task(task)
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
+
+
+def _size(num: int | None) -> str:
+    return "-" if num is None else f"{num / 1e6:.1f} MB"
+
+
+@click.group()
+@_hub_options
+@click.pass_context
+def models(
+    ctx: click.Context, cache_dir: str | None, offline: bool | None, registries: tuple[str, ...]
+) -> None:
+    """Pretrained models: list, info, download, verify, remove, path.
+
+    Names come from the built-in registry plus extra registries (--registry or
+    SEPCLI_REGISTRY); files are cached under --cache-dir / SEPCLI_CACHE.
+    """
+    ctx.obj = {"cache_dir": cache_dir, "offline": offline, "registry": list(registries) or None}
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@_command
+def list_command(hub: dict[str, Any], as_json: bool) -> None:
+    """List known models and whether each is available locally."""
+    statuses = list_models(**hub)
+    if as_json:
+        rows = [
+            {**s.entry.to_json(), "local_path": str(s.path) if s.path else None} for s in statuses
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("name", "sources", "format", "size", "licence", "local"):
+        table.add_column(column, overflow="fold")
+    for s in statuses:
+        e = s.entry
+        if s.local:
+            local = "yes"
+        elif e.builtin:
+            local = "missing from package"
+        else:
+            local = "no" if e.verifiable else "no (no hash: refused)"
+        table.add_row(
+            e.name, ", ".join(e.sources) or "-", e.format, _size(e.size), e.licence, local
+        )
+    out_console.print(table)
+
+
+@models.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@_command
+def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
+    """Everything the registry says about NAME, and where it is on disk."""
+    registry = open_registry(hub["registry"], cache_dir=hub["cache_dir"], offline=hub["offline"])
+    entry = registry.get(name)
+    local = next(s.path for s in list_models(**hub) if s.entry.name == name)
+    data = {**entry.to_json(), "local_path": str(local) if local else None}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_header=False, show_edge=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key in (
+        "name",
+        "description",
+        "format",
+        "sources",
+        "sample_rate",
+        "parameters",
+        "licence",
+        "training_data",
+        "origin",
+    ):
+        value = data.get(key)
+        if value not in (None, "", []):
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    table.add_row("size", _size(entry.size))
+    for spec in entry.files:
+        head = f"file {spec.target}" if spec.target else "file"
+        table.add_row(
+            head, f"{spec.filename}  sha256={spec.sha256 or 'unknown (download refused)'}"
+        )
+        for url in spec.urls:
+            table.add_row("", url)
+    for dataset, per_source in entry.scores.items():
+        for source, metrics in per_source.items():
+            shown = " ".join(f"{k}={v}" for k, v in metrics.items())
+            table.add_row(f"claimed {dataset}", f"{source}: {shown}")
+    table.add_row("local", str(local) if local else "not downloaded")
+    out_console.print(table)
+
+
+@models.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds without data before a retry (SEPCLI_TIMEOUT).",
+)
+@click.option("--retries", type=int, default=None, help="Retries per URL (SEPCLI_RETRIES).")
+@_command
+def download_command(
+    hub: dict[str, Any], names: tuple[str, ...], timeout: float | None, retries: int | None
+) -> None:
+    """Download NAMES into the cache (verified); prints 'NAME PATH' per model."""
+    for name in names:
+        with _download_bar(name) as progress:
+            path = resolve_model(name, progress=progress, timeout=timeout, retries=retries, **hub)
+        click.echo(f"{name} {path}")
+
+
+@models.command("path")
+@click.argument("name")
+@_command
+def path_command(hub: dict[str, Any], name: str) -> None:
+    """Print the local file of NAME on the last line (downloading it first if needed)."""
+    with _download_bar(name) as progress:
+        path = resolve_model(name, progress=progress, **hub)
+    click.echo(str(path))
+
+
+@models.command("verify")
+@click.argument("names", nargs=-1)
+@click.option(
+    "--fix/--no-fix", default=True, show_default=True, help="Download corrupt models again."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@_command
+def verify_command(hub: dict[str, Any], names: tuple[str, ...], fix: bool, as_json: bool) -> None:
+    """Re-hash cached models (NAMES, or all cached); corrupt files are deleted and,
+    unless --no-fix, downloaded again. Exits 5 if a corrupt model remains."""
+    with _download_bar("repair") as progress:
+        results = verify_models(list(names) or None, fix=fix, progress=progress, **hub)
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "status": r.status, "path": str(r.path) if r.path else None,
+                                "detail": r.detail} for r in results], indent=2))  # fmt: skip
+    else:
+        if not results:
+            err_console.print("no models in the cache")
+        styles = {
+            "ok": "green",
+            "repaired": "yellow",
+            "corrupt": "bold red",
+            "missing": "dim",
+            "builtin": "dim",
+        }
+        for r in results:
+            detail = f" ({r.detail})" if r.detail else ""
+            out_console.print(
+                f"[{styles[r.status]}]{r.status:<8}[/] {r.name}{detail}", soft_wrap=True
+            )
+    bad = [r.name for r in results if r.status == "corrupt"]
+    if bad:
+        raise IntegrityError(
+            f"corrupt and not repaired: {', '.join(bad)} (run 'sepcli models verify' online)"
+        )
+
+
+@models.command("remove")
+@click.argument("name")
+@_command
+def remove_command(hub: dict[str, Any], name: str) -> None:
+    """Delete every cached version of NAME."""
+    removed = remove_model(name, cache_dir=hub["cache_dir"])
+    if removed:
+        err_console.print(f"removed {name} ({len(removed)} file(s))")
+        return
+    registry = open_registry(hub["registry"], cache_dir=hub["cache_dir"], offline=hub["offline"])
+    if name not in registry:
+        registry.get(name)  # raises with close matches
+    if registry.get(name).builtin:
+        raise ModelNotFoundError(f"model {name!r} is packaged with sepcli and cannot be removed")
+    err_console.print(f"{name} is not in the cache; nothing to remove")
+
+
+# `sepcli models import` lives with the models code that does the conversion.
+from sepcli.cli.models_import import import_command  # noqa: E402
+
+models.add_command(import_command, name="import")

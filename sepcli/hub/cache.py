@@ -1,0 +1,112 @@
+"""The model cache on disk: where files live, hashing, and a cross-process lock.
+
+Layout (``ROOT`` from :func:`cache_root`)::
+
+    ROOT/models/<name>/<key>/<filename>        a verified file (key: cache_key)
+    ROOT/models/<name>/<key>/<filename>.part   an unfinished download (resumable)
+    ROOT/models/<name>/<key>/.lock             held while a process fills <key>/
+    ROOT/registries/<hash>.json                copies of remote registries
+
+``key`` is derived from the registry's SHA-256, so when an entry's hash changes
+the old file is never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import platformdirs
+
+if TYPE_CHECKING:
+    from sepcli.hub.registry import ModelEntry
+
+__all__ = [
+    "cache_root",
+    "model_root",
+    "entry_dir",
+    "entry_path",
+    "part_path",
+    "sha256_file",
+    "file_lock",
+]
+
+CHUNK = 1 << 20
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir`` if given, else ``SEPCLI_CACHE``, else the platform user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("SEPCLI_CACHE", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("sepcli", appauthor=False))
+
+
+def model_root(root: Path, name: str) -> Path:
+    """``ROOT/models/<name>``: every cached version of one model."""
+    return root / "models" / name
+
+
+def entry_dir(root: Path, entry: ModelEntry) -> Path:
+    """``ROOT/models/<name>/<cache_key>``."""
+    return model_root(root, entry.name) / entry.cache_key
+
+
+def entry_path(root: Path, entry: ModelEntry) -> Path:
+    """The file :func:`sepcli.hub.resolve_model` returns for a downloaded entry:
+    the archive itself for ``sepcli`` entries, the converted archive otherwise."""
+    if entry.format == "sepcli":
+        return entry_dir(root, entry) / entry.files[0].filename
+    return entry_dir(root, entry) / f"{entry.name}.sepcli"
+
+
+def part_path(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) until the block ends.
+
+    POSIX ``flock``: the kernel releases it when the process dies, so a killed
+    download never leaves the cache locked. On Windows, ``msvcrt.locking``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        if os.name == "nt":  # pragma: no cover - exercised on Windows only
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after ~10 s; keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

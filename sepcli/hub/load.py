@@ -1,0 +1,381 @@
+"""Turn a model name or path into a local archive: resolve, download, verify, remove.
+
+Public entry points (re-exported by :mod:`sepcli.hub`): :func:`resolve_model`,
+:func:`load_model`, :func:`list_models`, :func:`verify_models`,
+:func:`remove_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sepcli.errors import ArchiveError, ModelNotFoundError, OfflineError, RegistryError
+from sepcli.hub.cache import (
+    cache_root,
+    entry_dir,
+    entry_path,
+    file_lock,
+    model_root,
+    sha256_file,
+)
+from sepcli.hub.download import Progress, download_file
+from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
+from sepcli.hub.transport import HttpSettings
+
+if TYPE_CHECKING:
+    from sepcli.models.archive import Archive
+
+__all__ = [
+    "ModelStatus",
+    "VerifyResult",
+    "resolve_model",
+    "load_model",
+    "open_registry",
+    "ensure_model",
+    "list_models",
+    "verify_models",
+    "remove_model",
+    "offline_mode",
+]
+
+log = logging.getLogger(__name__)
+
+#: Testing/deployment override: what ``default`` resolves to (an archive path or
+#: another registry name) instead of the archive packaged in ``sepcli/assets``.
+DEFAULT_ENV = "SEPCLI_DEFAULT_MODEL"
+_TRUE = {"1", "true", "yes", "on"}
+_MODEL_SUFFIXES = (".sepcli", ".pt", ".pth", ".th", ".ts", ".zip")
+
+
+def offline_mode(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``SEPCLI_OFFLINE`` is 1/true/yes/on."""
+    if offline is not None:
+        return offline
+    return os.environ.get("SEPCLI_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "/" in text
+        or os.sep in text
+        or (os.altsep is not None and os.altsep in text)
+        or text.startswith((".", "~"))
+        or text.lower().endswith(_MODEL_SUFFIXES)
+    )
+
+
+def packaged_asset(filename: str) -> Path:
+    """Path of ``sepcli/assets/<filename>`` inside the installed package (may not exist)."""
+    return Path(str(resources.files("sepcli").joinpath("assets", filename)))
+
+
+def _builtin_path(entry: ModelEntry) -> Path:
+    assert entry.builtin is not None
+    path = packaged_asset(entry.builtin)
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"model {entry.name!r}: the packaged archive sepcli/assets/{entry.builtin} is missing "
+            f"from this installation; pass --model with another name or a path, or set {DEFAULT_ENV}"
+        )
+    return path
+
+
+def _is_cached(entry: ModelEntry, path: Path) -> bool:
+    """Cheap check (no hashing): the file is there with the expected size, or for a
+    converted archive, its recorded hash is next to it."""
+    if not path.is_file():
+        return False
+    if entry.format == "sepcli":
+        return path.stat().st_size == entry.files[0].size
+    return _sidecar(path).is_file()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
+    (``{target: path}`` in output order) and the entry's preset."""
+    import torch
+
+    from sepcli.models.archive import save_archive
+    from sepcli.models.openunmix_import import convert
+
+    state_dicts = {}
+    for target, path in files.items():
+        try:
+            state_dicts[target] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch's unpickler raises many types
+            raise ArchiveError(
+                f"{path}: not an Open-Unmix state dict ({type(exc).__name__})"
+            ) from None
+    module, metadata = convert(
+        state_dicts, dict(entry.preset), name=entry.name, licence=entry.licence,
+        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
+        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
+
+
+def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progress | None) -> Path:
+    """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
+    dest = entry_path(root, entry)
+    total = entry.size or 0
+
+    def files_progress(base: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, _size: progress(base + done, total)
+
+    if entry.format == "sepcli":
+        download_file(
+            entry.files[0], dest, settings, files_progress(0), label=f"model {entry.name!r}"
+        )
+        return dest
+    src = entry_dir(root, entry) / "src"
+    paths: dict[str, Path] = {}
+    base = 0
+    for spec in entry.files:
+        path = src / spec.filename
+        if not (path.is_file() and path.stat().st_size == spec.size):
+            download_file(spec, path, settings, files_progress(base), label=f"model {entry.name!r}")
+        base += spec.size or 0
+        assert spec.target is not None
+        paths[spec.target] = path
+    _convert_openunmix(entry, paths, dest)
+    sidecar = _sidecar(dest)
+    sidecar.write_text(sha256_file(dest) + "\n")
+    shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
+    return dest
+
+
+def ensure_model(
+    entry: ModelEntry,
+    root: Path,
+    *,
+    offline: bool = False,
+    settings: HttpSettings | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Local path of ``entry``, downloading it first when missing (unless offline)."""
+    if entry.builtin is not None:
+        return _builtin_path(entry)
+    dest = entry_path(root, entry)
+    if _is_cached(entry, dest):
+        return dest
+    if offline:
+        raise OfflineError(
+            f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
+            f"run 'sepcli models download {entry.name}' while online"
+        )
+    if not entry.verifiable:
+        missing = ", ".join(f.filename for f in entry.files if not f.verifiable)
+        raise RegistryError(
+            f"model {entry.name!r}: the registry has no full SHA-256 for {missing}; refusing an "
+            "unverifiable download (add the hashes with an extra registry, see docs/pretrained.md)"
+        )
+    with file_lock(entry_dir(root, entry) / ".lock"):
+        if _is_cached(entry, dest):  # another process finished it while we waited
+            return dest
+        return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+
+
+def open_registry(
+    registry: str | Sequence[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+) -> Registry:
+    """The built-in registry plus extras, honouring the same options as :func:`resolve_model`."""
+    return load_registry(registry, cache_root=cache_root(cache_dir), offline=offline_mode(offline))
+
+
+def resolve_model(
+    name_or_path: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    registry: str | Sequence[str] | None = None,
+    progress: Progress | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> Path:
+    """Local file of a model given by path or registry name.
+
+    * an existing file is returned as is;
+    * ``default`` is the archive packaged in ``sepcli/assets`` (or what
+      ``SEPCLI_DEFAULT_MODEL`` names: a path or another registry name);
+    * any other name is looked up in the registry and downloaded into the cache
+      on first use (never when ``offline``, or ``SEPCLI_OFFLINE=1``).
+
+    ``progress(downloaded_bytes, total_bytes)`` is called while downloading;
+    ``timeout`` (seconds without data) and ``retries`` default to
+    ``SEPCLI_TIMEOUT`` / ``SEPCLI_RETRIES``.
+
+    Raises :class:`ModelNotFoundError` (unknown name, with close matches),
+    :class:`OfflineError`, :class:`DownloadError`, :class:`IntegrityError` or
+    :class:`RegistryError`.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if _looks_like_path(text):
+        what = (
+            "is a folder, not a model file" if path.is_dir() else "no such model file or model name"
+        )
+        raise ModelNotFoundError(f"{text}: {what}")
+    override = os.environ.get(DEFAULT_ENV, "").strip()
+    if text == "default" and override and override != "default":
+        return resolve_model(
+            override, cache_dir=cache_dir, offline=offline, registry=registry,
+            progress=progress, timeout=timeout, retries=retries,
+        )  # fmt: skip
+    offline = offline_mode(offline)
+    root = cache_root(cache_dir)
+    settings = HttpSettings.from_env(timeout, retries)
+    entry = load_registry(registry, cache_root=root, offline=offline, settings=settings).get(text)
+    return ensure_model(entry, root, offline=offline, settings=settings, progress=progress)
+
+
+def load_model(name_or_path: str, device: Any = "cpu", **resolve_kwargs: Any) -> Archive:
+    """:func:`resolve_model`, then :func:`sepcli.models.archive.load_archive`."""
+    from sepcli.models.archive import load_archive  # torch loads only when a model does
+
+    return load_archive(resolve_model(name_or_path, **resolve_kwargs), device)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A registry entry and where it is on disk (``path`` is None when not local)."""
+
+    entry: ModelEntry
+    path: Path | None
+
+    @property
+    def local(self) -> bool:
+        return self.path is not None
+
+
+def _local_path(entry: ModelEntry, root: Path) -> Path | None:
+    if entry.builtin is not None:
+        try:
+            return _builtin_path(entry)
+        except ModelNotFoundError:
+            return None
+    path = entry_path(root, entry)
+    return path if _is_cached(entry, path) else None
+
+
+def list_models(
+    registry: str | Sequence[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+) -> list[ModelStatus]:
+    """Every registry entry, sorted by name, with its local file if present."""
+    root = cache_root(cache_dir)
+    reg = load_registry(registry, cache_root=root, offline=offline_mode(offline))
+    return [ModelStatus(e, _local_path(e, root)) for e in sorted(reg, key=lambda e: e.name)]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of re-hashing one model.
+
+    ``status`` is ``"ok"``, ``"repaired"`` (was corrupt, downloaded again),
+    ``"corrupt"`` (deleted, not repaired), ``"missing"`` (not in the cache) or
+    ``"builtin"`` (packaged with sepcli; nothing to verify).
+    """
+
+    name: str
+    status: str
+    path: Path | None
+    detail: str = ""
+
+
+def _check(entry: ModelEntry, path: Path) -> str:
+    """Empty string when ``path`` matches what the registry (or the recorded hash
+    of a converted archive) says; else what is wrong. Deletes a bad file."""
+    if entry.format == "sepcli":
+        spec = entry.files[0]
+        size = path.stat().st_size
+        problem = f"size {size} != {spec.size}" if size != spec.size else ""
+        if not problem:
+            actual = sha256_file(path)
+            problem = f"SHA-256 {actual} != {spec.sha256}" if actual != spec.sha256 else ""
+    else:
+        sidecar = _sidecar(path)
+        expected = sidecar.read_text().strip() if sidecar.is_file() else ""
+        actual = sha256_file(path)
+        problem = (
+            f"SHA-256 {actual} != recorded {expected or '(none)'}" if actual != expected else ""
+        )
+        if problem:
+            sidecar.unlink(missing_ok=True)
+    if problem:
+        path.unlink(missing_ok=True)
+    return problem
+
+
+def verify_models(
+    names: Sequence[str] | None = None,
+    *,
+    fix: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    registry: str | Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> list[VerifyResult]:
+    """Re-hash cached models (``names``, or every cached one) against the registry.
+
+    A corrupt file is deleted and, when ``fix`` (and not offline), downloaded again.
+    """
+    offline = offline_mode(offline)
+    root = cache_root(cache_dir)
+    settings = HttpSettings.from_env()
+    reg = load_registry(registry, cache_root=root, offline=offline, settings=settings)
+    entries = [reg.get(n) for n in names] if names else [e for e in reg if _local_path(e, root)]
+    results = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        if entry.builtin is not None:
+            results.append(VerifyResult(entry.name, "builtin", _local_path(entry, root)))
+            continue
+        path = entry_path(root, entry)
+        with file_lock(entry_dir(root, entry) / ".lock"):
+            if not path.is_file():
+                results.append(VerifyResult(entry.name, "missing", None, "not in the cache"))
+                continue
+            problem = _check(entry, path)
+        if not problem:
+            results.append(VerifyResult(entry.name, "ok", path))
+        elif fix and not offline:
+            log.warning("model %r: %s in %s; downloading again", entry.name, problem, path)
+            fixed = ensure_model(entry, root, settings=settings, progress=progress)
+            results.append(VerifyResult(entry.name, "repaired", fixed, problem))
+        else:
+            results.append(VerifyResult(entry.name, "corrupt", None, f"{problem}; deleted {path}"))
+    return results
+
+
+def remove_model(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete every cached version of ``name``; returns what was deleted (may be empty).
+
+    Works for names no longer in the registry; refuses unsafe names.
+    """
+    if not NAME_RE.fullmatch(name):
+        raise ModelNotFoundError(f"{name!r} is not a model name")
+    folder = model_root(cache_root(cache_dir), name)
+    if not folder.is_dir():
+        return []
+    removed = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
+    shutil.rmtree(folder)
+    return removed
