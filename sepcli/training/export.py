@@ -1,0 +1,110 @@
+"""The best checkpoint of a run as a model archive, with honest metadata.
+
+The archive's metadata says what the weights were trained on (dataset, layout,
+tracks), for how long (epochs, best epoch), how they scored on validation
+(median SDR per target, and with which metric) and under which terms: weights
+trained on MUSDB18 inherit its research/non-commercial terms, and the archive
+says so in ``licence``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sepcli import __version__
+from sepcli.models.archive import ArchiveMetadata, save_archive
+from sepcli.training.checkpoint import load_checkpoint
+from sepcli.training.config import TrainConfig
+from sepcli.training.loop import BEST, CHECKPOINT
+
+__all__ = ["MUSDB_LICENCE", "MIR1K_LICENCE", "data_licence", "export_best"]
+
+MUSDB_LICENCE = (
+    "MUSDB18 terms: research/non-commercial use only (most tracks CC BY-NC-SA); "
+    "these weights inherit those terms"
+)
+MIR1K_LICENCE = "MIR-1K: research release without an explicit licence; research use only"
+
+
+def data_licence(root: str | os.PathLike[str], layout: str, override: str = "") -> str:
+    """The terms the weights inherit from the training data at ``root``."""
+    if override:
+        return override
+    if layout in ("musdb", "musdb-hq") or "musdb" in str(root).lower():
+        return MUSDB_LICENCE
+    if "mir1k" in str(root).lower().replace("-", ""):
+        return MIR1K_LICENCE
+    return f"unknown: same terms as the training data in {Path(root).name!r} (set with --set licence=...)"
+
+
+def export_best(
+    run_dir: str | os.PathLike[str],
+    model: nn.Module,
+    metadata: ArchiveMetadata,
+    config: TrainConfig,
+    *,
+    layout: str,
+    train_tracks: Sequence[str],
+    valid_tracks: Sequence[str],
+    metric: str,
+    history: Sequence[Mapping[str, Any]] = (),
+    path: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the best weights of ``run_dir`` (``best.pt``, else the last checkpoint) as an archive.
+
+    Args:
+        run_dir: the run folder.
+        model: a module of the trained architecture (not modified: a copy is exported).
+        metadata: the archive metadata template of the run.
+        config: the run's config.
+        layout: dataset layout (``musdb``, ``musdb-hq``, ``folder``).
+        train_tracks, valid_tracks: names of the tracks used.
+        metric: name of the validation metric.
+        history: the log records (for the number of epochs run).
+        path: output file (default ``RUN_DIR/<name>.sepcli``).
+
+    Returns:
+        the archive path.
+    """
+    run_dir = Path(run_dir)
+    best_path = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / CHECKPOINT
+    state = load_checkpoint(best_path)
+    net = copy.deepcopy(model).cpu()
+    net.load_state_dict(state["model"])
+    valid = state.get("valid") or {}
+    dataset = Path(config.data).name or str(config.data)
+    scores = {f"{dataset}-valid": {t: {"SDR": float(v)} for t, v in valid.items()}} if valid else {}
+    epochs_run = int(history[-1]["epoch"]) if history else int(state.get("epoch", 0))
+    meta = metadata.replace(
+        name=config.name or metadata.name,
+        licence=data_licence(config.data, layout, config.licence),
+        training_data=(
+            f"{dataset} ({layout}, subset {config.subset!r}): {len(train_tracks)} training tracks, "
+            f"{len(valid_tracks)} validation tracks, targets {', '.join(config.targets)}"
+        ),
+        description=metadata.description
+        or f"{metadata.family} trained by sepcli train on {dataset}",
+        scores=scores,
+        extra={
+            **dict(metadata.extra),
+            "training": {
+                "sepcli_version": __version__,
+                "epochs_run": epochs_run,
+                "best_epoch": int(state.get("epoch", 0)),
+                "validation_metric": metric,
+                "validation": valid,
+                "train_loss": state.get("train_loss"),
+                "valid_tracks": list(valid_tracks),
+                "train_tracks": len(train_tracks),
+                "config": config.to_dict(),
+            },
+        },
+    )
+    out = Path(path) if path else run_dir / f"{meta.name}.sepcli"
+    return save_archive(net.eval(), meta, out)

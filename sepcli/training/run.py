@@ -1,0 +1,359 @@
+"""``train(config)``: data folder -> cache -> model -> training loop -> archive.
+
+This is what ``sepcli train`` calls; Python users call it the same way::
+
+    from sepcli.training import TrainConfig, train
+    result = train(TrainConfig(data="musdb18", model="umx", targets=("vocals",), out="runs/umx"))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sepcli.errors import DatasetError, SepcliError, TrainingError
+from sepcli.models.archive import ArchiveMetadata, count_parameters
+from sepcli.training import distributed
+from sepcli.training.cache import CachedTrack, cache_tracks
+from sepcli.training.config import TrainConfig, save_config
+from sepcli.training.export import export_best
+from sepcli.training.loop import CHECKPOINT, Callback, Trainer
+from sepcli.training.sampling import Augmentation, ChunkDataset
+from sepcli.training.validate import sdr_metric
+
+__all__ = [
+    "TrainResult",
+    "build_run_model",
+    "init_umx_statistics",
+    "open_splits",
+    "prepare_data",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelFactory = Callable[[TrainConfig], tuple[nn.Module, ArchiveMetadata]]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    archive: Path | None
+    epochs_run: int
+    best_epoch: int
+    best_score: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _parse_valid(config: TrainConfig) -> list[str] | float | None:
+    text = config.valid.strip()
+    if not text:
+        return None
+    if text.lower() == "none":
+        return []
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise TrainingError(
+                f"{path}: cannot read the validation list ({exc.strerror})"
+            ) from None
+        return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def open_splits(config: TrainConfig) -> tuple[str, list[Any], list[Any]]:
+    """``(layout, train_tracks, valid_tracks)`` of ``config.data``.
+
+    MUSDB layouts use musdb's 14 validation tracks unless ``valid`` says
+    otherwise; plain folders use ``valid`` (names, ``@file``, a fraction) or
+    ``valid_fraction``, grouped by the id prefix before ``valid_group_sep``.
+    """
+    from sepcli.datasets.layouts import detect_layout, open_dataset
+    from sepcli.datasets.splits import prefix_group
+
+    if not config.data:
+        raise TrainingError("no data folder given (--data)")
+    root = Path(config.data)
+    layout = detect_layout(root) if config.layout == "auto" else config.layout
+    valid = _parse_valid(config)
+    if valid is None and layout == "folder":
+        valid = config.valid_fraction if config.valid_fraction > 0 else []
+    sep = config.valid_group_sep
+    group = (lambda name: prefix_group(name, sep)) if sep else None  # noqa: E731
+    if valid == []:
+        train_tracks = open_dataset(root, subset=config.subset, layout=layout)
+        return layout, train_tracks, []
+    train_tracks = open_dataset(
+        root, subset=config.subset, layout=layout, valid=valid, group=group, seed=config.seed
+    )
+    try:
+        valid_tracks = open_dataset(
+            root, subset="valid", layout=layout, valid=valid, group=group, seed=config.seed
+        )
+    except DatasetError as exc:
+        logger.warning(
+            "no validation tracks (%s); the best checkpoint follows the training loss", exc
+        )
+        valid_tracks = []
+    if config.valid_max_tracks:
+        valid_tracks = valid_tracks[: config.valid_max_tracks]
+    return layout, train_tracks, valid_tracks
+
+
+def prepare_data(
+    config: TrainConfig,
+    dist_info: distributed.DistInfo | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[str, ChunkDataset, list[CachedTrack], list[str], list[str]]:
+    """Open the dataset, fill the cache (rank 0 first) and build the chunk dataset.
+
+    Returns:
+        ``(layout, train_set, valid_cached, train_names, valid_names)``.
+    """
+    info = dist_info or distributed.DistInfo()
+    layout, train_tracks, valid_tracks = open_splits(config)
+    cache_dir = (
+        Path(config.cache_dir) if config.cache_dir else Path(config.out).resolve().parent / "cache"
+    )
+    result = None
+    for turn in ("main", "others"):
+        if (turn == "main") == info.is_main:
+            train_cached, sources = cache_tracks(
+                train_tracks,
+                config.targets,
+                config.sample_rate,
+                config.audio_channels,
+                cache_dir,
+                progress=progress,
+            )
+            valid_cached: list[CachedTrack] = []
+            if valid_tracks:
+                valid_cached, _ = cache_tracks(
+                    valid_tracks,
+                    config.targets,
+                    config.sample_rate,
+                    config.audio_channels,
+                    cache_dir,
+                    with_mixture=True,
+                    progress=progress,
+                )
+            result = (train_cached, sources, valid_cached)
+        distributed.barrier(info)
+    assert result is not None
+    train_cached, sources, valid_cached = result
+    aug = Augmentation(
+        gain=config.aug_gain,
+        gain_min=config.gain_min,
+        gain_max=config.gain_max,
+        channel_swap=config.aug_channel_swap,
+        mix=config.aug_mix,
+        silence_threshold=config.silence_threshold,
+    )
+    dataset = ChunkDataset(
+        train_cached,
+        sources,
+        len(config.targets),
+        config.segment_samples,
+        samples_per_track=config.samples_per_track,
+        augmentation=aug,
+        seed=config.seed,
+    )
+    return (
+        layout,
+        dataset,
+        valid_cached,
+        [t.name for t in train_cached],
+        [t.name for t in valid_cached],
+    )
+
+
+def build_run_model(config: TrainConfig) -> tuple[nn.Module, ArchiveMetadata]:
+    """A fresh model of ``config.model`` for ``config.targets`` and its archive metadata.
+
+    The family's reference config is the base; ``config.model_config`` overrides
+    its keys; sources, sample rate and channels come from the training config.
+    """
+    from sepcli.models import build_model, make_metadata, reference_config
+
+    family_config = dict(reference_config(config.model).to_dict())
+    unknown = sorted(set(config.model_config) - set(family_config))
+    if unknown:
+        raise TrainingError(f"unknown {config.model} model setting(s): {', '.join(unknown)}")
+    family_config.update(config.model_config)
+    family_config.update(
+        sources=list(config.targets),
+        sample_rate=config.sample_rate,
+        audio_channels=config.audio_channels,
+    )
+    try:
+        model = build_model(config.model, family_config)
+    except SepcliError as exc:
+        raise TrainingError(f"cannot build the {config.model} model: {exc}") from None
+    except ImportError as exc:
+        raise TrainingError(
+            f"the {config.model} family is not available in this sepcli ({exc})"
+        ) from None
+    name = config.name or f"{config.model}-{'-'.join(config.targets)}"
+    metadata = make_metadata(model, name=name)
+    if metadata.output == "magnitude" and metadata.num_sources == 1 and metadata.phase == "wiener":
+        # A Wiener filter over a single source (without a residual) returns the
+        # mixture whatever the model says; the mixture phase keeps the estimate.
+        metadata = metadata.replace(phase="mixture")
+    return model, metadata
+
+
+@torch.no_grad()
+def init_umx_statistics(model: nn.Module, tracks: list[CachedTrack], max_tracks: int = 32) -> bool:
+    """Open-Unmix's input standardisation from the training data.
+
+    As ``openunmix.train.get_statistics``: mean and standard deviation per
+    frequency bin of the mixture magnitude over the training tracks (here the
+    sum of their sources, at most ``max_tracks``), set as ``input_mean = -mean``
+    and ``input_scale = 1 / std`` of every target network. Returns ``False``
+    (and changes nothing) for a model without those parameters.
+    """
+    targets = getattr(model, "targets", None)
+    n_fft, hop = getattr(model, "n_fft", None), getattr(model, "hop_length", None)
+    if targets is None or n_fft is None or not all(hasattr(t, "input_mean") for t in targets):
+        return False
+    from sepcli.dsp.stft import stft
+
+    total = None
+    total_sq = None
+    count = 0
+    for track in tracks[:max_tracks]:
+        mix = torch.from_numpy(np.sum([np.asarray(a) for a in track.sources.values()], axis=0))
+        mag = stft(mix.float(), int(n_fft), int(hop)).abs().double()  # (C, F, N)
+        flat = mag.permute(1, 0, 2).reshape(mag.shape[1], -1)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+        count += flat.shape[1]
+    if not count:
+        return False
+    mean = total / count
+    std = torch.sqrt(torch.clamp(total_sq / count - mean**2, min=0.0))
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    for target in targets:
+        bins = target.input_mean.shape[0]
+        target.input_mean.copy_(-mean[:bins].float())
+        target.input_scale.copy_(1.0 / std[:bins].float())
+    return True
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    callback: Callback | None = None,
+    data_progress: Callable[[int, int, str], None] | None = None,
+    model_factory: ModelFactory | None = None,
+    export: bool = True,
+) -> TrainResult:
+    """Run (or resume) a training run described by ``config``.
+
+    Args:
+        config: the run (``data``, ``model``, ``targets``, ``out``...).
+        resume: continue from ``OUT/checkpoint.pt`` bit for bit.
+        callback: progress hook of :class:`~sepcli.training.loop.Trainer`.
+        data_progress: ``(done, total, track)`` while the cache is filled.
+        model_factory: ``config -> (model, metadata)`` (default: :func:`build_run_model`).
+        export: write the best weights as ``OUT/<name>.sepcli`` at the end.
+
+    Raises:
+        DatasetError: bad data folder, no usable track, a target no track has.
+        TrainingError: a bad setting, an existing run without ``resume``, a
+            model over ``max_params``, a checkpoint that cannot be written.
+    """
+    if not config.out:
+        raise TrainingError("no run folder given (--out)")
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: exists and is not a folder")
+    has_checkpoint = (run_dir / CHECKPOINT).is_file()
+    if has_checkpoint and not resume:
+        raise TrainingError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if resume and not has_checkpoint:
+        raise TrainingError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
+
+    info, device = distributed.init(config.device)
+    try:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda asked for but CUDA is not available")
+        layout, train_set, valid_cached, train_names, valid_names = prepare_data(
+            config, info, data_progress
+        )
+        torch.manual_seed(config.seed)
+        model, metadata = (model_factory or build_run_model)(config)
+        if metadata.family == "umx" and not resume:
+            init_umx_statistics(model, train_set.tracks)
+        if tuple(metadata.sources) != tuple(config.targets):
+            raise TrainingError(
+                f"the model outputs {list(metadata.sources)}, not the targets {list(config.targets)}"
+            )
+        params = count_parameters(model)
+        if config.max_params and params > config.max_params:
+            raise TrainingError(
+                f"the {config.model} model has {params:,} parameters, over --max-params {config.max_params:,}"
+            )
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.toml")
+        metric_label, metric_fn = sdr_metric()
+        trainer = Trainer(
+            model,
+            metadata,
+            train_set,
+            valid_cached,
+            config,
+            run_dir,
+            dist_info=info,
+            device=device,
+            metric=metric_fn,
+            callback=callback,
+        )
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        archive = None
+        if export and info.is_main:
+            archive = export_best(
+                run_dir,
+                trainer.model,
+                metadata,
+                config,
+                layout=layout,
+                train_tracks=train_names,
+                valid_tracks=valid_names,
+                metric=metric_label,
+                history=trainer.history,
+            )
+        distributed.barrier(info)
+        best = trainer.best_score
+        return TrainResult(
+            run_dir,
+            archive,
+            trainer.epoch,
+            trainer.best_epoch,
+            None if best is None or not math.isfinite(best) else float(best),
+            trainer.history,
+        )
+    finally:
+        distributed.shutdown(info)

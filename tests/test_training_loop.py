@@ -1,0 +1,339 @@
+"""The training loop on tiny generated stems: loss goes down, resume is bit for
+bit, early stopping, export, and the ``sepcli train`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_tone, write_wav
+
+from sepcli.errors import TrainingError
+from sepcli.models.archive import ArchiveMetadata, load_archive, probe_archive
+from sepcli.training import TrainConfig, build_run_model, train
+from sepcli.training.export import MUSDB_LICENCE, data_licence
+from sepcli.training.loop import BEST, CHECKPOINT, CURVES, LOG
+
+torch.set_num_threads(2)
+SR = 8000
+
+
+class TinyNet(torch.nn.Module):
+    """Waveform model with dropout (so resume must restore the torch RNG)."""
+
+    def __init__(self, sources: int = 1, channels: int = 1):
+        super().__init__()
+        self.sample_rate = SR
+        self.audio_channels = channels
+        self.num_sources = sources
+        self.conv = torch.nn.Conv1d(channels, 8, 15, padding=7)
+        self.drop = torch.nn.Dropout(0.2)
+        self.out = torch.nn.Conv1d(8, channels * sources, 15, padding=7)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        b, c, t = mix.shape
+        h = self.drop(torch.tanh(self.conv(mix)))
+        return self.out(h).view(b, self.num_sources, c, t)
+
+
+def tiny_factory(config: TrainConfig):
+    model = TinyNet(len(config.targets), config.audio_channels)
+    meta = ArchiveMetadata(
+        name="tiny",
+        sources=config.targets,
+        sample_rate=SR,
+        audio_channels=config.audio_channels,
+        output="waveform",
+        family="test",
+        segment_seconds=0.25,
+    )
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stems")
+    for i, name in enumerate(("ann_1", "ann_2", "bob_1", "cat_1")):
+        write_wav(root / name / "vocals.wav", make_tone(0.6, SR, 1, seed=i) * 0.6, SR)
+        write_wav(root / name / "accompaniment.wav", make_tone(0.6, SR, 1, seed=20 + i) * 0.4, SR)
+    return root
+
+
+def config_for(root: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(root),
+        out=str(out),
+        sample_rate=SR,
+        audio_channels=1,
+        segment=0.2,
+        samples_per_track=4,
+        steps_per_epoch=3,
+        batch_size=4,
+        epochs=2,
+        lr=3e-3,
+        valid="cat_1",
+        cache_dir=str(out.parent / "cache"),
+        seed=7,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_goes_down_and_run_folder_is_complete(data_root, tmp_path):
+    losses: list[float] = []
+    cfg = config_for(data_root, tmp_path / "run", epochs=4, name="tiny-vocals")
+    result = train(
+        cfg,
+        callback=lambda e, i: losses.append(i["loss"]) if e == "step" else None,
+        model_factory=tiny_factory,
+    )
+    assert len(losses) == 12
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    run = tmp_path / "run"
+    for name in (CHECKPOINT, BEST, LOG, CURVES, "config.toml"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 5))
+    assert set(records[0]["valid"]) == {"vocals"} and math.isfinite(records[-1]["valid"]["vocals"])
+    assert result.archive == run / "tiny-vocals.sepcli"
+    archive = load_archive(result.archive)
+    probe_archive(archive)
+    meta = archive.metadata
+    assert meta.sources == ("vocals",) and meta.training_data.startswith(data_root.name)
+    assert "unknown" in meta.licence  # a plain folder of unknown origin says so
+    training = meta.extra["training"]
+    assert training["epochs_run"] == 4 and training["best_epoch"] == result.best_epoch
+    assert training["valid_tracks"] == ["cat_1"]
+    key = f"{data_root.name}-valid"
+    assert meta.scores[key]["vocals"]["SDR"] == pytest.approx(
+        records[result.best_epoch - 1]["valid"]["vocals"]
+    )
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_is_bit_for_bit(data_root, tmp_path, workers):
+    def run(out: Path, epochs: int, resume: bool = False) -> list[float]:
+        seen: list[float] = []
+        cfg = config_for(data_root, out, epochs=epochs, workers=workers)
+        train(
+            cfg,
+            resume=resume,
+            model_factory=tiny_factory,
+            export=False,
+            callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None,
+        )
+        return seen
+
+    straight = run(tmp_path / "a", 3)
+    first = run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 3, resume=True)
+    assert first == straight[:6]
+    assert resumed == straight[6:]  # exactly equal, not approximately
+    log = [json.loads(x) for x in (tmp_path / "b" / LOG).read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_resume_refuses_changed_settings_and_overwrites_nothing(data_root, tmp_path):
+    cfg = config_for(data_root, tmp_path / "run", epochs=1)
+    train(cfg, model_factory=tiny_factory, export=False)
+    before = (tmp_path / "run" / CHECKPOINT).read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg, model_factory=tiny_factory)
+    with pytest.raises(TrainingError, match="changed settings: segment"):
+        train(cfg.replace(epochs=2, segment=0.3), resume=True, model_factory=tiny_factory)
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
+    with pytest.raises(TrainingError, match="no checkpoint to resume from"):
+        train(config_for(data_root, tmp_path / "other"), resume=True, model_factory=tiny_factory)
+
+
+def test_early_stopping_and_training_loss_score(data_root, tmp_path):
+    cfg = config_for(data_root, tmp_path / "run", epochs=20, patience=2, lr=1e-12, valid="none")
+    result = train(cfg, model_factory=tiny_factory, export=False)
+    assert result.epochs_run < 20
+    assert result.history[-1]["valid"] is None and result.best_score is not None
+
+
+def test_full_disk_at_checkpoint_keeps_previous(data_root, tmp_path, monkeypatch):
+    cfg = config_for(data_root, tmp_path / "run", epochs=1)
+    train(cfg, model_factory=tiny_factory, export=False)
+    ckpt = tmp_path / "run" / CHECKPOINT
+    before = ckpt.read_bytes()
+    import errno
+
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        if isinstance(obj, dict) and "optimizer" in obj:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(
+        TrainingError, match="no space left on device.*previous checkpoint is intact"
+    ):
+        train(cfg.replace(epochs=2), resume=True, model_factory=tiny_factory, export=False)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before
+    assert not [p for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_max_params(data_root, tmp_path):
+    with pytest.raises(TrainingError, match="over --max-params 10"):
+        train(config_for(data_root, tmp_path / "run", max_params=10), model_factory=tiny_factory)
+
+
+FAMILY_CONFIGS = {
+    "umx": (
+        {"hidden_size": 8, "num_layers": 1, "n_fft": 256, "hop_length": 64, "bandwidth": 0},
+        "magnitude",
+    ),
+    "tfc-tdf": (
+        {
+            "n_fft": 256,
+            "hop_length": 64,
+            "dim_f": 64,
+            "num_levels": 1,
+            "channels": 4,
+            "growth": 4,
+            "tfc_layers": 1,
+            "segment_frames": 16,
+        },
+        "complex",
+    ),
+    "waveform": ({"channels": 4, "depth": 2, "bottleneck": "none", "segment": 0.25}, "waveform"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_families_train_and_export(data_root, tmp_path, family):
+    model_config, output = FAMILY_CONFIGS[family]
+    cfg = config_for(
+        data_root,
+        tmp_path / "run",
+        model=family,
+        epochs=1,
+        steps_per_epoch=2,
+        model_config=model_config,
+    )
+    result = train(cfg)
+    meta = load_archive(result.archive, probe=True).metadata
+    assert meta.family == family and meta.output == output and meta.sources == ("vocals",)
+    assert all(meta.config[k] == v for k, v in model_config.items())
+    assert math.isfinite(result.history[-1]["train_loss"])
+    if family == "umx":  # one-source Wiener would return the mixture: mixture phase instead
+        assert meta.phase == "mixture"
+
+
+def test_umx_input_statistics():
+    import numpy as np
+
+    from sepcli.dsp.stft import stft
+    from sepcli.training.cache import CachedTrack
+    from sepcli.training.run import init_umx_statistics
+
+    cfg = TrainConfig(
+        model="umx",
+        sample_rate=SR,
+        audio_channels=1,
+        model_config={"hidden_size": 8, "num_layers": 1, "n_fft": 256, "hop_length": 64},
+    )
+    model, _ = build_run_model(cfg)
+    rng = np.random.default_rng(0)
+    tracks = [
+        CachedTrack(
+            f"t{i}",
+            {
+                "vocals": rng.standard_normal((1, 4000)).astype(np.float32) * (i + 1),
+                "rest": np.zeros((1, 4000), np.float32),
+            },
+            SR,
+            Path("t"),
+        )
+        for i in range(2)
+    ]
+    assert init_umx_statistics(model, tracks)
+    mags = torch.cat(
+        [stft(torch.from_numpy(t.sources["vocals"]), 256, 64).abs() for t in tracks], -1
+    )[0]
+    target = model.targets[0]
+    z = (mags.T[:, : target.input_mean.shape[0]] + target.input_mean) * target.input_scale
+    assert z.mean(0).abs().max() < 1e-3 and (z.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    assert not init_umx_statistics(TinyNet(), tracks)
+
+
+def test_data_licence():
+    assert data_licence("/x/musdb18", "musdb") == MUSDB_LICENCE
+    assert "research" in data_licence("/x/mir1k", "folder")
+    assert data_licence("/x/y", "folder", "CC0") == "CC0"
+
+
+def test_cli_train_and_errors(data_root, tmp_path, monkeypatch):
+    from sepcli.cli import main
+
+    runner = CliRunner()
+    args = [
+        "train",
+        "--data",
+        str(data_root),
+        "--model",
+        "umx",
+        "--targets",
+        "vocals",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--segment",
+        "0.2",
+        "--valid",
+        "cat_1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        "sample_rate=8000",
+        "--set",
+        "audio_channels=1",
+        "--set",
+        "samples_per_track=1",
+        "--set",
+        "model_config.hidden_size=8",
+        "--set",
+        "model_config.n_fft=256",
+        "--set",
+        "model_config.hop_length=64",
+        "--set",
+        "model_config.num_layers=1",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("umx-vocals.sepcli")
+    assert "epoch 1: loss" in result.stderr
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert "hidden_size" in saved and "samples_per_track = 1" in saved
+    # resume with only --out and a longer run: the saved config is the base
+    again = runner.invoke(
+        main, ["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "-q"]
+    )
+    assert again.exit_code == 0, again.output
+    log = (tmp_path / "run" / LOG).read_text().splitlines()
+    assert len(log) == 2
+    bad = runner.invoke(
+        main, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]
+    )
+    assert (
+        bad.exit_code == 6
+        and "dataset folder not found" in bad.stderr
+        and "Traceback" not in bad.output
+    )
+    bad_set = runner.invoke(
+        main,
+        ["train", "--data", str(data_root), "--out", str(tmp_path / "r3"), "--set", "epochs=many"],
+    )
+    assert bad_set.exit_code == 7 and "bad value for 'epochs'" in bad_set.stderr
