@@ -67,6 +67,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise UsageError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
 
 
+def _as_tensor(array: np.ndarray) -> Tensor:
+    """A tensor over ``array`` (copied when it is read-only, e.g. memory-mapped)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
 def track_name(path: str | os.PathLike[str]) -> str:
     """File name without its audio suffixes (``song.stem.mp4`` -> ``song``)."""
     name = Path(path).name
@@ -344,13 +352,13 @@ class Separator:
                 mix_fifo.append(audio.convert_channels(block, out_channels))
                 fifo_len += block.shape[-1]
             x = res_in.process(audio.convert_channels(block, model_channels))
-            out = engine.push(torch.from_numpy(np.ascontiguousarray(x)))
+            out = engine.push(_as_tensor(x))
             done = finish_block(out, through(out))
             if done:
                 yield done
         tail_in = res_in.flush()
         parts = (
-            [engine.push(torch.from_numpy(np.ascontiguousarray(tail_in)))]
+            [engine.push(_as_tensor(tail_in))]
             if tail_in.shape[-1]
             else []
         )

@@ -282,6 +282,9 @@ def save_archive(
         os.close(fd)
         try:
             torch.jit.save(module, tmp, _extra_files={METADATA_FILE: metadata.to_json()})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; archives are ordinary files
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
