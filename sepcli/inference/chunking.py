@@ -215,7 +215,7 @@ class StreamingOverlapAdd:
 
     def _run(self, starts: list[int], total: int | None) -> None:
         batch = torch.stack([self._chunk_input(s, total) for s in starts]).to(self.device)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
             y = self.fn(batch)
         if y.dim() != 4 or y.shape[1] != self.num_sources or y.shape[-1] != batch.shape[-1]:
             raise RuntimeError(

@@ -8,5 +8,42 @@ from sepcli.models.archive import (
     read_metadata,
     save_archive,
 )
+from sepcli.models.build import (
+    FAMILIES,
+    build_model,
+    export_archive,
+    load_verified,
+    make_metadata,
+    verify_archive,
+)
+from sepcli.models.configs import (
+    EnsembleConfig,
+    EnsembleMember,
+    TFCTDFConfig,
+    UMXConfig,
+    WaveformConfig,
+    config_from_dict,
+    reference_config,
+)
 
-__all__ = ["Archive", "ArchiveMetadata", "StftParams", "load_archive", "read_metadata", "save_archive"]
+__all__ = [
+    "Archive",
+    "ArchiveMetadata",
+    "StftParams",
+    "load_archive",
+    "read_metadata",
+    "save_archive",
+    "FAMILIES",
+    "build_model",
+    "export_archive",
+    "load_verified",
+    "make_metadata",
+    "verify_archive",
+    "UMXConfig",
+    "TFCTDFConfig",
+    "WaveformConfig",
+    "EnsembleConfig",
+    "EnsembleMember",
+    "config_from_dict",
+    "reference_config",
+]

@@ -49,6 +49,7 @@ __all__ = [
     "read_metadata",
     "probe_archive",
     "count_parameters",
+    "check_module",
 ]
 
 ARCHIVE_FORMAT = "sepcli-archive"
@@ -210,7 +211,7 @@ def _quiet_jit():
     return ctx
 
 
-def _check_module(module: torch.nn.Module, metadata: ArchiveMetadata, where: str) -> None:
+def check_module(module: torch.nn.Module, metadata: ArchiveMetadata, where: str) -> None:
     for attr, expected in (
         ("sample_rate", metadata.sample_rate),
         ("audio_channels", metadata.audio_channels),
@@ -222,6 +223,22 @@ def _check_module(module: torch.nn.Module, metadata: ArchiveMetadata, where: str
         if int(actual) != int(expected):
             raise ArchiveError(
                 f"{where}: metadata says {attr}={expected} but the module has {attr}={actual}"
+            )
+    # Family modules also carry what they were built with; foreign modules need not.
+    family = getattr(module, "family", None)
+    if family is not None and str(family) != metadata.family:
+        raise ArchiveError(f"{where}: metadata family {metadata.family!r} != module family {family!r}")
+    config_json = getattr(module, "config_json", None)
+    if config_json is not None:
+        built = json.dumps(json.loads(str(config_json)), sort_keys=True)
+        if built != json.dumps(dict(metadata.config), sort_keys=True):
+            raise ArchiveError(f"{where}: metadata config does not match the module's config")
+    if metadata.stft is not None and hasattr(module, "n_fft") and hasattr(module, "hop_length"):
+        built_stft = (int(module.n_fft), int(module.hop_length))
+        if built_stft != (metadata.stft.n_fft, metadata.stft.hop_length):
+            raise ArchiveError(
+                f"{where}: metadata STFT {metadata.stft.n_fft}/{metadata.stft.hop_length} != "
+                f"module {built_stft[0]}/{built_stft[1]}"
             )
 
 
@@ -235,7 +252,7 @@ def probe_archive(archive: Archive, seconds: float = 0.25) -> None:
     length = max(int(seconds * meta.sample_rate), 1)
     device = next((p.device for p in archive.module.parameters()), torch.device("cpu"))
     mix = torch.zeros(1, meta.audio_channels, length, device=device)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
         out = archive.module(mix)
     where = str(archive.path) if archive.path else meta.name
     if not isinstance(out, torch.Tensor):
@@ -274,7 +291,7 @@ def save_archive(
         module = module.eval()
         if metadata.num_parameters == 0:
             metadata = metadata.replace(num_parameters=count_parameters(module))
-        _check_module(module, metadata, metadata.name)
+        check_module(module, metadata, metadata.name)
         if probe:
             probe_archive(Archive(module, metadata))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +352,7 @@ def load_archive(
     finally:
         ctx.__exit__(None, None, None)
     module.eval()
-    _check_module(module, metadata, str(path))
+    check_module(module, metadata, str(path))
     archive = Archive(module, metadata, path)
     if probe:
         probe_archive(archive)

@@ -1,0 +1,73 @@
+"""``sepcli models import``: turn another project's published weights into one archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.errors import UsageError
+
+__all__ = ["import_command", "import_"]
+
+_PRESETS = ("umx", "umxhq", "umxl", "umxse")
+
+
+@click.command("import")
+@click.option(
+    "--format", "fmt", type=click.Choice(["openunmix"]), required=True,
+    help="Format of the SOURCES (only 'openunmix' for now).",
+)  # fmt: skip
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    help="Archive to write (.sepcli).",
+)  # fmt: skip
+@click.option(
+    "--preset", type=click.Choice(_PRESETS), default=None,
+    help="Hyper-parameters of a published release; needed for bare TARGET=FILE.pth sources.",
+)  # fmt: skip
+@click.option(
+    "--name", default=None, help="Model name stored in the archive (default: the preset)."
+)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@handle_errors
+def import_command(
+    fmt: str,
+    sources: tuple[str, ...],
+    output: Path,
+    preset: str | None,
+    name: str | None,
+    force: bool,
+) -> None:
+    """Import Open-Unmix weights as one sepcli archive.
+
+    A SOURCE is an Open-Unmix model folder (<target>.json + <target>.pth, and
+    optionally separator.json, as its training writes them) or TARGET=FILE.pth,
+    a bare state dict of one target (with --preset umxhq|umx|umxl|umxse).
+
+    \b
+    Examples:
+      sepcli models import --format openunmix ./my-umx -o my-umx.sepcli
+      sepcli models import --format openunmix --preset umxhq \\
+          vocals=vocals-b62c91ce.pth drums=drums-9619578f.pth \\
+          bass=bass-8d85a5bd.pth other=other-b52fbbf7.pth -o umxhq.sepcli
+    """
+    setup_logging()
+    if output.exists() and not force:
+        raise UsageError(f"{output}: already exists (use --force to overwrite)")
+    from sepcli.models.openunmix_import import import_openunmix_archive
+
+    path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
+    from sepcli.models.archive import read_metadata
+
+    meta = read_metadata(path)
+    err_console.print(
+        f"imported {', '.join(meta.sources)} ({meta.num_parameters:,} parameters, "
+        f"{meta.sample_rate} Hz, {meta.audio_channels} ch)"
+    )
+    out_console.print(str(path), soft_wrap=True, highlight=False)
+
+
+import_ = import_command

@@ -1,0 +1,201 @@
+"""Ensembles: several models blended per stem with a weight matrix.
+
+As in the MDX 2021 blends (e.g. vocals 0.2 / 0.4 / 0.4 across three models) and
+Demucs "bags": stem ``s`` is ``sum_m w[s][m] * est_m[s] / sum_m w[s][m]`` over
+the members that output ``s``. Every member is first turned into waveforms:
+waveform members as they are; magnitude members with the mixture phase or,
+when ``wiener_iterations > 0``, the multichannel Wiener filter
+(:func:`sepcli.dsp.wiener.wiener`); complex members by inverse STFT, or Wiener
+on their magnitudes. An ensemble is one module (archive output ``"waveform"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sepcli.dsp.stft import istft, stft
+from sepcli.dsp.wiener import wiener
+from sepcli.errors import UsageError
+from sepcli.models.archive import Archive
+from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
+
+__all__ = ["MemberModule", "Ensemble"]
+
+_KINDS = {"waveform": 0, "magnitude": 1, "complex": 2}
+
+
+class MemberModule(nn.Module):
+    """Wraps one member: ``mix (B, C, T) -> (B, S_m, C, T)`` waveforms.
+
+    ``blend`` is this member's ``(S_out, S_m)`` share of the ensemble's
+    (normalised) weight matrix.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output: str,
+        n_fft: int,
+        hop_length: int,
+        wiener_iterations: int,
+        blend: Tensor,
+        segment: float,
+        context: float,
+    ) -> None:
+        super().__init__()
+        if output not in _KINDS:
+            raise UsageError(f"unknown member output {output!r}")
+        self.model = model
+        self.kind = _KINDS[output]
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.wiener_iterations = int(wiener_iterations)
+        self.register_buffer("blend", blend.float())
+        self.segment = float(segment)
+        self.context = float(context)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        out = self.model(mix)
+        if self.kind == 0:
+            return out
+        spec = stft(mix, self.n_fft, self.hop_length)
+        if self.kind == 1:
+            if self.wiener_iterations > 0:
+                y = wiener(out, spec, self.wiener_iterations)
+            else:
+                y = torch.polar(out, torch.angle(spec).unsqueeze(1).expand_as(out))
+        elif self.wiener_iterations > 0:
+            y = wiener(out.abs(), spec, self.wiener_iterations)
+        else:
+            y = out
+        return istft(y, self.n_fft, self.hop_length, mix.shape[-1])
+
+
+class Ensemble(nn.Module):
+    """Per-stem weighted blend of members; ``forward(mix (B, C, T)) -> (B, S, C, T)``."""
+
+    def __init__(self, members: Sequence[MemberModule], config: EnsembleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.family = "ensemble"
+        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
+        first = members[0].model
+        self.sample_rate = int(first.sample_rate)
+        self.audio_channels = int(first.audio_channels)
+        self.num_sources = config.num_sources
+        for m in members:
+            if (int(m.model.sample_rate), int(m.model.audio_channels)) != (
+                self.sample_rate,
+                self.audio_channels,
+            ):
+                raise UsageError("ensemble members must share sample_rate and audio_channels")
+        self.members = nn.ModuleList(members)
+
+    @staticmethod
+    def blend_matrices(config: EnsembleConfig) -> list[Tensor]:
+        """Per member, its ``(S_out, S_m)`` normalised weights."""
+        cfgs = [m.member_config() for m in config.members]
+        totals = [
+            sum(w for w, c in zip(row, cfgs, strict=True) if s in c.sources)
+            for s, row in zip(config.sources, config.weights, strict=True)
+        ]
+        mats = []
+        for i, cfg in enumerate(cfgs):
+            mat = torch.zeros(config.num_sources, len(cfg.sources))
+            for s, name in enumerate(config.sources):
+                if name in cfg.sources:
+                    mat[s, cfg.sources.index(name)] = config.weights[s][i] / totals[s]
+            mats.append(mat)
+        return mats
+
+    @classmethod
+    def from_config(cls, config: EnsembleConfig) -> Ensemble:
+        """Members built (random weights) from their configs."""
+        from sepcli.models.build import FAMILY_OUTPUT, build_model
+
+        members = []
+        for spec, blend in zip(config.members, cls.blend_matrices(config), strict=True):
+            model = build_model(spec.member_family, spec.config)
+            segment, context = model.archive_timing()
+            members.append(
+                MemberModule(
+                    model,
+                    FAMILY_OUTPUT[spec.member_family],
+                    int(getattr(model, "n_fft", 0)),
+                    int(getattr(model, "hop_length", 0)),
+                    spec.wiener_iterations,
+                    blend,
+                    segment,
+                    context,
+                )
+            )
+        return cls(members, config)
+
+    @classmethod
+    def from_archives(
+        cls,
+        archives: Sequence[Archive],
+        sources: Sequence[str],
+        weights: Sequence[Sequence[float]],
+        wiener_iterations: Sequence[int] | None = None,
+    ) -> Ensemble:
+        """An ensemble of loaded family archives (their modules are reused as is).
+
+        Args:
+            archives: members, loaded with :func:`sepcli.models.archive.load_archive`.
+            sources: output stems.
+            weights: ``len(sources)`` rows of ``len(archives)`` weights.
+            wiener_iterations: per member (spectrogram members only); default 0.
+        """
+        iters = list(wiener_iterations) if wiener_iterations is not None else [0] * len(archives)
+        if len(iters) != len(archives):
+            raise UsageError("one wiener_iterations value per member is needed")
+        specs = []
+        for archive, n in zip(archives, iters, strict=True):
+            meta = archive.metadata
+            where = str(archive.path) if archive.path else meta.name
+            try:
+                cfg = config_from_dict(meta.family, meta.config)
+            except UsageError as exc:
+                raise UsageError(f"{where}: cannot be an ensemble member ({exc})") from None
+            if tuple(cfg.sources) != tuple(meta.sources):
+                cfg = type(cfg).from_dict({**cfg.to_dict(), "sources": list(meta.sources)})
+            specs.append(EnsembleMember(meta.family, cfg.to_dict(), n))
+        config = EnsembleConfig(tuple(sources), tuple(specs), tuple(tuple(r) for r in weights))
+        members = []
+        for archive, spec, blend in zip(archives, specs, cls.blend_matrices(config), strict=True):
+            meta = archive.metadata
+            members.append(
+                MemberModule(
+                    archive.module,
+                    meta.output,
+                    meta.stft.n_fft if meta.stft else 0,
+                    meta.stft.hop_length if meta.stft else 0,
+                    spec.wiener_iterations,
+                    blend,
+                    meta.segment_seconds,
+                    meta.context_seconds,
+                )
+            )
+        return cls(members, config)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """``mix (B, C, T)`` -> ``(B, S, C, T)``."""
+        b, c, t = mix.shape
+        out = torch.zeros(b, self.num_sources, c * t, dtype=mix.dtype, device=mix.device)
+        for member in self.members:
+            est = member(mix)  # (B, S_m, C, T)
+            out = out + torch.matmul(member.blend, est.reshape(b, est.shape[1], c * t))
+        return out.reshape(b, self.num_sources, c, t)
+
+    @torch.jit.unused
+    def archive_timing(self) -> tuple[float, float]:
+        """(segment, context) in seconds: the shortest member segment, the longest context."""
+        return (
+            min(float(m.segment) for m in self.members),
+            max(float(m.context) for m in self.members),
+        )
