@@ -19,8 +19,9 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    default=None,
-    help="Dataset folder: MUSDB18 (.stem.mp4), MUSDB18-HQ or <track>/<stem>.<ext>.",
+    multiple=True,
+    help="Dataset folder: MUSDB18 (.stem.mp4), MUSDB18-HQ or <track>/<stem>.<ext>; "
+    "repeat to train on several (numbered 0, 1, ... for --valid-roots, --data-weights).",
 )
 @click.option(
     "--model", "family", type=click.Choice(FAMILIES), default=None, help="Model family [umx]."
@@ -66,7 +67,8 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
 @click.option(
     "--valid",
     default=None,
-    help="Validation split: names (comma-separated), @FILE, a fraction, or 'none'.",
+    help="Validation split: names (comma-separated), @FILE, a fraction, or 'none' "
+    "(with several --data: plain folders only; MUSDB keeps its 14 tracks).",
 )
 @click.option(
     "--valid-group",
@@ -74,6 +76,19 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
     default=None,
     metavar="SEP",
     help="Split by the id prefix before SEP (e.g. '_' keeps each MIR-1K singer on one side).",
+)
+@click.option(
+    "--valid-roots",
+    default=None,
+    metavar="LIST",
+    help="Validate only on these --data roots (0-based, comma-separated, e.g. 0) [all].",
+)
+@click.option(
+    "--data-weights",
+    default=None,
+    metavar="LIST",
+    help="Share of the training draws of each --data root, e.g. 0.7,0.3 "
+    "[proportional to their training tracks].",
 )
 @click.option(
     "--valid-every",
@@ -99,7 +114,7 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
 def train(
-    data: Path | None,
+    data: tuple[Path, ...],
     family: str | None,
     targets: str | None,
     config_file: Path | None,
@@ -117,6 +132,8 @@ def train(
       sepcli train --data musdb18 --model umx --targets vocals --out runs/umx-vocals
       sepcli train --data mir1k --model waveform --targets vocals --valid 0.1 --valid-group _ \\
           --set sample_rate=16000 --out runs/mir1k
+      sepcli train --data musdb18 --data mir1k --data-weights 0.7,0.3 --valid-roots 0 \\
+          --targets vocals --out runs/umx-combined
       torchrun --nproc_per_node 2 -m sepcli train --data musdb18 --model tfc-tdf --out runs/tfc
     """
     from sepcli.training.config import (
@@ -138,8 +155,8 @@ def train(
     if config_file is not None:
         config = apply_overrides(config, load_toml(config_file), where=str(config_file))
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
-    if data is not None:
-        given["data"] = str(data)
+    if data:
+        given["data"] = [str(d) for d in data]
     if family is not None:
         given["model"] = family
     if targets is not None:

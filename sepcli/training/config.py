@@ -49,7 +49,8 @@ class TrainConfig:
     or "automatic" where documented.
     """
 
-    data: str = ""
+    #: dataset roots (``--data`` repeatable; a single string is one root)
+    data: tuple[str, ...] = ()
     model: str = "umx"
     targets: tuple[str, ...] = ("vocals",)
     out: str = ""
@@ -62,6 +63,10 @@ class TrainConfig:
     valid_group_sep: str = ""
     valid_max_tracks: int = 0
     valid_segment: float = 0.0
+    #: 0-based indices of the ``data`` roots validated on (empty: every root)
+    valid_roots: tuple[int, ...] = ()
+    #: sampling weight of each ``data`` root (empty: proportional to its training tracks)
+    data_weights: tuple[float, ...] = ()
     # data shape
     sample_rate: int = 44100
     audio_channels: int = 2
@@ -97,7 +102,13 @@ class TrainConfig:
     model_config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        data = self.data
+        if isinstance(data, (str, os.PathLike)):
+            data = (os.fspath(data),) if os.fspath(data) else ()
+        object.__setattr__(self, "data", tuple(os.fspath(d) for d in data))
         object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "valid_roots", tuple(self.valid_roots))
+        object.__setattr__(self, "data_weights", tuple(self.data_weights))
         object.__setattr__(self, "model_config", dict(self.model_config))
         problems = self.problems()
         if problems:
@@ -132,6 +143,32 @@ class TrainConfig:
             out.append("lr_decay_gamma must be in (0, 1]")
         if self.clip_grad < 0 or self.valid_segment < 0 or self.silence_threshold < 0:
             out.append("clip_grad, valid_segment and silence_threshold must be >= 0")
+        out += self._data_problems()
+        return out
+
+    def _data_problems(self) -> list[str]:
+        out: list[str] = []
+        roots = len(self.data)
+        if any(not d.strip() for d in self.data):
+            out.append("data has an empty folder name")
+        if len(set(self.data)) != roots:
+            out.append(f"data names a folder twice: {list(self.data)}")
+        if self.data_weights:
+            if len(self.data_weights) != roots:
+                out.append(
+                    f"data_weights has {len(self.data_weights)} value(s) for {roots} data root(s)"
+                )
+            if any(not (math.isfinite(w) and w >= 0) for w in self.data_weights):
+                out.append(f"data_weights must be finite and >= 0, got {list(self.data_weights)}")
+            elif not sum(self.data_weights) > 0:
+                out.append("data_weights must not all be 0")
+        bad = [i for i in self.valid_roots if not 0 <= i < roots]
+        if bad:
+            out.append(
+                f"valid_roots {bad} out of range: there are {roots} data root(s), numbered from 0"
+            )
+        if len(set(self.valid_roots)) != len(self.valid_roots):
+            out.append(f"valid_roots has duplicates: {list(self.valid_roots)}")
         return out
 
     @property
@@ -140,7 +177,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["targets"] = list(self.targets)
+        for key in ("data", "targets", "valid_roots", "data_weights"):
+            data[key] = list(getattr(self, key))
         data["model_config"] = dict(self.model_config)
         return data
 
@@ -192,8 +230,7 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
                 raise ValueError(f"not a string: {value!r}")
             return str(value)
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip() for v in items if str(v).strip())
+            return _coerce_tuple(key, value, typing.get_args(hint)[0], where)
         if origin is Mapping or hint is dict:
             if isinstance(value, str):
                 value = json.loads(value)
@@ -203,6 +240,29 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
     except (ValueError, TypeError) as exc:
         raise TrainingError(f"{where}: bad value for {key!r}: {exc}") from None
     raise TrainingError(f"{where}: cannot set {key!r} of type {hint}")
+
+
+def _coerce_tuple(key: str, value: Any, item: Any, where: str) -> tuple[Any, ...]:
+    """A list setting from a TOML array, a single value or a ``--set`` string
+    (``a,b`` or ``[a, b]``); ``data`` strings are one path (paths may hold commas)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if key == "data":
+            items: list[Any] = [text] if text else []
+        else:
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            items = [v.strip().strip("\"'") for v in text.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    items = [v for v in items if not (isinstance(v, str) and not v.strip())]
+    if item is str:
+        if any(not isinstance(v, str) for v in items):
+            raise ValueError(f"not a list of strings: {value!r}")
+        return tuple(v.strip() for v in items)
+    return tuple(_coerce(key, v, item, where) for v in items)
 
 
 def _literal(text: str) -> Any:

@@ -36,10 +36,13 @@ def data_licence(root: str | os.PathLike[str], layout: str, override: str = "") 
     """The terms the weights inherit from the training data at ``root``."""
     if override:
         return override
-    if layout in ("musdb", "musdb-hq") or "musdb" in str(root).lower():
+    name = Path(root).resolve().name.lower()  # the folder's own name, not its parents'
+    if layout in ("musdb", "musdb-hq"):
         return MUSDB_LICENCE
-    if "mir1k" in str(root).lower().replace("-", ""):
+    if "mir1k" in name.replace("-", ""):
         return MIR1K_LICENCE
+    if "musdb" in name:
+        return MUSDB_LICENCE
     return f"unknown: same terms as the training data in {Path(root).name!r} (set with --set licence=...)"
 
 
@@ -55,6 +58,7 @@ def export_best(
     metric: str,
     history: Sequence[Mapping[str, Any]] = (),
     path: str | os.PathLike[str] | None = None,
+    datasets: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the best weights of ``run_dir`` (``best.pt``, else the last checkpoint) as an archive.
 
@@ -68,6 +72,8 @@ def export_best(
         metric: name of the validation metric.
         history: the log records (for the number of epochs run).
         path: output file (default ``RUN_DIR/<name>.sepcli``).
+        datasets: per ``--data`` root ``{"root", "layout", "train_tracks", "share",
+            "validated"}`` (several roots: recorded, and each root's licence is kept).
 
     Returns:
         the archive path.
@@ -78,16 +84,40 @@ def export_best(
     net = copy.deepcopy(model).cpu()
     net.load_state_dict(state["model"])
     valid = state.get("valid") or {}
-    dataset = Path(config.data).name or str(config.data)
-    scores = {f"{dataset}-valid": {t: {"SDR": float(v)} for t, v in valid.items()}} if valid else {}
+    roots = [Path(d) for d in config.data]
+    names = [r.name or str(r) for r in roots]
+    dataset = "+".join(names)
+    if len(roots) > 1:
+        layouts = (
+            layout.split("+") if layout.count("+") == len(roots) - 1 else [layout] * len(roots)
+        )
+        terms = [data_licence(r, lay) for r, lay in zip(roots, layouts, strict=True)]
+        licence = config.licence or "; ".join(dict.fromkeys(terms))
+        validated = config.valid_roots or tuple(range(len(roots)))
+        scored = "+".join(names[i] for i in validated)
+        parts = [
+            f"{d['root']} ({d['layout']}, {d['train_tracks']} training tracks, "
+            f"{100 * float(d['share']):.0f} % of the draws)"
+            for d in datasets
+        ] or [f"{n} ({lay})" for n, lay in zip(names, layouts, strict=True)]
+        training_data = (
+            f"{'; '.join(parts)}; subset {config.subset!r}: {len(train_tracks)} training tracks, "
+            f"{len(valid_tracks)} validation tracks from {scored}, "
+            f"targets {', '.join(config.targets)}"
+        )
+    else:
+        licence = data_licence(roots[0] if roots else "", layout, config.licence)
+        scored = dataset
+        training_data = (
+            f"{dataset} ({layout}, subset {config.subset!r}): {len(train_tracks)} training tracks, "
+            f"{len(valid_tracks)} validation tracks, targets {', '.join(config.targets)}"
+        )
+    scores = {f"{scored}-valid": {t: {"SDR": float(v)} for t, v in valid.items()}} if valid else {}
     epochs_run = int(history[-1]["epoch"]) if history else int(state.get("epoch", 0))
     meta = metadata.replace(
         name=config.name or metadata.name,
-        licence=data_licence(config.data, layout, config.licence),
-        training_data=(
-            f"{dataset} ({layout}, subset {config.subset!r}): {len(train_tracks)} training tracks, "
-            f"{len(valid_tracks)} validation tracks, targets {', '.join(config.targets)}"
-        ),
+        licence=licence,
+        training_data=training_data,
         description=metadata.description
         or f"{metadata.family} trained by sepcli train on {dataset}",
         scores=scores,
@@ -102,6 +132,7 @@ def export_best(
                 "train_loss": state.get("train_loss"),
                 "valid_tracks": list(valid_tracks),
                 "train_tracks": len(train_tracks),
+                "datasets": [dict(d) for d in datasets],
                 "config": config.to_dict(),
             },
         },

@@ -3,7 +3,7 @@
 :class:`Trainer` trains any module that follows the archive contract
 (``forward(mix (B, C, T))`` returns the output kind of its metadata) with the
 loss fitting that output kind (:mod:`sepcli.training.losses`). One epoch is
-``steps_per_epoch`` batches from :class:`~sepcli.training.sampling.ChunkSampler`;
+``steps_per_epoch`` batches from :func:`~sepcli.training.sampling.make_sampler`;
 after it, rank 0 validates (every ``valid_every`` epochs), appends a line to
 ``log.jsonl``, redraws ``curves.svg``, writes ``best.pt`` when the score
 improved and ``checkpoint.pt`` always (both atomic). The score is the mean over
@@ -36,7 +36,7 @@ from sepcli.training.config import TrainConfig
 from sepcli.training.distributed import DistInfo
 from sepcli.training.losses import make_loss
 from sepcli.training.plot import write_curves
-from sepcli.training.sampling import ChunkDataset, ChunkSampler
+from sepcli.training.sampling import ChunkDataset, make_sampler
 from sepcli.training.validate import MetricFn, validate
 
 __all__ = ["Trainer", "CHECKPOINT", "BEST", "LOG", "CURVES", "RESUME_KEYS"]
@@ -67,6 +67,7 @@ RESUME_KEYS = (
     "silence_threshold",
     "loss",
     "model_config",
+    "data_weights",
 )
 
 #: ``callback(event, info)``; events: ``"epoch_start"``, ``"step"``, ``"validate"``, ``"epoch_end"``.
@@ -135,8 +136,9 @@ class Trainer:
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         num_samples = config.steps_per_epoch * config.batch_size if config.steps_per_epoch else None
-        self.sampler = ChunkSampler(
-            len(train_set),
+        self.sampler = make_sampler(
+            train_set,
+            config.data_weights,
             seed=config.seed,
             num_samples=num_samples,
             rank=self.dist.rank,

@@ -22,7 +22,7 @@ from torch import nn
 from sepcli.errors import DatasetError, SepcliError, TrainingError
 from sepcli.models.archive import ArchiveMetadata, count_parameters
 from sepcli.training import distributed
-from sepcli.training.cache import CachedTrack, cache_tracks
+from sepcli.training.cache import REST, CachedTrack, cache_tracks
 from sepcli.training.config import TrainConfig, save_config
 from sepcli.training.export import export_best
 from sepcli.training.loop import CHECKPOINT, Callback, Trainer
@@ -33,6 +33,8 @@ __all__ = [
     "TrainResult",
     "build_run_model",
     "init_umx_statistics",
+    "RootSplit",
+    "open_roots",
     "open_splits",
     "prepare_data",
     "train",
@@ -77,28 +79,44 @@ def _parse_valid(config: TrainConfig) -> list[str] | float | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def open_splits(config: TrainConfig) -> tuple[str, list[Any], list[Any]]:
-    """``(layout, train_tracks, valid_tracks)`` of ``config.data``.
+@dataclass
+class RootSplit:
+    """One ``--data`` root: its layout, training and validation tracks."""
 
-    MUSDB layouts use musdb's 14 validation tracks unless ``valid`` says
-    otherwise; plain folders use ``valid`` (names, ``@file``, a fraction) or
-    ``valid_fraction``, grouped by the id prefix before ``valid_group_sep``.
-    """
+    index: int
+    root: Path
+    layout: str
+    train: list[Any]
+    valid: list[Any]
+    validated: bool
+
+    @property
+    def label(self) -> str:
+        return self.root.name or str(self.root)
+
+
+def _split_root(config: TrainConfig, index: int) -> RootSplit:
+    """Tracks of root ``index`` of ``config.data`` (see :func:`open_roots`)."""
     from sepcli.datasets.layouts import detect_layout, open_dataset
     from sepcli.datasets.splits import prefix_group
 
-    if not config.data:
-        raise TrainingError("no data folder given (--data)")
-    root = Path(config.data)
+    root = Path(config.data[index])
     layout = detect_layout(root) if config.layout == "auto" else config.layout
-    valid = _parse_valid(config)
+    validated = not config.valid_roots or index in config.valid_roots
+    several = len(config.data) > 1
+    if not validated:
+        valid: list[str] | float | None = []
+    elif several and layout != "folder":
+        valid = None  # MUSDB layouts keep musdb's split when datasets are combined
+    else:
+        valid = _parse_valid(config)
     if valid is None and layout == "folder":
         valid = config.valid_fraction if config.valid_fraction > 0 else []
-    sep = config.valid_group_sep
+    sep = config.valid_group_sep if layout == "folder" or not several else ""
     group = (lambda name: prefix_group(name, sep)) if sep else None  # noqa: E731
     if valid == []:
         train_tracks = open_dataset(root, subset=config.subset, layout=layout)
-        return layout, train_tracks, []
+        return RootSplit(index, root, layout, train_tracks, [], validated)
     train_tracks = open_dataset(
         root, subset=config.subset, layout=layout, valid=valid, group=group, seed=config.seed
     )
@@ -108,12 +126,80 @@ def open_splits(config: TrainConfig) -> tuple[str, list[Any], list[Any]]:
         )
     except DatasetError as exc:
         logger.warning(
-            "no validation tracks (%s); the best checkpoint follows the training loss", exc
+            "no validation tracks in %s (%s); the best checkpoint follows the training loss",
+            root,
+            exc,
         )
         valid_tracks = []
     if config.valid_max_tracks:
         valid_tracks = valid_tracks[: config.valid_max_tracks]
-    return layout, train_tracks, valid_tracks
+    return RootSplit(index, root, layout, train_tracks, valid_tracks, validated)
+
+
+def open_roots(config: TrainConfig) -> list[RootSplit]:
+    """The split of every root of ``config.data``, each with its own layout detection.
+
+    A root's validation split: MUSDB layouts use musdb's 14 validation tracks
+    (or ``ROOT/valid``); plain folders use ``valid`` (names, ``@file``, a
+    fraction) or ``valid_fraction``, grouped by the id prefix before
+    ``valid_group_sep``. With a single root ``valid`` applies whatever its
+    layout (as it always did); with several, ``valid`` and ``valid_group_sep``
+    apply to the plain folders only. A root outside ``valid_roots`` (when set)
+    is not validated on and is opened as with ``valid = "none"``.
+    """
+    if not config.data:
+        raise TrainingError("no data folder given (--data)")
+    return [_split_root(config, i) for i in range(len(config.data))]
+
+
+def open_splits(config: TrainConfig) -> tuple[str, list[Any], list[Any]]:
+    """``(layout, train_tracks, valid_tracks)`` of ``config.data``, all roots together.
+
+    ``layout`` is the roots' layouts joined by ``+`` (``"musdb+folder"``); see
+    :func:`open_roots` for the split of each root.
+    """
+    splits = open_roots(config)
+    layout = "+".join(s.layout for s in splits)
+    return (
+        layout,
+        [t for s in splits for t in s.train],
+        [t for s in splits for t in s.valid],
+    )
+
+
+def _cache_root(
+    split: RootSplit,
+    config: TrainConfig,
+    cache_dir: Path,
+    with_mixture: bool,
+    progress: Callable[[int, int, str], None] | None,
+) -> tuple[list[CachedTrack], tuple[str, ...]]:
+    tracks = split.valid if with_mixture else split.train
+    try:
+        return cache_tracks(
+            tracks,
+            config.targets,
+            config.sample_rate,
+            config.audio_channels,
+            cache_dir,
+            with_mixture=with_mixture,
+            progress=progress,
+        )
+    except DatasetError as exc:
+        if len(config.data) == 1 or str(split.root) in str(exc):
+            raise
+        raise DatasetError(f"{split.root}: {exc}") from None
+
+
+def _with_sources(tracks: list[CachedTrack], sources: tuple[str, ...]) -> list[CachedTrack]:
+    """``tracks`` with a silent ``rest`` where ``sources`` has one and a track does not."""
+    out = []
+    for c in tracks:
+        if REST in sources and REST not in c.sources:
+            silent = np.zeros_like(next(iter(c.sources.values())), dtype=np.float32)
+            c = CachedTrack(c.name, {**c.sources, REST: silent}, c.sample_rate, c.path, c.mixture)
+        out.append(c)
+    return out
 
 
 def prepare_data(
@@ -121,42 +207,39 @@ def prepare_data(
     dist_info: distributed.DistInfo | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[str, ChunkDataset, list[CachedTrack], list[str], list[str]]:
-    """Open the dataset, fill the cache (rank 0 first) and build the chunk dataset.
+    """Open the datasets, fill the cache (rank 0 first) and build the chunk dataset.
+
+    Every root is decoded at the model ``sample_rate`` and ``audio_channels``
+    (e.g. MIR-1K's 16 kHz mono becomes 44.1 kHz stereo) and must provide every
+    target; its tracks form one block of the chunk dataset
+    (``dataset.dataset_sizes``, ``dataset.dataset_names``).
 
     Returns:
-        ``(layout, train_set, valid_cached, train_names, valid_names)``.
+        ``(layout, train_set, valid_cached, train_names, valid_names)``; the
+        validation tracks are those of the validated roots (``valid_roots``).
     """
     info = dist_info or distributed.DistInfo()
-    layout, train_tracks, valid_tracks = open_splits(config)
+    splits = open_roots(config)
+    layout = "+".join(s.layout for s in splits)
     cache_dir = (
         Path(config.cache_dir) if config.cache_dir else Path(config.out).resolve().parent / "cache"
     )
     result = None
     for turn in ("main", "others"):
         if (turn == "main") == info.is_main:
-            train_cached, sources = cache_tracks(
-                train_tracks,
-                config.targets,
-                config.sample_rate,
-                config.audio_channels,
-                cache_dir,
-                progress=progress,
-            )
-            valid_cached: list[CachedTrack] = []
-            if valid_tracks:
-                valid_cached, _ = cache_tracks(
-                    valid_tracks,
-                    config.targets,
-                    config.sample_rate,
-                    config.audio_channels,
-                    cache_dir,
-                    with_mixture=True,
-                    progress=progress,
-                )
-            result = (train_cached, sources, valid_cached)
+            per_root = []
+            for split in splits:
+                train_cached, sources = _cache_root(split, config, cache_dir, False, progress)
+                valid_cached: list[CachedTrack] = []
+                if split.valid:
+                    valid_cached, _ = _cache_root(split, config, cache_dir, True, progress)
+                per_root.append((train_cached, sources, valid_cached))
+            result = per_root
         distributed.barrier(info)
     assert result is not None
-    train_cached, sources, valid_cached = result
+    sources = tuple(config.targets) + ((REST,) if any(REST in s for _, s, _ in result) else ())
+    train_cached = [c for tracks, _, _ in result for c in _with_sources(tracks, sources)]
+    valid_cached = [c for _, _, tracks in result for c in tracks]
     aug = Augmentation(
         gain=config.aug_gain,
         gain_min=config.gain_min,
@@ -173,7 +256,10 @@ def prepare_data(
         samples_per_track=config.samples_per_track,
         augmentation=aug,
         seed=config.seed,
+        dataset_sizes=[len(tracks) for tracks, _, _ in result],
     )
+    dataset.dataset_names = tuple(s.label for s in splits)
+    dataset.dataset_layouts = tuple(s.layout for s in splits)
     return (
         layout,
         dataset,
@@ -256,6 +342,26 @@ def init_umx_statistics(model: nn.Module, tracks: list[CachedTrack], max_tracks:
     return True
 
 
+def _dataset_summary(config: TrainConfig, train_set: ChunkDataset) -> list[dict[str, Any]]:
+    """Per root: name, layout, training tracks and share of the training draws."""
+    sizes = train_set.dataset_sizes
+    weights = list(config.data_weights) or [float(n) for n in sizes]
+    total = sum(weights)
+    names = train_set.dataset_names or tuple(Path(d).name for d in config.data)
+    layouts = train_set.dataset_layouts or ("",) * len(sizes)
+    validated = config.valid_roots or tuple(range(len(sizes)))
+    return [
+        {
+            "root": name,
+            "layout": layout,
+            "train_tracks": int(n),
+            "share": round(w / total, 6),
+            "validated": i in validated,
+        }
+        for i, (name, layout, n, w) in enumerate(zip(names, layouts, sizes, weights, strict=True))
+    ]
+
+
 def train(
     config: TrainConfig,
     *,
@@ -303,7 +409,7 @@ def train(
         torch.manual_seed(config.seed)
         model, metadata = (model_factory or build_run_model)(config)
         if metadata.family == "umx" and not resume:
-            init_umx_statistics(model, train_set.tracks)
+            init_umx_statistics(model, train_set.spread(32))
         if tuple(metadata.sources) != tuple(config.targets):
             raise TrainingError(
                 f"the model outputs {list(metadata.sources)}, not the targets {list(config.targets)}"
@@ -344,6 +450,7 @@ def train(
                 valid_tracks=valid_names,
                 metric=metric_label,
                 history=trainer.history,
+                datasets=_dataset_summary(config, train_set),
             )
         distributed.barrier(info)
         best = trainer.best_score

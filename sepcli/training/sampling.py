@@ -11,6 +11,14 @@ Recipe (Open-Unmix, Uhlich et al. 2017): every track is drawn
 ``samples_per_track`` times per epoch; each source is cropped at a random start,
 optionally taken from another random track (source mixing), scaled by a random
 gain and randomly channel-swapped; the mixture is the sum of the sources.
+
+Several datasets (``--data A --data B``): the tracks of each are a contiguous
+block of :class:`ChunkDataset` (``dataset_sizes``); :class:`WeightedChunkSampler`
+gives each dataset its share of every epoch (``data_weights``, exact up to
+rounding) with balanced track sampling inside it, and its keys
+``(epoch, draw, track)`` name the track. Source mixing takes the other sources
+from the same dataset only (MIR-1K's ``accompaniment`` is not MUSDB's drums,
+bass and other, and its 8 kHz band would leak into a full-band mixture).
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from sepcli.errors import TrainingError
 from sepcli.training.augment import crop, random_channel_swap, random_gain, random_start, rms
 from sepcli.training.cache import CachedTrack
 
-__all__ = ["Augmentation", "ChunkDataset", "ChunkSampler"]
+__all__ = [
+    "Augmentation",
+    "ChunkDataset",
+    "ChunkSampler",
+    "WeightedChunkSampler",
+    "dataset_shares",
+    "make_sampler",
+]
 
 #: retries to find a non-silent chunk when ``silence_threshold`` is set.
 SILENCE_RETRIES = 10
@@ -61,8 +76,12 @@ class ChunkDataset(Dataset):
         samples_per_track: draws of each track per epoch.
         augmentation: the augmentation switches.
         seed: base seed.
+        dataset_sizes: number of tracks of each dataset, in the order of
+            ``tracks`` (default: one dataset); source mixing stays within one.
 
-    Items are keyed by ``(epoch, draw)`` (see :class:`ChunkSampler`) and are
+    Items are keyed by ``(epoch, draw)`` (see :class:`ChunkSampler`; the track
+    is ``draw % len // samples_per_track``) or ``(epoch, draw, track)`` (see
+    :class:`WeightedChunkSampler`) and are
     ``(mixture (channel, time), targets (num_targets, channel, time))`` float32.
     """
 
@@ -75,9 +94,15 @@ class ChunkDataset(Dataset):
         samples_per_track: int = 64,
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        dataset_sizes: Sequence[int] | None = None,
     ) -> None:
         if not tracks:
             raise TrainingError("no training tracks")
+        sizes = [len(tracks)] if dataset_sizes is None else [int(n) for n in dataset_sizes]
+        if sum(sizes) != len(tracks) or any(n <= 0 for n in sizes):
+            raise TrainingError(
+                f"dataset_sizes {sizes} do not split {len(tracks)} tracks into non-empty blocks"
+            )
         if not 0 < num_targets <= len(sources):
             raise TrainingError(f"num_targets={num_targets} does not fit sources {list(sources)}")
         for track in tracks:
@@ -91,9 +116,28 @@ class ChunkDataset(Dataset):
         self.samples_per_track = int(samples_per_track)
         self.augmentation = augmentation or Augmentation()
         self.seed = int(seed)
+        self.dataset_sizes = tuple(sizes)
+        #: names and layouts of the datasets (set by :func:`sepcli.training.run.prepare_data`)
+        self.dataset_names: tuple[str, ...] = ()
+        self.dataset_layouts: tuple[str, ...] = ()
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self._block = np.repeat(np.arange(len(sizes)), sizes)
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
+
+    def dataset_of(self, index: int) -> int:
+        """Which dataset (0-based) track ``index`` belongs to."""
+        return int(self._block[index])
+
+    def spread(self, count: int) -> list[CachedTrack]:
+        """Up to ``count`` tracks taken in turn from each dataset (e.g. for input statistics)."""
+        out: list[CachedTrack] = []
+        for i in range(max(self.dataset_sizes)):
+            for d, size in enumerate(self.dataset_sizes):
+                if i < size and len(out) < count:
+                    out.append(self.tracks[self._starts[d] + i])
+        return out
 
     def _source_chunk(
         self, track: CachedTrack, name: str, rng: np.random.Generator, start: int | None
@@ -103,17 +147,24 @@ class ChunkDataset(Dataset):
             start = random_start(audio.shape[1], self.segment_samples, rng)
         return crop(audio, start, self.segment_samples)
 
-    def chunk(self, epoch: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(mixture (C, T), targets (S, C, T))`` for key ``(epoch, draw)`` as numpy."""
+    def chunk(
+        self, epoch: int, draw: int, track: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(mixture (C, T), targets (S, C, T))`` for key ``(epoch, draw[, track])`` as numpy."""
         aug = self.augmentation
         rng = np.random.default_rng([self.seed, epoch, draw])
-        first = self.tracks[(draw % len(self)) // self.samples_per_track]
+        index = (draw % len(self)) // self.samples_per_track if track is None else int(track)
+        if not 0 <= index < len(self.tracks):
+            raise TrainingError(f"track index {index} outside 0..{len(self.tracks) - 1}")
+        block = self.dataset_of(index)
+        low, count = int(self._starts[block]), self.dataset_sizes[block]
+        first = self.tracks[index]
         shared_start = random_start(first.length, self.segment_samples, rng)
         chunks = []
         for i, name in enumerate(self.sources):
             track = first
             if aug.mix and i > 0:
-                track = self.tracks[int(rng.integers(len(self.tracks)))]
+                track = self.tracks[low + int(rng.integers(count))]
             start = None if (aug.mix and i > 0) else shared_start
             chunk = self._source_chunk(track, name, rng, start)
             if aug.silence_threshold > 0 and i < self.num_targets:
@@ -121,7 +172,7 @@ class ChunkDataset(Dataset):
                     if rms(chunk) >= aug.silence_threshold:
                         break
                     if aug.mix:
-                        track = self.tracks[int(rng.integers(len(self.tracks)))]
+                        track = self.tracks[low + int(rng.integers(count))]
                     chunk = self._source_chunk(track, name, rng, None)
             if aug.gain:
                 chunk = random_gain(chunk, rng, aug.gain_min, aug.gain_max)
@@ -131,9 +182,9 @@ class ChunkDataset(Dataset):
         stack = np.stack(chunks)
         return stack.sum(axis=0), stack[: self.num_targets]
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, draw = key
-        mixture, targets = self.chunk(int(epoch), int(draw))
+    def __getitem__(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, draw, *track = key
+        mixture, targets = self.chunk(int(epoch), int(draw), int(track[0]) if track else None)
         return torch.from_numpy(mixture), torch.from_numpy(targets)
 
 
@@ -202,3 +253,141 @@ class ChunkSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def dataset_shares(total: int, weights: Sequence[float]) -> list[int]:
+    """Split ``total`` draws between datasets in proportion to ``weights``.
+
+    Largest remainder rounding (ties to the lower index): the shares sum to
+    ``total`` and each is within one of ``total * w / sum(w)``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or not len(w) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise TrainingError(f"bad dataset weights {list(weights)}")
+    exact = total * w / w.sum()
+    shares = np.floor(exact).astype(int)
+    order = sorted(range(len(w)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[: total - int(shares.sum())]:
+        shares[i] += 1
+    return [int(n) for n in shares]
+
+
+class WeightedChunkSampler(Sampler):
+    """Keys ``(epoch, draw, track)`` for one epoch over several datasets.
+
+    Each epoch (seeded by ``(seed, epoch)``) gives dataset ``d`` its share
+    (:func:`dataset_shares` of ``weights``) of the ``num_samples * world_size``
+    draws; inside a dataset the tracks come from repeated seeded permutations
+    (balanced: every track is drawn the same number of times, give or take
+    one); the draws of all datasets are then shuffled together, numbered
+    ``0, 1, ...`` (the ``draw`` that seeds each chunk) and sharded by rank as in
+    :class:`ChunkSampler`.
+
+    Args:
+        dataset_sizes: tracks of each dataset (blocks of :class:`ChunkDataset`).
+        weights: sampling weight of each dataset (``None``: proportional to its
+            number of tracks, i.e. every track equally often).
+        samples_per_track: sets the default epoch size, ``sum(sizes) * samples_per_track``.
+        seed: base seed.
+        num_samples: keys per rank per epoch (``None``: the default epoch size / world size).
+        rank, world_size: this process's place in the DDP group.
+    """
+
+    def __init__(
+        self,
+        dataset_sizes: Sequence[int],
+        weights: Sequence[float] | None = None,
+        samples_per_track: int = 64,
+        seed: int = 0,
+        num_samples: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        sizes = [int(n) for n in dataset_sizes]
+        if not sizes or any(n <= 0 for n in sizes):
+            raise TrainingError(f"cannot sample from empty datasets (sizes {sizes})")
+        if not 0 <= rank < world_size:
+            raise TrainingError(f"rank {rank} outside world size {world_size}")
+        weights = list(weights) if weights else [float(n) for n in sizes]
+        if len(weights) != len(sizes):
+            raise TrainingError(f"{len(weights)} weights for {len(sizes)} datasets")
+        dataset_shares(1, weights)  # validates the weights
+        self.sizes = sizes
+        self.weights = [float(w) for w in weights]
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        default = sum(sizes) * int(samples_per_track)
+        self.num_samples = int(num_samples) if num_samples else max(default // world_size, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "sizes": list(self.sizes),
+            "weights": list(self.weights),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        same = (
+            int(state["seed"]) == self.seed
+            and int(state["num_samples"]) == self.num_samples
+            and list(state.get("sizes", [])) == self.sizes
+            and [float(w) for w in state.get("weights", [])] == self.weights
+        )
+        if not same:
+            raise TrainingError(
+                "sampler state does not match this run "
+                "(seed, epoch size, datasets or their weights changed)"
+            )
+        self.epoch = int(state["epoch"])
+
+    def keys(self) -> list[tuple[int, int, int]]:
+        total = self.num_samples * self.world_size
+        rng = np.random.default_rng([self.seed, self.epoch, 0x5A4D, len(self.sizes)])
+        tracks: list[int] = []
+        start = 0
+        for size, share in zip(self.sizes, dataset_shares(total, self.weights), strict=True):
+            picks: list[int] = []
+            while len(picks) < share:
+                picks.extend(int(i) + start for i in rng.permutation(size))
+            tracks.extend(picks[:share])
+            start += size
+        order = rng.permutation(total)
+        draws = [(self.epoch, draw, tracks[int(i)]) for draw, i in enumerate(order)]
+        return draws[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_sampler(
+    dataset: ChunkDataset,
+    weights: Sequence[float] = (),
+    seed: int = 0,
+    num_samples: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ChunkSampler | WeightedChunkSampler:
+    """The sampler of ``dataset``: :class:`ChunkSampler` for one dataset (the
+    chunks of a single-folder run do not change), :class:`WeightedChunkSampler`
+    for several."""
+    if len(dataset.dataset_sizes) == 1:
+        return ChunkSampler(len(dataset), seed, num_samples, rank, world_size)
+    return WeightedChunkSampler(
+        dataset.dataset_sizes,
+        weights or None,
+        dataset.samples_per_track,
+        seed,
+        num_samples,
+        rank,
+        world_size,
+    )
