@@ -48,6 +48,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from sepcli import atomic
 from sepcli.errors import AudioDecodeError, AudioEncodeError, FfmpegNotFoundError
 
 __all__ = [
@@ -1095,7 +1096,7 @@ class AudioWriter:
         os.replace(out_path, self.path)
         self._temps.remove(out_path)
         _remove_quietly(self._temps)
-        _fsync_dir(self.path.parent)
+        atomic.fsync_dir(self.path.parent)
 
     def _encode(self) -> None:
         raw = self._raw
@@ -1174,19 +1175,6 @@ class AudioWriter:
 
 def _sample_bytes(subtype: str) -> int:
     return {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}.get(subtype, 4)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync folders; the data itself is synced
-    finally:
-        os.close(fd)
 
 
 def write_audio(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from sepcli import audio
+from sepcli import atomic, audio
 from sepcli.cli.common import err_console, handle_errors, setup_logging
 from sepcli.dsp.phase import PHASE_METHODS
 from sepcli.errors import SepcliError, UsageError
@@ -80,15 +78,7 @@ def check_template(template: str) -> None:
 
 def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     """Write the JSON report atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "inputs": records}, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps({"version": 1, "inputs": records}, indent=2))
 
 
 def load_model_for_cli(

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from sepcli import __version__
+from sepcli import __version__, atomic
 from sepcli.audio import AUDIO_SUFFIXES, load_audio, write_audio
 from sepcli.datasets import Track
 from sepcli.errors import AudioError, DatasetError, SepcliError, UsageError
@@ -354,15 +352,7 @@ def score_track(
 
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(document, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(document, indent=1))
 
 
 def read_track_json(path: str | Path) -> dict[str, dict[str, list[float]]]:

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from sepcli import atomic
 from sepcli.errors import DownloadError, ModelNotFoundError, OfflineError, RegistryError
 from sepcli.hub.cache import cache_root as default_cache_root
 from sepcli.hub.transport import HttpSettings, check_url, new_session, open_url, redact
@@ -316,10 +317,7 @@ def _fetch_manifest(url: str, cache_root: Path, offline: bool, settings: HttpSet
     if len(body) > MAX_MANIFEST_BYTES:
         raise _fail(redact(url), f"registry is larger than {MAX_MANIFEST_BYTES} bytes")
     parse_manifest(_decode(body, redact(url)), redact(url))  # validate before keeping a copy
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = copy.with_name(f".{copy.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(body)
-    os.replace(tmp, copy)
+    atomic.write_bytes(copy, body)
     return body
 
 

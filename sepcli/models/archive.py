@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sepcli import atomic
 from sepcli.errors import ArchiveError
 
 __all__ = [
@@ -227,7 +227,9 @@ def check_module(module: torch.nn.Module, metadata: ArchiveMetadata, where: str)
     # Family modules also carry what they were built with; foreign modules need not.
     family = getattr(module, "family", None)
     if family is not None and str(family) != metadata.family:
-        raise ArchiveError(f"{where}: metadata family {metadata.family!r} != module family {family!r}")
+        raise ArchiveError(
+            f"{where}: metadata family {metadata.family!r} != module family {family!r}"
+        )
     config_json = getattr(module, "config_json", None)
     if config_json is not None:
         built = json.dumps(json.loads(str(config_json)), sort_keys=True)
@@ -294,18 +296,8 @@ def save_archive(
         check_module(module, metadata, metadata.name)
         if probe:
             probe_archive(Archive(module, metadata))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.jit.save(module, tmp, _extra_files={METADATA_FILE: metadata.to_json()})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; archives are ordinary files
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic.atomic_path(path) as tmp:
+            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: metadata.to_json()})
     finally:
         ctx.__exit__(None, None, None)
     return path

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sepcli import atomic
 from sepcli.errors import DatasetError, SepcliError
 
 __all__ = ["REST", "CachedTrack", "source_recipe", "cache_key", "cache_tracks", "open_cached"]
@@ -126,10 +127,8 @@ def _widen(audio: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may fill one cache
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:  # two runs may fill one cache
         np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
-    os.replace(tmp, path)
 
 
 def open_cached(entry: Path, name: str) -> CachedTrack | None:
@@ -249,9 +248,7 @@ def cache_tracks(
                 "sample_rate": sample_rate,
                 "mixture": mixture is not None,
             }
-            tmp = entry / f"meta.json.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(meta), encoding="utf-8")
-            os.replace(tmp, entry / "meta.json")
+            atomic.write_text(entry / "meta.json", json.dumps(meta))
             hit = open_cached(entry, track.name)
             if hit is None:
                 raise DatasetError(f"cache entry {entry} could not be read back")

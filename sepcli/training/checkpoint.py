@@ -15,13 +15,13 @@ import errno
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sepcli import atomic
 from sepcli.errors import TrainingError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
@@ -60,25 +60,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to ``path`` atomically (temp file + fsync + ``os.replace``).
 
@@ -87,24 +68,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
             previous file at ``path`` is left as it was and the temp file removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic.atomic_path(path, durable=True) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
         reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             reason = "no space left on device"
         kept = "; the previous checkpoint is intact" if path.exists() else ""
         raise TrainingError(f"{path}: cannot write checkpoint ({reason}){kept}") from exc
-    _fsync_dir(path.parent)
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import tomllib
 
+from sepcli import atomic
 from sepcli.errors import TrainingError
 
 __all__ = [
@@ -371,12 +372,7 @@ def dump_toml(config: TrainConfig) -> str:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``config`` as TOML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_toml(config), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, dump_toml(config))
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:

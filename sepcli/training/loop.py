@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sepcli import atomic
 from sepcli.errors import TrainingError
 from sepcli.models.archive import ArchiveMetadata
 from sepcli.training import distributed
@@ -335,10 +336,8 @@ class Trainer:
 def _write_log(history: Sequence[dict[str, Any]], path: Path) -> None:
     """Rewrite ``log.jsonl`` from the history kept in the checkpoint (atomic), so
     the log and the checkpoint always agree, also after a crash and resume."""
-    tmp = path.with_name(path.name + ".tmp")
     lines = (json.dumps(_finite(r), allow_nan=False) + "\n" for r in history)
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(lines))
 
 
 def _finite(value: Any) -> Any:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from sepcli import atomic
+
 __all__ = ["curves_svg", "write_curves"]
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -86,8 +88,4 @@ def curves_svg(history: Sequence[Mapping[str, Any]]) -> str:
 
 def write_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write :func:`curves_svg` to ``path`` (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(curves_svg(history), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, curves_svg(history))
