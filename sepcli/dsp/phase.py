@@ -1,9 +1,16 @@
 """Turning estimated magnitudes into waveforms: the phase step of spectrogram models.
 
 ``reconstruct`` is the single entry point the separator calls for archives whose
-output is ``"magnitude"``. Methods: ``"mixture"`` (copy the mixture phase),
-``"wiener"`` (multichannel Wiener EM, :mod:`sepcli.dsp.wiener`) and
-``"griffin-lim"`` (:mod:`sepcli.dsp.griffinlim`).
+output is ``"magnitude"``. Methods (see ``docs/phase.md`` for measured quality
+and speed):
+
+* ``"mixture"``: the magnitudes with the mixture phase (fastest);
+* ``"wiener"``: multichannel Wiener filter with EM iterations
+  (:func:`sepcli.dsp.wiener.wiener`, Open-Unmix's post-processing);
+* ``"griffin-lim"``: (fast) Griffin-Lim per source
+  (:func:`sepcli.dsp.griffinlim.griffin_lim`);
+* ``"misi"``: multiple input spectrogram inversion, Griffin-Lim coupled across
+  sources so that they sum to the mixture (:func:`sepcli.dsp.griffinlim.misi`).
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sepcli.dsp.stft import istft
+from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
+from sepcli.dsp.stft import hann_window, istft
+from sepcli.dsp.wiener import DEFAULT_EPS, wiener
+from sepcli.errors import UsageError
 
-__all__ = ["PHASE_METHODS", "reconstruct"]
+__all__ = ["PHASE_METHODS", "GL_INITS", "reconstruct"]
 
-PHASE_METHODS = ("mixture", "wiener", "griffin-lim")
+PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
 
 
 def reconstruct(
@@ -30,6 +40,12 @@ def reconstruct(
     gl_iters: int = 32,
     gl_init: str = "mixture",
     generator: torch.Generator | None = None,
+    gl_momentum: float = 0.99,
+    wiener_softmask: bool = False,
+    wiener_residual: bool = False,
+    wiener_window_frames: int = 300,
+    wiener_eps: float = DEFAULT_EPS,
+    mix_wave: Tensor | None = None,
 ) -> Tensor:
     """Waveforms from magnitude estimates.
 
@@ -39,11 +55,62 @@ def reconstruct(
         mix_spec: ``(batch, channel, freq, frame)`` complex STFT of the mixture.
         n_fft, hop_length: STFT parameters (:mod:`sepcli.dsp.stft` convention).
         length: output length in samples.
+        wiener_iters: EM iterations for ``"wiener"`` (0 = Open-Unmix's ``niter=0``:
+            magnitudes with the mixture phase, i.e. the same as ``"mixture"``).
+        gl_iters: iterations for ``"griffin-lim"`` and ``"misi"``.
+        gl_init: ``"mixture"`` or ``"random"`` starting phase for Griffin-Lim / MISI.
+        generator: random generator for ``gl_init="random"``.
+        gl_momentum: fast Griffin-Lim momentum (0 = plain Griffin-Lim).
+        wiener_softmask: start the EM from a ratio mask instead of the mixture phase.
+        wiener_residual: model ``mixture - sum of sources`` as an extra source
+            during the EM (it is dropped from the result).
+        wiener_window_frames: frames per independent Wiener window.
+        wiener_eps: Wiener regularisation.
+        mix_wave: ``(batch, channel, length)`` mixture waveform for ``"misi"``;
+            the inverse STFT of ``mix_spec`` when omitted.
 
     Returns:
-        ``(batch, source, channel, length)`` real waveforms.
+        ``(batch, source, channel, length)`` real waveforms (float32 unless the
+        inputs are float64).
     """
     if method == "mixture":
-        phase = torch.exp(1j * torch.angle(mix_spec)).unsqueeze(1)
+        phase = torch.polar(torch.ones_like(mix_spec.real), torch.angle(mix_spec)).unsqueeze(1)
         return istft(magnitudes * phase, n_fft, hop_length, length)
-    raise ValueError(f"unknown phase method {method!r}; expected one of {PHASE_METHODS}")
+    if method == "wiener":
+        if wiener_iters < 0:
+            raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")
+        sources = magnitudes.shape[1]
+        spec = wiener(
+            magnitudes,
+            mix_spec,
+            wiener_iters,
+            wiener_softmask,
+            wiener_residual,
+            wiener_window_frames,
+            wiener_eps,
+        )
+        return istft(spec[:, :sources], n_fft, hop_length, length)
+    if method in ("griffin-lim", "misi"):
+        if gl_iters < 0:
+            raise UsageError(f"Griffin-Lim iterations must be >= 0, got {gl_iters}")
+        if gl_init not in GL_INITS:
+            raise UsageError(
+                f"unknown Griffin-Lim init {gl_init!r}; expected one of {', '.join(GL_INITS)}"
+            )
+        if method == "griffin-lim":
+            return griffin_lim(
+                magnitudes,
+                n_fft,
+                hop_length,
+                length,
+                gl_iters,
+                gl_init,
+                mix_spec,
+                gl_momentum,
+                generator,
+            )
+        if mix_wave is None:
+            window = hann_window(n_fft, mix_spec.device)
+            mix_wave = istft(mix_spec, n_fft, hop_length, length, window)
+        return misi(magnitudes, mix_wave, n_fft, hop_length, gl_iters, gl_init, mix_spec, generator)
+    raise UsageError(f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}")

@@ -218,6 +218,10 @@ class Separator:
             gl_iters=self.gl_iters,
             gl_init=self.gl_init,
             generator=self._generator,
+            # One estimated source: Wiener needs the rest of the mixture as a residual
+            # source, or its single mask would be 1 everywhere.
+            wiener_residual=meta.num_sources == 1,
+            mix_wave=batch,
         )
 
     def _offsets(self) -> list[int]:
@@ -269,8 +273,8 @@ class Separator:
             out_channels = channels if channels <= 2 else model_channels
         needed = sorted({i for r in recipes for i in r.indices})
         use_mix = any(r.kind == "mix_minus" for r in recipes)
-        if self.shifts or self.phase == "griffin-lim":
-            self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        # Random phase initialisation is seeded, so a run is reproducible.
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
         engine = StreamingOverlapAdd(
             self._forward,

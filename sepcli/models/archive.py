@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from sepcli import atomic
+from sepcli.dsp.phase import PHASE_METHODS
 from sepcli.errors import ArchiveError
 
 __all__ = [
@@ -149,7 +150,7 @@ class ArchiveMetadata:
             out.append("segment_seconds must be positive")
         if self.context_seconds < 0:
             out.append("context_seconds must be >= 0")
-        if self.phase not in ("mixture", "wiener", "griffin-lim"):
+        if self.phase not in PHASE_METHODS:
             out.append(f"unknown phase method {self.phase!r}")
         if self.format_version > FORMAT_VERSION:
             out.append(
