@@ -96,9 +96,9 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if "Content-Length" not in (headers or {}) and not (headers or {}).get("X-No-Length"):
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
-            with server.lock:
+            with server.lock:  # counted before sending: the client may finish first
                 server.bytes_sent += len(body)
+            self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path
@@ -135,9 +135,9 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 body = data + b"x" * 4096
-                self.wfile.write(body)
-                with server.lock:
+                with server.lock:  # counted before sending: the client may finish first
                     server.bytes_sent += len(body)
+                self.wfile.write(body)
             elif mode == "corrupt":
                 self._send(bytes([data[0] ^ 0xFF]) + data[1:])
             elif mode == "slow":
@@ -146,10 +146,10 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 step = -(-len(data) // 8)
                 for i in range(0, len(data), step):
+                    with server.lock:  # counted before sending: the client may finish first
+                        server.bytes_sent += len(data[i : i + step])
                     self.wfile.write(data[i : i + step])
                     self.wfile.flush()
-                    with server.lock:
-                        server.bytes_sent += len(data[i : i + step])
                     server.release.wait(0.15)
             else:
                 self._send_range(data, cut=mode == "cut" or (mode == "cut-once" and count == 1),
@@ -172,16 +172,16 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if cut:
                 half = body[: len(body) // 2]
+                with server.lock:  # counted before sending: the client may finish first
+                    server.bytes_sent += len(half)
                 self.wfile.write(half)
                 self.wfile.flush()
-                with server.lock:
-                    server.bytes_sent += len(half)
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            self.wfile.write(body)
-            with server.lock:
+            with server.lock:  # counted before sending: the client may finish first
                 server.bytes_sent += len(body)
+            self.wfile.write(body)
 
     return Handler
 
