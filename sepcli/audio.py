@@ -27,6 +27,7 @@ never damaged. See ``docs/audio-formats.md`` for the format and clip tables.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -36,6 +37,7 @@ import secrets
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -308,9 +310,30 @@ def _libsndfile_reason(e: Exception) -> str:
     return msg.strip().rstrip(".") or type(e).__name__
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """Silence C-level stderr (libsndfile's MP3 decoder prints "Note: ..." lines
+    when it probes a file); Python-level errors are raised, not printed."""
+    try:
+        target = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(target)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, target)
+        yield
+    finally:
+        os.dup2(saved, target)
+        os.close(saved)
+        os.close(null)
+
+
 def _probe_soundfile(path: Path, stream: int | None) -> AudioInfo:
     try:
-        with sf.SoundFile(str(path)) as f:
+        with _c_stderr_silenced(), sf.SoundFile(str(path)) as f:
             info = AudioInfo(
                 path=path, sample_rate=int(f.samplerate), channels=int(f.channels),
                 frames=int(f.frames), backend="soundfile", stream=0, num_streams=1,
