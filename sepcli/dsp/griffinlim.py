@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from sepcli.dsp.stft import hann_window, istft, num_frames, stft
+from sepcli.dsp.stft import hann_window, istft, num_frames, stft, unit_phase
 from sepcli.errors import UsageError
 
 __all__ = ["GL_INITS", "griffin_lim", "misi", "initial_phase", "spectral_convergence"]
@@ -79,8 +79,7 @@ def initial_phase(
         if mix_spec is None:
             raise UsageError("Griffin-Lim init 'mixture' needs the mixture spectrogram")
         ref = mix_spec if mix_spec.dim() == 5 else mix_spec.unsqueeze(1)
-        phase = torch.polar(torch.ones_like(ref.real), torch.angle(ref))
-        return phase.to(complex_dtype).expand(magnitudes.shape)
+        return unit_phase(ref).to(complex_dtype).expand(magnitudes.shape)
     if init == "random":
         device = generator.device if generator is not None else magnitudes.device
         angles = torch.rand(

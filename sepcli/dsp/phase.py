@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
-from sepcli.dsp.stft import hann_window, istft
+from sepcli.dsp.stft import hann_window, istft, unit_phase
 from sepcli.dsp.wiener import DEFAULT_EPS, wiener
 from sepcli.errors import UsageError
 
@@ -74,8 +74,7 @@ def reconstruct(
         inputs are float64).
     """
     if method == "mixture":
-        phase = torch.polar(torch.ones_like(mix_spec.real), torch.angle(mix_spec)).unsqueeze(1)
-        return istft(magnitudes * phase, n_fft, hop_length, length)
+        return istft(magnitudes * unit_phase(mix_spec).unsqueeze(1), n_fft, hop_length, length)
     if method == "wiener":
         if wiener_iters < 0:
             raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")

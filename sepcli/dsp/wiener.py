@@ -41,6 +41,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sepcli.dsp.stft import unit_phase
+
 __all__ = ["wiener", "softmask", "expectation_maximization", "invert_covariance"]
 
 #: Default regularisation, the value Open-Unmix's separator uses.
@@ -210,10 +212,7 @@ def _wiener_window(
     if use_softmask:
         y = softmask(magnitudes, mix_spec, eps)
     else:
-        # the mixture phase as x / |x| (1 where x = 0, like exp(1j * angle(0)))
-        mix_abs = mix_spec.abs()
-        unit = torch.where(mix_abs > 0, mix_spec / mix_abs, torch.ones_like(mix_spec))
-        y = magnitudes * unit.unsqueeze(1)
+        y = magnitudes * unit_phase(mix_spec).unsqueeze(1)  # mixture phase
     if residual:
         y = torch.cat([y, (mix_spec - y.sum(dim=1)).unsqueeze(1)], dim=1)
     if iterations <= 0:
