@@ -2,8 +2,9 @@
 
 Scores a synthetic 4-source stereo track (44.1 kHz, 1-second windows and hop,
 512-tap filters) with ``sepcli.evaluation.bsseval.bss_eval_v4`` and with
-``museval.evaluate`` in the same process and thread setting, and prints the
-median time of each, the speed ratio and the largest per-frame difference.
+``museval.evaluate`` in the same process and thread setting, runs interleaved
+(ours, museval, ours, ...), and prints the median time of each, the speed ratio,
+the largest per-frame difference and the machine's load average.
 
     python bench/bench_bsseval.py [--seconds 180] [--runs 3] [--museval-runs 1] [--threads 2]
 """
@@ -11,6 +12,7 @@ median time of each, the speed ratio and the largest per-frame difference.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -59,25 +61,29 @@ def main() -> None:
     ref_t = torch.from_numpy(refs).to(args.device)
     est_t = torch.from_numpy(ests).to(args.device)
     ours_times, museval_times = [], []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        ours = bss_eval_v4(ref_t, est_t, 44100, 44100)
-        if args.device != "cpu":
-            torch.cuda.synchronize()
-        ours_times.append(time.perf_counter() - start)
-    for _ in range(args.museval_runs):
-        start = time.perf_counter()
-        theirs = museval.evaluate(
-            refs.transpose(0, 2, 1), ests.transpose(0, 2, 1), win=44100, hop=44100
-        )
-        museval_times.append(time.perf_counter() - start)
+    load_before = os.getloadavg()[0]
+    # interleaved: ours, museval, ours, museval, ... then the remaining runs of either
+    for i in range(max(args.runs, args.museval_runs)):
+        if i < args.runs:
+            start = time.perf_counter()
+            ours = bss_eval_v4(ref_t, est_t, 44100, 44100)
+            if args.device != "cpu":
+                torch.cuda.synchronize()
+            ours_times.append(time.perf_counter() - start)
+        if i < args.museval_runs:
+            start = time.perf_counter()
+            theirs = museval.evaluate(
+                refs.transpose(0, 2, 1), ests.transpose(0, 2, 1), win=44100, hop=44100
+            )
+            museval_times.append(time.perf_counter() - start)
     diff = max(
         float(np.nanmax(np.abs(np.asarray(t) - o.cpu().numpy())))
         for t, o in zip(theirs, ours, strict=True)
     )
     ours_med, museval_med = statistics.median(ours_times), statistics.median(museval_times)
     print(
-        f"track: {args.seconds:.0f} s stereo, 4 sources, 44.1 kHz; threads={args.threads}; device={args.device}"
+        f"track: {args.seconds:.0f} s stereo, 4 sources, 44.1 kHz; threads={args.threads}; "
+        f"device={args.device}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     print(
         f"sepcli bss_eval_v4: median {ours_med:.2f} s over {args.runs} runs {[round(t, 2) for t in ours_times]}"

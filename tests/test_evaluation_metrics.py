@@ -105,6 +105,53 @@ def test_perfect_estimate_has_infinite_sdr_and_bad_shapes_raise() -> None:
         bss_eval_v4(torch.zeros(2, 1000), torch.zeros(2, 1000))
 
 
+def test_tiled_windows_with_short_tail_equal_museval() -> None:
+    # hop == window: the window spectra also give the correlations (fast path),
+    # with a tail shorter than the filters after the last window
+    refs, ests = _signals(4, 2, 6030, seed=4)
+    refs[0, :, 1500:3000] = 0.0  # a silent reference window
+    ests[1, :, 4500:6000] = 0.0  # a silent estimate window
+    refs[2, 1] = refs[2, 0]  # a mono stem stored as stereo
+    ours = _ours(refs, ests, 1500, 1500, filters_len=64)
+    assert np.isnan(ours[:, :, 1]).all() and np.isnan(ours[:, :, 3]).all()
+    assert np.isfinite(ours[:, :, [0, 2]]).all()
+    _assert_close(ours, _museval(refs, ests, 1500, 1500, filters_len=64))
+
+
+@pytest.mark.parametrize("length", [3000, 3010, 3100])
+def test_tiled_correlations_equal_direct_correlations(length: int) -> None:
+    from sepcli.evaluation.bsseval import _block_spectra, _tiled_correlations
+
+    g = torch.Generator().manual_seed(length)
+    x = torch.randn(2, length, generator=g, dtype=torch.float64)
+    y = torch.randn(3, length, generator=g, dtype=torch.float64)
+    max_lag, block = 40, 1000
+    spectra = _block_spectra((x, y), block, 1050)
+    corr = _tiled_correlations(spectra, (x, y), 1050, block, max_lag)
+    both = torch.cat([x, y]).numpy()
+    for i in range(5):
+        for j in range(2):  # r[i, j, max_lag + m] = sum_n both_i[n + m] x_j[n]
+            full = np.correlate(both[i], x[j].numpy(), mode="full")  # lag m at length - 1 + m
+            expected = full[length - 1 - max_lag : length + max_lag]
+            np.testing.assert_allclose(corr[i, j].numpy(), expected, atol=1e-9)
+
+
+def test_solve_falls_back_from_cholesky_and_keeps_threads() -> None:
+    from sepcli.evaluation.bsseval import _solve
+
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    rhs = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    expected = np.linalg.solve(indefinite.numpy(), rhs.numpy())
+    np.testing.assert_allclose(_solve(indefinite, rhs).numpy(), expected, rtol=1e-12)
+    spd = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    expected = np.linalg.solve(spd.numpy(), rhs.numpy())
+    np.testing.assert_allclose(_solve(spd, rhs).numpy(), expected, rtol=1e-12)
+    torch.set_num_threads(2)  # the chunked loops run on one thread, then restore it
+    refs, ests = _signals(2, 1, 3000)
+    bss_eval_v4(torch.from_numpy(refs), torch.from_numpy(ests), 1000, 1000, 16)
+    assert torch.get_num_threads() == 2
+
+
 def test_global_sdr_and_si_sdr() -> None:
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(3, 2, 1000, generator=g, dtype=torch.float64)
