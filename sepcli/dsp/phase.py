@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
-from sepcli.dsp.stft import hann_window, istft, unit_phase
+from sepcli.dsp.stft import hann_window, istft
 from sepcli.dsp.wiener import DEFAULT_EPS, wiener
 from sepcli.errors import UsageError
 
@@ -74,7 +74,10 @@ def reconstruct(
         inputs are float64).
     """
     if method == "mixture":
-        return istft(magnitudes * unit_phase(mix_spec).unsqueeze(1), n_fft, hop_length, length)
+        # |S| * X / |X| as a real ratio times X (no complex division); bins where the
+        # mixture is exactly zero stay zero.
+        ratio = magnitudes / mix_spec.abs().clamp_min(1e-30).unsqueeze(1)
+        return istft(ratio * mix_spec.unsqueeze(1), n_fft, hop_length, length)
     if method == "wiener":
         if wiener_iters < 0:
             raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")
