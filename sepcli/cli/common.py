@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from sepcli.dsp import PHASE_METHODS
 from sepcli.errors import SepcliError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,3 +61,49 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     logging.getLogger("sepcli").setLevel(level)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+
+
+#: The Separator's knobs, shared by ``separate`` and ``evaluate`` (one spelling, one range).
+_SEPARATOR_OPTIONS = [
+    click.option(
+        "--segment",
+        type=float,
+        default=None,
+        help="Chunk length in seconds (default: the model's).",
+    ),
+    click.option(
+        "--overlap",
+        type=click.FloatRange(0.0, 0.9),
+        default=0.25,
+        show_default=True,
+        help="Fraction of a chunk shared with the next.",
+    ),
+    click.option(
+        "--shifts",
+        type=click.IntRange(0, 100),
+        default=0,
+        show_default=True,
+        help="Random time-shift passes averaged (better quality, N times slower).",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed for shifts and random phase."
+    ),
+    click.option(
+        "--phase",
+        type=click.Choice(PHASE_METHODS),
+        default=None,
+        help="Phase for spectrogram models (default: the model's).",
+    ),
+    click.option("--wiener-iters", type=click.IntRange(0, 10), default=1, show_default=True),
+    click.option("--gl-iters", type=click.IntRange(1, 1000), default=32, show_default=True),
+    click.option(
+        "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
+    ),
+]
+
+
+def separator_options(func: F) -> F:
+    """Add ``--segment --overlap --shifts --seed --phase --wiener-iters --gl-iters --gl-init``."""
+    for option in reversed(_SEPARATOR_OPTIONS):
+        func = option(func)
+    return func

@@ -11,7 +11,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.cli.common import (
+    err_console,
+    handle_errors,
+    out_console,
+    separator_options,
+    setup_logging,
+)
 from sepcli.datasets import SUBSETS, open_dataset
 from sepcli.errors import UsageError
 from sepcli.evaluation.runner import (
@@ -158,23 +164,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (model and metrics)."
 )
-@click.option(
-    "--segment", type=float, default=None, help="Chunk length in seconds (model default)."
-)
-@click.option("--overlap", type=float, default=0.25, show_default=True)
-@click.option("--shifts", type=int, default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--phase",
-    type=click.Choice(["mixture", "wiener", "griffin-lim", "misi"]),
-    default=None,
-    help="Phase method for magnitude models (model default).",
-)
-@click.option("--wiener-iters", type=click.IntRange(0, 10), default=1, show_default=True)
-@click.option("--gl-iters", type=click.IntRange(1, 1000), default=32, show_default=True)
-@click.option(
-    "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
-)
+@separator_options
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary JSON on stdout instead of tables."
 )

@@ -20,8 +20,7 @@ from rich.progress import (
 )
 
 from sepcli import atomic, audio
-from sepcli.cli.common import err_console, handle_errors, setup_logging
-from sepcli.dsp.phase import PHASE_METHODS
+from sepcli.cli.common import err_console, handle_errors, separator_options, setup_logging
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
 
@@ -133,37 +132,7 @@ def load_model_for_cli(
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
-@click.option(
-    "--segment", type=float, default=None, help="Chunk length in seconds (default: the model's)."
-)
-@click.option(
-    "--overlap",
-    type=click.FloatRange(0.0, 0.9),
-    default=0.25,
-    show_default=True,
-    help="Fraction of a chunk shared with the next.",
-)
-@click.option(
-    "--shifts",
-    type=click.IntRange(0, 100),
-    default=0,
-    show_default=True,
-    help="Random time-shift passes averaged (better quality, N times slower).",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed for shifts and random phase."
-)
-@click.option(
-    "--phase",
-    type=click.Choice(PHASE_METHODS),
-    default=None,
-    help="Phase for spectrogram models (default: the model's).",
-)
-@click.option("--wiener-iters", type=click.IntRange(0, 10), default=1, show_default=True)
-@click.option("--gl-iters", type=click.IntRange(1, 1000), default=32, show_default=True)
-@click.option(
-    "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
-)
+@separator_options
 @click.option(
     "--format",
     "fmt",

@@ -25,7 +25,7 @@ from sepcli.errors import UsageError
 
 __all__ = ["PHASE_METHODS", "GL_INITS", "reconstruct"]
 
-PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
+from sepcli.dsp import PHASE_METHODS  # noqa: E402  (re-exported)
 
 
 def reconstruct(
