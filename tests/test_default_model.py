@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_tone
+
 from sepcli.hub import load_model, resolve_model
 from sepcli.inference.separator import Separator
 

@@ -361,11 +361,7 @@ class Separator:
             if done:
                 yield done
         tail_in = res_in.flush()
-        parts = (
-            [engine.push(_as_tensor(tail_in))]
-            if tail_in.shape[-1]
-            else []
-        )
+        parts = [engine.push(_as_tensor(tail_in))] if tail_in.shape[-1] else []
         parts.append(engine.finish())
         tail = torch.cat(parts, dim=-1)
         resampled = np.concatenate([through(tail), res_out.flush()], axis=-1)

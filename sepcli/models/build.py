@@ -182,4 +182,3 @@ def verify_archive(archive: Archive) -> Archive:
 def load_verified(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Archive:
     """:func:`load_archive` followed by :func:`verify_archive`."""
     return verify_archive(load_archive(path, device))
-
