@@ -85,7 +85,7 @@ def test_corrupt_converted_archive_is_caught_and_rebuilt(
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    result = verify_models(registry=reg)[0]
+    result = next(r for r in verify_models(registry=reg) if r.name == "tiny-umx")
     assert result.status == "repaired" and "SHA-256" in result.detail
     assert load_model("tiny-umx", registry=reg, offline=True).metadata.name == "tiny-umx"
     assert file_server.gets["/bass-x.pth"] == 2
