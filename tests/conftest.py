@@ -28,6 +28,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def musdb_stems(path: Path, seconds: float) -> torch.Tensor:
+    """Streams 1-4 (drums, bass, other, vocals) of a MUSDB ``.stem.mp4``, first ``seconds``,
+    decoded by sepcli's own reader: ``(source, channel, time)`` float32."""
+    from sepcli.audio import load_audio
+
+    n = int(round(seconds * 44100))
+    stems = [load_audio(path, stream=k)[0][:, :n] for k in (1, 2, 3, 4)]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(stems)))
+
+
 def make_tone(
     seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0
 ) -> np.ndarray:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import musdb_stems
 
 from sepcli.dsp.griffinlim import griffin_lim, initial_phase, misi, spectral_convergence
 from sepcli.dsp.stft import istft, stft
@@ -203,30 +202,5 @@ def test_bad_arguments():
 
 @pytest.mark.data
 def test_true_phase_fixed_point_on_real_stems(shared_data: Path):
-    stems = []
-    for stream in (1, 2, 3, 4):
-        raw = subprocess.run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-i",
-                str(shared_data / PREVIEW),
-                "-map",
-                f"0:a:{stream}",
-                "-t",
-                "1.0",
-                "-f",
-                "f32le",
-                "-ac",
-                "2",
-                "-ar",
-                "44100",
-                "-",
-            ],
-            capture_output=True,
-            check=True,
-        ).stdout
-        stems.append(np.frombuffer(raw, np.float32).reshape(-1, 2).T)
-    src = torch.from_numpy(np.stack(stems)).unsqueeze(0)
+    src = musdb_stems(shared_data / PREVIEW, 1.0).unsqueeze(0)
     check_true_phase_fixed_point(src, 2048, 512, 8)

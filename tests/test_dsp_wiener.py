@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import norbert
 import numpy as np
 import pytest
 import torch
+from conftest import musdb_stems
 
 from sepcli.dsp.stft import istft, stft
 from sepcli.dsp.wiener import expectation_maximization, softmask, wiener
@@ -235,36 +235,6 @@ def test_rejects_mismatched_shapes():
 # --- real stems -----------------------------------------------------------------------
 
 
-def decode_stems(path: Path, seconds: float) -> torch.Tensor:
-    """MUSDB streams 1-4 (drums, bass, other, vocals) of ``path``: ``(source, channel, time)``."""
-    stems = []
-    for stream in (1, 2, 3, 4):
-        raw = subprocess.run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-i",
-                str(path),
-                "-map",
-                f"0:a:{stream}",
-                "-t",
-                str(seconds),
-                "-f",
-                "f32le",
-                "-ac",
-                "2",
-                "-ar",
-                "44100",
-                "-",
-            ],
-            capture_output=True,
-            check=True,
-        ).stdout
-        stems.append(np.frombuffer(raw, np.float32).reshape(-1, 2).T)
-    return torch.from_numpy(np.stack(stems))
-
-
 def sdr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     """Plain SDR in dB per source, ``10 log10(|s|^2 / |s - s_hat|^2)``, over ``(..., channel, time)``."""
     num = reference.pow(2).flatten(-2).sum(-1)
@@ -273,7 +243,7 @@ def sdr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
 
 def real_spectrograms(shared_data: Path, seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbed true stem magnitudes ``(1, 4, 2, F, N)`` and the mixture STFT, float32."""
-    stems = decode_stems(shared_data / PREVIEW, seconds).unsqueeze(0)  # (1, 4, 2, T)
+    stems = musdb_stems(shared_data / PREVIEW, seconds).unsqueeze(0)  # (1, 4, 2, T)
     mix = stft(stems.sum(1), 4096, 1024)
     gen = torch.Generator().manual_seed(0)
     noise = torch.exp(0.3 * torch.randn(stems.shape[:3] + mix.shape[-2:], generator=gen))
@@ -309,7 +279,7 @@ def test_matches_norbert_on_real_spectrograms_all_options(
 
 @pytest.mark.data
 def test_oracle_wiener_beats_ratio_mask_on_real_stems(shared_data):
-    stems = decode_stems(shared_data / PREVIEW, 3.0).unsqueeze(0)
+    stems = musdb_stems(shared_data / PREVIEW, 3.0).unsqueeze(0)
     length = stems.shape[-1]
     mix = stft(stems.sum(1), 2048, 512)
     mags = stft(stems, 2048, 512).abs()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_tone, write_wav
+from test_training_loop import TinyNet
 
 from sepcli.audio import resample
 from sepcli.errors import DatasetError, TrainingError
@@ -79,23 +80,6 @@ def config_for(roots: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
-
-
-class TinyNet(torch.nn.Module):
-    """Waveform model with dropout (resume must restore the torch RNG)."""
-
-    def __init__(self, sources: int = 1, channels: int = 2):
-        super().__init__()
-        self.sample_rate = SR
-        self.audio_channels = channels
-        self.num_sources = sources
-        self.conv = torch.nn.Conv1d(channels, 8, 15, padding=7)
-        self.drop = torch.nn.Dropout(0.2)
-        self.out = torch.nn.Conv1d(8, channels * sources, 15, padding=7)
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        b, c, t = mix.shape
-        return self.out(self.drop(torch.tanh(self.conv(mix)))).view(b, self.num_sources, c, t)
 
 
 def tiny_factory(config: TrainConfig):
