@@ -6,14 +6,21 @@ Peer, back to back on the same file: the ``openunmix`` package's UMX-HQ
 ``Separator`` (four targets, Wiener filtering with 1 iteration, as
 ``umx song.wav`` runs it), with random weights of the umxhq size (speed does
 not depend on weight values; the published weights cannot be downloaded here),
-fed the decoded file and writing its four stems with soundfile.
+fed the decoded file and writing its four stems with soundfile. Second peer
+(``--htdemucs-rounds``, default 1 because it is slow): HTDemucs as ``demucs
+song.wav`` runs it (the ``htdemucs`` architecture at its published size,
+41,984,456 parameters, random weights; input normalisation, ``apply_model``
+with ``shifts=1``, ``split=True``, ``overlap=0.25``; four stems written).
 
 Usage::
 
     python bench/bench_default.py [--model default] [--minutes 3] [--rounds 3] [--threads 2]
+        [--htdemucs-rounds 1]
 
 Prints medians over the rounds and the ratio peer / ours. Needs ``openunmix``
-(``pip install --no-deps openunmix``).
+(``pip install --no-deps openunmix``) and, for HTDemucs, ``pip install --no-deps
+demucs==4.0.1 julius einops omegaconf antlr4-python3-runtime==4.9.3`` (its
+``torchaudio`` and ``dora`` imports are stubbed: neither is used for inference).
 """
 
 from __future__ import annotations
@@ -52,6 +59,33 @@ for i, name in enumerate(("vocals", "drums", "bass", "other")):
 print(time.perf_counter() - t0)
 """
 
+HTDEMUCS = r"""
+import sys, time, types
+sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
+dora, dora_log = types.ModuleType("dora"), types.ModuleType("dora.log")
+dora_log.fatal, dora.log = print, dora_log
+sys.modules.setdefault("dora", dora); sys.modules.setdefault("dora.log", dora_log)
+import numpy as np, soundfile as sf, torch
+torch.set_num_threads(int(sys.argv[3]))
+from demucs.apply import apply_model
+from demucs.htdemucs import HTDemucs
+torch.manual_seed(0)
+t0 = time.perf_counter()
+audio, rate = sf.read(sys.argv[1], dtype="float32", always_2d=True)
+model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100, segment=7.8,
+                 channels=48, depth=4, t_layers=5, bottom_channels=512, t_dropout=0.02,
+                 dconv_mode=3, cac=True).eval()
+wav = torch.from_numpy(audio.T.copy())
+ref = wav.mean(0)
+wav = (wav - ref.mean()) / ref.std()
+with torch.no_grad():
+    est = apply_model(model, wav[None], shifts=1, split=True, overlap=0.25, progress=False)[0]
+est = est * ref.std() + ref.mean()
+for i, name in enumerate(model.sources):
+    sf.write(f"{sys.argv[2]}/{name}.wav", est[i].numpy().T, rate, subtype="PCM_16")
+print(time.perf_counter() - t0)
+"""
+
 
 def write_track(path: Path, minutes: float, sample_rate: int = 44100) -> None:
     rng = np.random.default_rng(0)
@@ -83,16 +117,16 @@ def time_ours(sepcli: str, src: Path, out: Path, model: str, threads: int) -> fl
     return time.perf_counter() - start
 
 
-def time_peer(src: Path, out: Path, threads: int) -> float:
+def time_peer(src: Path, out: Path, threads: int, script: str = PEER) -> float:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", PEER, str(src), str(out), str(threads)],
+        [sys.executable, "-c", script, str(src), str(out), str(threads)],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        sys.exit(f"openunmix peer failed: {proc.stderr[-2000:]}")
+        sys.exit(f"peer failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -103,16 +137,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true", help="time only sepcli")
+    parser.add_argument(
+        "--htdemucs-rounds", type=int, default=1, help="rounds of HTDemucs (0 = skip it)"
+    )
     args = parser.parse_args()
     sepcli = shutil.which("sepcli") or str(Path(sys.executable).parent / "sepcli")
-    ours, peer = [], []
+    ours, peer, htdemucs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "track.wav"
         write_track(src, args.minutes)
-        for _ in range(args.rounds):  # interleaved so that machine load affects both alike
+        for i in range(args.rounds):  # interleaved so that machine load affects all alike
             ours.append(time_ours(sepcli, src, Path(tmp) / "ours", args.model, args.threads))
             if not args.no_peer:
                 peer.append(time_peer(src, Path(tmp) / "peer", args.threads))
+                if i < args.htdemucs_rounds:
+                    htdemucs.append(time_peer(src, Path(tmp) / "htd", args.threads, HTDEMUCS))
     print(
         f"input: {args.minutes:g} min stereo 44.1 kHz, {args.threads} threads, {args.rounds} rounds, "
         f"cpu count {os.cpu_count()}"
@@ -127,6 +166,14 @@ def main() -> None:
             f"(runs {', '.join(f'{v:.2f}' for v in peer)})"
         )
         print(f"ratio openunmix / sepcli: {statistics.median(peer) / statistics.median(ours):.2f}x")
+    if htdemucs:
+        print(
+            f"HTDemucs (apply_model, shifts=1, overlap=0.25): median "
+            f"{statistics.median(htdemucs):.2f} s (runs {', '.join(f'{v:.2f}' for v in htdemucs)})"
+        )
+        print(
+            f"ratio HTDemucs / sepcli: {statistics.median(htdemucs) / statistics.median(ours):.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -152,6 +152,19 @@ def test_solve_falls_back_from_cholesky_and_keeps_threads() -> None:
     assert torch.get_num_threads() == 2
 
 
+def test_scores_do_not_depend_on_the_thread_count() -> None:
+    # FFTs and energies are split over Python threads (one per torch thread):
+    # the split, and the order of the partial sums, must not change the scores
+    refs, ests = _signals(3, 2, 9100, seed=5)
+    torch.set_num_threads(1)
+    one = _ours(refs, ests, 2000, 2000, filters_len=32)
+    torch.set_num_threads(3)
+    three = _ours(refs, ests, 2000, 2000, filters_len=32)
+    assert torch.get_num_threads() == 3
+    np.testing.assert_allclose(three, one, rtol=0, atol=1e-9)
+    _assert_close(three, _museval(refs, ests, 2000, 2000, filters_len=32))
+
+
 def test_global_sdr_and_si_sdr() -> None:
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(3, 2, 1000, generator=g, dtype=torch.float64)

@@ -157,6 +157,28 @@ def test_early_stopping_and_training_loss_score(data_root, tmp_path):
     assert result.history[-1]["valid"] is None and result.best_score is not None
 
 
+def test_time_limit_bounds_the_run_across_resumes(data_root, tmp_path):
+    # a budget shorter than one epoch: the first epoch finishes, then the run stops
+    cfg = config_for(data_root, tmp_path / "run", epochs=20, time_limit=1e-9, valid="none")
+    first = train(cfg, model_factory=tiny_factory, export=False)
+    assert first.epochs_run == 1
+    assert first.history[0]["elapsed"] == pytest.approx(first.history[0]["seconds"])
+    # resuming with the same budget trains nothing more; lifting it continues
+    again = train(cfg, resume=True, model_factory=tiny_factory, export=False)
+    assert again.epochs_run == 1
+    lifted = train(
+        config_for(data_root, tmp_path / "run", epochs=3, time_limit=0.0, valid="none"),
+        resume=True,
+        model_factory=tiny_factory,
+        export=False,
+    )
+    assert lifted.epochs_run == 3
+    elapsed = [r["elapsed"] for r in lifted.history]
+    assert elapsed == sorted(elapsed) and elapsed[-1] == pytest.approx(
+        sum(r["seconds"] for r in lifted.history), abs=1e-3
+    )
+
+
 def test_full_disk_at_checkpoint_keeps_previous(data_root, tmp_path, monkeypatch):
     cfg = config_for(data_root, tmp_path / "run", epochs=1)
     train(cfg, model_factory=tiny_factory, export=False)

@@ -103,6 +103,13 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
     help="Stop after N epochs without improvement (0 = never).",
 )
 @click.option(
+    "--time-limit",
+    type=click.FloatRange(0),
+    default=None,
+    help="Stop after the epoch that takes the run past this many minutes "
+    "(summed over resumes; 0 = none).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,

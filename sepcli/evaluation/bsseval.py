@@ -22,8 +22,12 @@ pocketfft, written straight into a frequency-major layout) serves steps 1 and 3:
 step 1 sums the windows' cross-spectra with one batched matrix product and adds
 the pairs of samples that straddle window edges from short segments around
 each edge; step 3 reuses the same spectra, in frequency chunks that stay in
-cache. The Gram system is solved by Cholesky (half the work of LU), falling
-back to LU when rounding makes the loaded Gram matrix indefinite.
+cache. The Gram system is built from strided (Toeplitz) views of the
+correlations and solved by Cholesky (half the work of LU), falling back to LU
+when rounding makes the loaded Gram matrix indefinite. The window FFTs and the
+energy loop, made of many small steps, are split over as many Python threads
+as torch has intra-op threads (each step on one thread; numpy and torch release
+the GIL), so both cores work without a thread wake-up per step.
 
 Windows in which any reference or any estimate is silent (every sample sums to
 zero over channels) give NaN for every source, as in museval; a zero
@@ -38,7 +42,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -239,15 +244,12 @@ def _distortion_filters(
     keep = _basis(refs, corr[torch.arange(k), torch.arange(k), lag - 1])
     kept = len(keep)
     index_keep = torch.tensor(keep, dtype=torch.long, device=refs.device)
-    # Gram of delayed references: G[(p, a), (q, b)] = sum_n x_p[n - a] x_q[n - b] = r_qp(a - b)
-    delays = torch.arange(lag, device=refs.device)
-    index = (delays[:, None, None] - delays + lag - 1)[None]  # (1, a, 1, b)
-    q_index = index_keep[None, None, :, None]
-    p_index = index_keep[:, None, None, None]
-    gram = corr[q_index, p_index, index].reshape(kept * lag, kept * lag)
-    gram.diagonal().add_(
-        _EPS64
-    )  # museval's loading, also of each source's own block  # one gather, (p, a, q, b)
+    # Gram of delayed references: G[(p, a), (q, b)] = sum_n x_p[n - a] x_q[n - b] = r_qp(a - b),
+    # Toeplitz in (a, b): windows of the lag-reversed correlations, one copy.
+    kept_corr = corr[:k][index_keep][:, index_keep].flip(-1)  # (q, p, 2 lag - 1), lag b - a
+    windows = kept_corr.unfold(-1, lag, 1).flip(2)  # (q, p, a, b) = r_qp(a - b)
+    gram = windows.permute(1, 2, 0, 3).reshape(kept * lag, kept * lag)
+    gram.diagonal().add_(_EPS64)  # museval's loading, also of each source's own block
     # D[(p, a), (j, c)] = sum_n x_p[n - a] e_jc[n] = r_(e_jc, x_p)(a)
     cross = corr[k:][:, index_keep][:, :, lag - 1 :].permute(1, 2, 0).reshape(kept * lag, k)
 
@@ -259,8 +261,8 @@ def _distortion_filters(
         rows = [i for i, p in enumerate(keep) if p // nchan == j]
         if not rows:
             continue
-        sel = (torch.tensor(rows, device=refs.device)[:, None] * lag + delays).reshape(-1)
-        solved = _solve(gram[sel][:, sel], cross[sel][:, j * nchan : (j + 1) * nchan])
+        sel = slice(rows[0] * lag, (rows[-1] + 1) * lag)  # keep is sorted: j's rows are adjacent
+        solved = _solve(gram[sel, sel], cross[sel, j * nchan : (j + 1) * nchan])
         own[j, [keep[i] % nchan for i in rows]] = solved.reshape(len(rows), lag, nchan)
     return filters, own
 
@@ -282,20 +284,37 @@ def _block_spectra(signals: tuple[Tensor, ...], block: int, n_fft: int) -> Tenso
     blocks = full + (rest > 0)
     total = sum(x.shape[0] for x in signals)
     out = np.empty((n_fft // 2 + 1, blocks, total), dtype=np.complex128)
+    jobs: list[Callable[[], None]] = []
     first = 0
     for x in signals:
-        k = x.shape[0]
         data = np.ascontiguousarray(x.detach().numpy())
-        # (time in block, block, channel) view: pocketfft reads contiguous lines and
-        # writes the frequency-major layout that the batched products below need.
-        view = np.lib.stride_tricks.as_strided(
-            data, shape=(block, full, k), strides=(8, 8 * block, data.strides[0])
-        )
-        np.fft.rfft(view, n=n_fft, axis=0, out=out[:, :full, first : first + k])
-        if rest:
-            out[:, full, first : first + k] = np.fft.rfft(data[:, full * block :], n=n_fft).T
+        k = data.shape[0]
+        step = max(1, -(-k // 2))  # two jobs per signal: every thread gets work
+        for c0 in range(0, k, step):
+            c1 = min(k, c0 + step)
+            jobs.append(
+                lambda d=data[c0:c1], o=out[:, :, first + c0 : first + c1]: _rfft_blocks(
+                    d, o, block, full, rest, n_fft
+                )
+            )
         first += k
+    _in_parallel(jobs)
     return torch.from_numpy(out)
+
+
+def _rfft_blocks(
+    data: np.ndarray, out: np.ndarray, block: int, full: int, rest: int, n_fft: int
+) -> None:
+    """rfft of the blocks of ``data`` ``(k, time)`` into ``out`` ``(freq, blocks, k)``."""
+    # (time in block, block, channel) view: pocketfft reads contiguous lines and
+    # writes the frequency-major layout that the batched products need.
+    k = data.shape[0]
+    view = np.lib.stride_tricks.as_strided(
+        data, shape=(block, full, k), strides=(8, 8 * block, data.strides[0])
+    )
+    np.fft.rfft(view, n=n_fft, axis=0, out=out[:, :full])
+    if rest:
+        out[:, full] = np.fft.rfft(data[:, full * block :], n=n_fft).T
 
 
 def _cross_spectrum(x: Tensor, y: Tensor) -> Tensor:
@@ -332,6 +351,34 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     try:
         yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run ``jobs`` on as many Python threads as torch has intra-op threads, each
+    job on one intra-op thread.
+
+    For loops of small steps (numpy's FFT, small batched products) that release
+    the GIL but gain little from torch's own threading: splitting the work in
+    independent parts keeps every core busy without a wake-up per op.
+    """
+    workers = min(len(jobs), torch.get_num_threads())
+    if workers <= 1:
+        with _one_thread():
+            for job in jobs:
+                job()
+        return
+
+    def run(job: Callable[[], None]) -> None:
+        torch.set_num_threads(1)  # this worker's setting
+        job()
+
+    previous = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(run, job) for job in jobs]:
+                future.result()
     finally:
         torch.set_num_threads(previous)
 
@@ -430,17 +477,13 @@ def _tiled_energies(
     if n_fft % 2 == 0:
         weight[-1] = 1.0 / n_fft  # the Nyquist bin counts once
     a = torch.view_as_real(spectra).reshape(freq, spectra.shape[1], 2 * k2)[:, :frames]
-    total = torch.zeros(7, frames * 2 * k, dtype=torch.float64)
-    buf = torch.empty(7, chunk, frames, 2 * k, dtype=torch.float64)
-    with _one_thread():
-        for f0 in range(0, freq, chunk):
-            f1 = min(freq, f0 + chunk)
+
+    def part(f_start: int, f_stop: int, total: Tensor) -> None:
+        buf = torch.empty(7, chunk, frames, 2 * k, dtype=torch.float64)
+        for f0 in range(f_start, f_stop, chunk):
+            f1 = min(f_stop, f0 + chunk)
             s, e = a[f0:f1, :, : 2 * k], a[f0:f1, :, 2 * k :]
-            d = (
-                buf
-                if f1 - f0 == chunk
-                else torch.empty(7, f1 - f0, frames, 2 * k, dtype=torch.float64)
-            )
+            d = buf[:, : f1 - f0]
             p_all, p_own = d[5], d[3]
             torch.bmm(s, to_all[f0:f1], out=p_all)
             torch.bmm(s, to_own[f0:f1], out=p_own)
@@ -451,6 +494,16 @@ def _tiled_energies(
             torch.sub(e, p_all, out=d[6])
             d.square_()
             total += weight[f0:f1] @ d.reshape(7, f1 - f0, -1)
+
+    # contiguous frequency ranges, whole chunks, one per thread
+    chunks = -(-freq // chunk)
+    parts = max(1, min(torch.get_num_threads(), chunks))
+    per = -(-chunks // parts) * chunk
+    totals = [torch.zeros(7, frames * 2 * k, dtype=torch.float64) for _ in range(parts)]
+    _in_parallel([
+        lambda i=i: part(i * per, min(freq, (i + 1) * per), totals[i]) for i in range(parts)
+    ])  # fmt: skip
+    total = torch.stack(totals).sum(0)
     return total.reshape(7, frames, nsrc, -1).sum(-1).transpose(1, 2)
 
 

@@ -92,6 +92,7 @@ class TrainConfig:
     loss: str = "auto"
     amp: bool = True
     patience: int = 140
+    time_limit: float = 0.0
     valid_every: int = 1
     seed: int = 42
     device: str = "cpu"
@@ -134,6 +135,8 @@ class TrainConfig:
         for name in ("steps_per_epoch", "workers", "max_params", "patience", "valid_max_tracks"):
             if getattr(self, name) < 0:
                 out.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.time_limit >= 0):
+            out.append("time_limit must be >= 0 minutes (0 = none)")
         if self.valid_every < 0:
             out.append("valid_every must be >= 0 (0 = never)")
         if not 0.0 <= self.valid_fraction < 1.0:

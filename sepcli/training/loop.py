@@ -275,6 +275,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = self.history[-1] if self.history else {}
         while self.epoch < self.config.epochs:
+            if self._out_of_time():
+                break
             epoch = self.epoch + 1
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
@@ -308,6 +310,7 @@ class Trainer:
                 "best_score": self.best_score,
                 "seconds": round(time.perf_counter() - start, 3),
             }
+            record["elapsed"] = round(self.elapsed() + record["seconds"], 3)
             self.history.append(record)
             if self.dist.is_main:
                 if improved:
@@ -330,7 +333,28 @@ class Trainer:
                 logger.info("early stopping at epoch %d (best epoch %d)", epoch, self.best_epoch)
                 record = {**record, "early_stop": True}
                 break
+            if self._out_of_time():
+                logger.info(
+                    "time limit of %g min reached at epoch %d (best epoch %d)",
+                    self.config.time_limit,
+                    epoch,
+                    self.best_epoch,
+                )
+                record = {**record, "time_limit": True}
+                break
         return record
+
+    def elapsed(self) -> float:
+        """Seconds spent in finished epochs (training and validation), across resumes."""
+        return float(sum(r.get("seconds", 0.0) for r in self.history))
+
+    def _out_of_time(self) -> bool:
+        # ``time_limit`` (minutes) bounds the summed epoch time, so a resumed run
+        # gets the same budget as one that ran straight through; rank 0 decides.
+        if not self.config.time_limit:
+            return False
+        done = self.elapsed() >= self.config.time_limit * 60.0
+        return bool(distributed.broadcast(self.dist, done))
 
 
 def _write_log(history: Sequence[dict[str, Any]], path: Path) -> None:
