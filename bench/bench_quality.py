@@ -13,12 +13,14 @@ Usage::
 
 Results already in ``--out`` are reused (``sepcli evaluate`` resumes), so the
 table can be re-printed without scoring again. Each model's folder is
-``OUT/<label>`` where the label is the model name or the archive's file stem.
+``OUT/<label>`` where the label is the model name or the archive's file stem (prefixed with its
+folder's name when two archives share a file name).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -44,9 +46,12 @@ def main() -> None:
     parser.add_argument("--metric", default="SDR")
     args = parser.parse_args()
     sepcli = shutil.which("sepcli") or str(Path(sys.executable).parent / "sepcli")
-    outs = []
+    outs: list[str] = []
     for model in args.model:
-        out = Path(args.out) / label_of(model)
+        label = label_of(model)
+        if str(Path(args.out) / label) in outs:  # two archives of the same file name
+            label = f"{label_of(str(Path(model).parent))}-{label}"
+        out = Path(args.out) / label
         cmd = [
             sepcli,
             "evaluate",
@@ -69,7 +74,8 @@ def main() -> None:
         print(f"{model}: scored in {time.perf_counter() - start:.1f} s -> {out}", flush=True)
         outs.append(str(out))
     print(f"\n{args.subset} tracks of {args.data}, {args.metric} (median of medians / mean)")
-    subprocess.run([sepcli, "compare", "--metric", args.metric, *outs], check=True)
+    wide = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "220")}  # whole labels
+    subprocess.run([sepcli, "compare", "--metric", args.metric, *outs], check=True, env=wide)
 
 
 if __name__ == "__main__":

@@ -159,15 +159,16 @@ def test_early_stopping_and_training_loss_score(data_root, tmp_path):
 
 def test_time_limit_bounds_the_run_across_resumes(data_root, tmp_path):
     # a budget shorter than one epoch: the first epoch finishes, then the run stops
-    cfg = config_for(data_root, tmp_path / "run", epochs=20, time_limit=1e-9, valid="none")
+    cfg = config_for(data_root, tmp_path / "run", epochs=20, time_limit=1e-9, valid_every=5)
     first = train(cfg, model_factory=tiny_factory, export=False)
     assert first.epochs_run == 1
+    assert first.history[0]["valid"] is not None  # the last epoch is scored
     assert first.history[0]["elapsed"] == pytest.approx(first.history[0]["seconds"])
     # resuming with the same budget trains nothing more; lifting it continues
     again = train(cfg, resume=True, model_factory=tiny_factory, export=False)
     assert again.epochs_run == 1
     lifted = train(
-        config_for(data_root, tmp_path / "run", epochs=3, time_limit=0.0, valid="none"),
+        config_for(data_root, tmp_path / "run", epochs=3, time_limit=0.0, valid_every=5),
         resume=True,
         model_factory=tiny_factory,
         export=False,

@@ -283,7 +283,9 @@ class Trainer:
             valid: dict[str, float] | None = None
             score: float | None = None
             if self.validating and (
-                epoch % self.config.valid_every == 0 or epoch == self.config.epochs
+                epoch % self.config.valid_every == 0
+                or epoch == self.config.epochs
+                or self._out_of_time(time.perf_counter() - start)  # the last epoch is scored
             ):
                 self.callback("validate", {"epoch": epoch, "tracks": len(self.valid_tracks)})
                 valid = self._validate()
@@ -348,12 +350,13 @@ class Trainer:
         """Seconds spent in finished epochs (training and validation), across resumes."""
         return float(sum(r.get("seconds", 0.0) for r in self.history))
 
-    def _out_of_time(self) -> bool:
+    def _out_of_time(self, running: float = 0.0) -> bool:
         # ``time_limit`` (minutes) bounds the summed epoch time, so a resumed run
         # gets the same budget as one that ran straight through; rank 0 decides.
+        # ``running``: seconds of the epoch in progress.
         if not self.config.time_limit:
             return False
-        done = self.elapsed() >= self.config.time_limit * 60.0
+        done = self.elapsed() + running >= self.config.time_limit * 60.0
         return bool(distributed.broadcast(self.dist, done))
 
 
