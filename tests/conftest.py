@@ -21,6 +21,17 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test, restored after it: small tensors on the
+    shared 2-core machine gain nothing from a second OpenMP worker that mostly spins.
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """Root of the real stems (../shared/data); skips the test when absent."""
     if not (SHARED_DATA / "musdb18-preview" / "train").is_dir():

@@ -13,14 +13,7 @@ from sepcli.dsp.griffinlim import griffin_lim, initial_phase, misi, spectral_con
 from sepcli.dsp.stft import istft, stft
 from sepcli.errors import UsageError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids OpenMP contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N_FFT, HOP = 512, 128

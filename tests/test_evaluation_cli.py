@@ -22,13 +22,7 @@ RATE = 8000
 SOURCES = ("drums", "bass", "other", "vocals")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _track(folder: Path, seed: int, seconds: float = 2.0) -> dict[str, np.ndarray]:

@@ -21,13 +21,7 @@ from sepcli.evaluation import (
 museval = pytest.importorskip("museval")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _signals(nsrc: int, channels: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
