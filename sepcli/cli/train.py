@@ -107,7 +107,7 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
     type=click.FloatRange(0),
     default=None,
     help="Stop after the epoch that takes the run past this many minutes "
-    "(summed over resumes; 0 = none).",
+    "(summed over resumes; that epoch is validated; 0 = none).",
 )
 @click.option(
     "--cache-dir",
