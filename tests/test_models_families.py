@@ -207,6 +207,21 @@ def test_make_metadata_fields():
         make_metadata(model, name="t", sources=["a"])
 
 
+def test_recommended_overlap_per_family():
+    """Open-Unmix chunks see 2 s of real audio each side: a 0.25-s crossfade is
+    recommended; the other families keep the usual 0.25 of a chunk."""
+    umx = make_metadata(_model("umx"), name="u")
+    assert umx.context_seconds == 2.0 and umx.overlap == pytest.approx(0.25 / umx.segment_seconds)
+    for key in ("tfc-tdf", "waveform"):
+        assert make_metadata(_model(key), name="t", sources=None).overlap == 0.25
+    # metadata written before the field existed reads as 0.25; bad values are refused
+    data = json.loads(umx.to_json())
+    del data["overlap"]
+    assert ArchiveMetadata.from_json(json.dumps(data)).overlap == 0.25
+    with pytest.raises(ArchiveError, match="overlap"):
+        umx.replace(overlap=0.95)
+
+
 def test_umx_training_hook_matches_forward():
     model = _model("umx")
     mix = _mix(2, 2, 5000)

@@ -103,6 +103,21 @@ def test_shifts_are_reproducible_and_seeded(tiny_wave_archive):
     assert not torch.equal(a["vocals"], c["vocals"])
 
 
+def test_overlap_defaults_to_the_archives(tmp_path, identity_archive):
+    from sepcli.models.archive import load_archive, save_archive
+
+    archive = load_archive(identity_archive)
+    assert Separator(archive, device="cpu").overlap == 0.25
+    short = save_archive(
+        archive.module, archive.metadata.replace(overlap=0.05), tmp_path / "short.sepcli"
+    )
+    assert Separator(short, device="cpu").overlap == 0.05
+    assert Separator(short, device="cpu", overlap=0.5).overlap == 0.5
+    x = make_tone(1.3)
+    out = Separator(short, device="cpu", segment=0.4).separate(x, 44100)["vocals"]
+    assert torch.allclose(out, torch.as_tensor(x), atol=1e-5)
+
+
 def test_bad_options(identity_archive):
     with pytest.raises(UsageError, match="overlap"):
         Separator(identity_archive, device="cpu", overlap=0.95)

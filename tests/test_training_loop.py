@@ -114,19 +114,23 @@ def test_loss_goes_down_and_run_folder_is_complete(data_root, tmp_path):
     )
 
 
+def step_losses(root: Path, out: Path, epochs: int, resume: bool = False, **kw) -> list[float]:
+    """Train the tiny model for ``epochs`` (resuming if asked); the loss of every step."""
+    seen: list[float] = []
+    train(
+        config_for(root, out, epochs=epochs, **kw),
+        resume=resume,
+        model_factory=tiny_factory,
+        export=False,
+        callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None,
+    )
+    return seen
+
+
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_is_bit_for_bit(data_root, tmp_path, workers):
     def run(out: Path, epochs: int, resume: bool = False) -> list[float]:
-        seen: list[float] = []
-        cfg = config_for(data_root, out, epochs=epochs, workers=workers)
-        train(
-            cfg,
-            resume=resume,
-            model_factory=tiny_factory,
-            export=False,
-            callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None,
-        )
-        return seen
+        return step_losses(data_root, out, epochs, resume, workers=workers)
 
     straight = run(tmp_path / "a", 3)
     first = run(tmp_path / "b", 2)
@@ -135,6 +139,25 @@ def test_resume_is_bit_for_bit(data_root, tmp_path, workers):
     assert resumed == straight[6:]  # exactly equal, not approximately
     log = [json.loads(x) for x in (tmp_path / "b" / LOG).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_ema_and_speed_augmentation_resume_bit_for_bit_and_export_the_average(data_root, tmp_path):
+    def run(out: Path, epochs: int, resume: bool = False) -> list[float]:
+        return step_losses(data_root, out, epochs, resume, ema=0.9, aug_speed=0.5)
+
+    straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 2)
+    assert run(tmp_path / "b", 3, resume=True) == straight[6:]
+    last = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=False)
+    best = torch.load(tmp_path / "a" / BEST, weights_only=False)
+    assert set(last["ema"]) == set(last["model"])
+    # the average lags behind the live weights; best.pt holds the average
+    assert not torch.equal(last["ema"]["conv.weight"], last["model"]["conv.weight"])
+    if best["epoch"] == 3:
+        assert torch.equal(best["model"]["conv.weight"], last["ema"]["conv.weight"])
+    plain = config_for(data_root, tmp_path / "a", epochs=4)
+    with pytest.raises(TrainingError, match="changed settings: aug_speed, ema"):
+        train(plain, resume=True, model_factory=tiny_factory)
 
 
 def test_resume_refuses_changed_settings_and_overwrites_nothing(data_root, tmp_path):
@@ -250,6 +273,33 @@ def test_families_train_and_export(data_root, tmp_path, family):
     assert math.isfinite(result.history[-1]["train_loss"])
     if family == "umx":  # one-source Wiener would return the mixture: mixture phase instead
         assert meta.phase == "mixture"
+
+
+@pytest.mark.parametrize("loss", ["sdr", "mse-complex"])
+def test_umx_trains_on_the_losses_of_what_separate_writes(data_root, tmp_path, loss):
+    """``sdr`` and ``mse-complex`` train an Open-Unmix model through the mixture
+    phase (and score mixture - vocals too): the loss goes down and is logged."""
+    seen: list[float] = []
+    cfg = config_for(
+        data_root,
+        tmp_path / "run",
+        model="umx",
+        epochs=4,
+        lr=1e-2,
+        loss=loss,
+        valid="none",
+        model_config=FAMILY_CONFIGS["umx"][0],
+    )
+    result = train(
+        cfg, export=False, callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None
+    )
+    assert len(seen) == 12 and all(math.isfinite(x) for x in seen)
+    first, last = sum(seen[:3]) / 3, sum(seen[-3:]) / 3
+    if loss == "sdr":  # dB: at least 1 dB better
+        assert last < first - 1.0, seen
+    else:
+        assert last < 0.8 * first, seen
+    assert {r["loss"] for r in result.history} == {loss}
 
 
 def test_umx_input_statistics():

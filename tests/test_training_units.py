@@ -4,6 +4,7 @@ losses, checkpoints, curves. Tiny generated arrays only."""
 from __future__ import annotations
 
 import errno
+import math
 import random
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from sepcli.training.losses import (
     magnitude_mse,
     make_loss,
     multi_resolution_stft,
+    sdr_loss,
     time_l1,
 )
 from sepcli.training.plot import curves_svg
@@ -224,6 +226,63 @@ def test_sampler_is_balanced_and_sharded():
         r0.load_state_dict({"epoch": 1, "seed": 2, "num_samples": 10})
 
 
+def test_speed_change_shifts_pitch_and_keeps_the_length():
+    from sepcli.training.augment import change_speed, random_speed
+
+    sr, length = 8000, 8000
+    t = np.arange(int(length * 1.1)) / sr
+    tone = np.stack([np.sin(2 * np.pi * 500 * t)] * 2).astype(np.float32)
+    out = change_speed(tone, 1.1, length)
+    assert out.shape == (2, length) and out.dtype == np.float32
+    peak = np.argmax(np.abs(np.fft.rfft(out[0, 1000:-1000]))) * sr / (length - 2000)
+    assert peak == pytest.approx(550, abs=3)
+    # two draws whatever the outcome: the stream after it does not depend on it
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert random_speed(a, 0.0, 2.0) == 1.0
+    factor = random_speed(b, 1.0, 2.0)
+    assert 2 ** (-2 / 12) <= factor <= 2 ** (2 / 12) and factor != 1.0
+    assert a.random() == b.random()
+
+
+def test_speed_augmentation_keeps_a_tracks_stems_aligned():
+    """Without source mixing every stem gets the same factor (the stems of the
+    track stay aligned); with it, each source its own; lengths never change."""
+    tracks = _tracks(n=2, length=16000)
+    ds = ChunkDataset(
+        tracks,
+        ("vocals", "rest"),
+        1,
+        4000,
+        samples_per_track=2,
+        augmentation=Augmentation(gain=False, channel_swap=False, mix=False, speed=1.0),
+        seed=0,
+    )
+    mix, targets = ds.chunk(1, 0)
+    assert mix.shape == (2, 4000) and targets.shape == (1, 2, 4000)
+    plain = ChunkDataset(
+        tracks,
+        ("vocals", "rest"),
+        1,
+        4000,
+        samples_per_track=2,
+        augmentation=Augmentation(gain=False, channel_swap=False, mix=False),
+        seed=0,
+    )
+    # vocals are i + noise, the rest -i - noise: the sum of one track's stems
+    # stays near 0 only when both got the same speed and start
+    assert np.abs(mix.mean()) < 0.05 and np.abs(plain.chunk(1, 0)[0].mean()) < 0.05
+    mixed = ChunkDataset(
+        tracks, ("vocals", "rest"), 1, 4000, augmentation=Augmentation(speed=1.0), seed=0
+    )
+    assert mixed.chunk(1, 0)[0].shape == (2, 4000)
+    assert not np.array_equal(
+        mixed.chunk(1, 0)[0],
+        ChunkDataset(
+            tracks, ("vocals", "rest"), 1, 4000, augmentation=Augmentation(), seed=0
+        ).chunk(1, 0)[0],
+    )
+
+
 # -- losses -------------------------------------------------------------------------
 def test_losses_are_zero_at_truth_and_positive_elsewhere():
     torch.manual_seed(0)
@@ -245,12 +304,77 @@ def test_losses_are_zero_at_truth_and_positive_elsewhere():
         assert value.item() > 1e-4
 
 
+def test_sdr_loss_values():
+    torch.manual_seed(0)
+    s = 0.5 * torch.randn(3, 1, 2, 40000)
+    rest = torch.randn(3, 1, 2, 40000)
+    x = (s + rest)[:, 0]
+    tau = 1e-3
+    # perfect: -10 log10(||s||² / (τ||x||²)), about -23 dB here (||x||² = 5 ||s||²)
+    ref = s.pow(2).sum((-2, -1))[:, 0]
+    floor = tau * x.pow(2).sum((-2, -1)) + 1e-8
+    expect = torch.mean(10 * torch.log10(floor / (ref + floor)))
+    assert sdr_loss(s, s, x).item() == pytest.approx(expect.item(), abs=1e-4)
+    # a silent estimate scores 0 dB on the source; on the rest, x - 0 = x is off by s,
+    # 6 dB below the rest: the mean over both terms is -3 dB
+    zero = torch.zeros_like(s)
+    assert sdr_loss(zero, s, x).item() == pytest.approx(0.0, abs=1e-3)
+    with_rest = sdr_loss(zero, s, x, rest=True).item()
+    assert with_rest == pytest.approx(0.5 * (0.0 + 10 * math.log10(0.25)), abs=0.1)
+    # scale: halving everything leaves the loss unchanged
+    noisy = s + 0.3 * torch.randn_like(s)
+    assert sdr_loss(noisy / 2, s / 2, x / 2).item() == pytest.approx(
+        sdr_loss(noisy, s, x).item(), abs=1e-4
+    )
+    # a silent true source is bounded and zero for a silent estimate
+    silent = torch.zeros_like(s)
+    assert sdr_loss(silent, silent, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < sdr_loss(noisy, silent, x).item() < 40
+
+
+def test_mixture_phase_losses_match_what_the_separator_writes():
+    """``sdr`` on a magnitude output scores mask * mixture through the inverse STFT,
+    exactly the waveform ``reconstruct("mixture")`` gives; ``mse-complex`` is zero
+    when the mixture phase is the source phase."""
+    from sepcli.dsp.phase import reconstruct
+    from sepcli.dsp.stft import stft
+
+    torch.manual_seed(1)
+    v = torch.randn(2, 1, 2, 4096) * 0.1
+    a = torch.randn(2, 1, 2, 4096) * 0.1
+    x = (v + a)[:, 0]
+    mag = stft(v, 512, 128).abs()
+    wave = reconstruct("mixture", mag, stft(x, 512, 128), 512, 128, 4096)
+    _, fn = make_loss("magnitude", "sdr", 512, 128, num_sources=1)
+    assert fn(mag, v, x).item() == pytest.approx(sdr_loss(wave, v, x, rest=True).item(), abs=1e-3)
+    _, fn1 = make_loss("magnitude", "sdr", 512, 128, num_sources=2)
+    assert fn1(mag, v, x).item() == pytest.approx(sdr_loss(wave, v, x).item(), abs=1e-3)
+    _, psa = make_loss("magnitude", "mse-complex", 512, 128, num_sources=1)
+    assert psa(stft(x, 512, 128).abs().unsqueeze(1), x.unsqueeze(1), x).item() < 1e-6
+    spec_v, spec_x = stft(v, 512, 128), stft(x, 512, 128)
+    direct = (mag * (spec_x / spec_x.abs()).unsqueeze(1) - spec_v).abs().square().mean()
+    assert psa(mag, v, x).item() == pytest.approx(direct.item(), rel=1e-4)
+    # gradients reach the magnitudes
+    est = mag.clone().requires_grad_()
+    fn(est, v, x).backward()
+    assert est.grad is not None and est.grad.abs().sum() > 0
+    # complex and waveform outputs take the same loss
+    _, cfn = make_loss("complex", "sdr", 512, 128, num_sources=1)
+    assert cfn(stft(v, 512, 128), v, x).item() < -20
+    _, wfn = make_loss("waveform", "sdr", num_sources=1)
+    assert wfn(v, v, x).item() == pytest.approx(sdr_loss(v, v, x, rest=True).item())
+
+
 def test_make_loss_checks_output_kind():
     assert make_loss("magnitude", "auto", 256, 64)[0] == "mse"
     assert make_loss("complex", "auto", 256, 64)[0] == "l1-complex"
     assert make_loss("waveform", "l1-time+mrstft")[0] == "l1-time+mrstft"
+    assert make_loss("magnitude", "sdr", 256, 64)[0] == "sdr"
+    assert make_loss("magnitude", "mse-complex", 256, 64)[0] == "mse-complex"
     with pytest.raises(TrainingError, match="does not fit a magnitude model"):
         make_loss("magnitude", "l1-time", 256, 64)
+    with pytest.raises(TrainingError, match="does not fit a waveform model"):
+        make_loss("waveform", "mse-complex")
     with pytest.raises(TrainingError, match="STFT parameters"):
         make_loss("complex", "auto")
 

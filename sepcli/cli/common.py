@@ -74,9 +74,9 @@ _SEPARATOR_OPTIONS = [
     click.option(
         "--overlap",
         type=click.FloatRange(0.0, 0.9),
-        default=0.25,
-        show_default=True,
-        help="Fraction of a chunk shared with the next.",
+        default=None,
+        help="Fraction of a chunk shared with the next (default: the model's; 0.25 for most, "
+        "a 0.25-s crossfade for Open-Unmix, whose chunks see 2 s of real audio each side).",
     ),
     click.option(
         "--shifts",

@@ -173,7 +173,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
 def evaluate(
     data: Path, subset: str, track_names: tuple[str, ...], model: str | None, estimates: Path | None,
     stems: str | None, out_dir: Path, metrics: str, filters_len: int, write_estimates: bool, samples: float | None,
-    device: str, segment: float | None, overlap: float, shifts: int, seed: int, phase: str | None,
+    device: str, segment: float | None, overlap: float | None, shifts: int, seed: int, phase: str | None,
     wiener_iters: int, gl_iters: int, gl_init: str, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Score separations of a dataset with BSSEval v4 (the numbers of museval v4).

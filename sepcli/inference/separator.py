@@ -104,7 +104,8 @@ class Separator:
             archive file (model names are resolved by :func:`sepcli.hub.load_model`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         segment: chunk length in seconds (default: the archive's recommendation).
-        overlap: fraction of a chunk shared with the next, in [0, 0.9].
+        overlap: fraction of a chunk shared with the next, in [0, 0.9] (default:
+            the archive's recommendation, ``metadata.overlap``).
         shifts: number of random time-shift passes averaged (0 = none).
         seed: seed of the shifts and of random phase initialisation.
         context: seconds of real neighbouring audio given to each chunk on both
@@ -121,7 +122,7 @@ class Separator:
         *,
         device: str | torch.device = "auto",
         segment: float | None = None,
-        overlap: float = 0.25,
+        overlap: float | None = None,
         shifts: int = 0,
         seed: int = 0,
         context: float | None = None,
@@ -140,6 +141,8 @@ class Separator:
             archive = load_archive(model, device=self.device)
         self.archive = archive
         meta = archive.metadata
+        if overlap is None:
+            overlap = meta.overlap
         if not 0.0 <= overlap <= 0.9:
             raise UsageError(f"overlap must be between 0 and 0.9, got {overlap}")
         if shifts < 0:

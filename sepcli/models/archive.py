@@ -88,6 +88,8 @@ class ArchiveMetadata:
         segment_seconds: recommended chunk length for inference, in seconds.
         context_seconds: real audio each chunk should see on each side, in seconds
             (the receptive field beyond which outputs stop depending on input).
+        overlap: recommended fraction of a chunk shared with the next (the
+            crossfade of overlap-add); 0.25 unless the family says less is enough.
         num_parameters: number of parameters of the module.
         licence: licence of the weights (and the data terms they inherit).
         training_data: what the weights were trained on.
@@ -110,6 +112,7 @@ class ArchiveMetadata:
     stft: StftParams | None = None
     segment_seconds: float = 6.0
     context_seconds: float = 0.0
+    overlap: float = 0.25
     num_parameters: int = 0
     licence: str = "unknown"
     training_data: str = "unknown"
@@ -150,6 +153,8 @@ class ArchiveMetadata:
             out.append("segment_seconds must be positive")
         if self.context_seconds < 0:
             out.append("context_seconds must be >= 0")
+        if not 0.0 <= self.overlap <= 0.9:
+            out.append(f"overlap must be between 0 and 0.9, got {self.overlap}")
         if self.phase not in PHASE_METHODS:
             out.append(f"unknown phase method {self.phase!r}")
         if self.format_version > FORMAT_VERSION:

@@ -140,6 +140,8 @@ def make_metadata(
     segment, context = model.archive_timing()
     values["segment_seconds"] = float(segment)
     values["context_seconds"] = float(context)
+    if hasattr(model, "archive_overlap"):
+        values["overlap"] = float(model.archive_overlap())
     values.update(fields)
     return ArchiveMetadata(**values)
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["random_gain", "random_channel_swap", "random_start", "crop", "rms"]
+__all__ = [
+    "random_gain",
+    "random_channel_swap",
+    "random_speed",
+    "change_speed",
+    "random_start",
+    "crop",
+    "rms",
+]
 
 
 def random_gain(audio: np.ndarray, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
@@ -29,6 +37,33 @@ def random_channel_swap(audio: np.ndarray, rng: np.random.Generator) -> np.ndarr
     if swap and audio.shape[0] == 2:
         return audio[::-1]
     return audio
+
+
+def random_speed(rng: np.random.Generator, probability: float, semitones: float) -> float:
+    """A playback-speed factor: ``2 ** (u / 12)`` with ``u`` uniform in
+    ``[-semitones, semitones]`` with probability ``probability``, else 1.
+
+    Two draws are made whatever the outcome, so the random stream does not
+    depend on it.
+    """
+    apply = rng.random() < probability
+    shift = rng.uniform(-semitones, semitones)
+    return float(2.0 ** (shift / 12.0)) if apply else 1.0
+
+
+def change_speed(audio: np.ndarray, factor: float, length: int) -> np.ndarray:
+    """Play ``audio`` ``(channel, time)`` ``factor`` times faster (pitch and tempo
+    together, as a tape would) by band-limited resampling; cut or zero-padded to
+    ``length`` samples.
+
+    The speed augmentation of Demucs (Défossez et al. 2019; ``repitch`` in
+    later versions changes pitch alone): with ``audio`` about ``length * factor``
+    samples long, the result spans the same time as an unchanged chunk.
+    """
+    import soxr
+
+    out = soxr.resample(np.ascontiguousarray(audio.T), factor, 1.0).T
+    return crop(out, 0, length)
 
 
 def random_start(length: int, segment_samples: int, rng: np.random.Generator) -> int:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 FAMILIES = ("umx", "tfc-tdf", "waveform")
-LOSSES = ("auto", "mse", "l1-complex", "l1-time", "mrstft", "l1-time+mrstft")
+LOSSES = ("auto", "mse", "mse-complex", "sdr", "l1-complex", "l1-time", "mrstft", "l1-time+mrstft")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class TrainConfig:
     aug_channel_swap: bool = True
     aug_mix: bool = True
     silence_threshold: float = 0.0
+    aug_speed: float = 0.0
+    speed_semitones: float = 2.0
     # optimisation
     epochs: int = 100
     batch_size: int = 16
@@ -89,6 +91,7 @@ class TrainConfig:
     lr_decay_patience: int = 80
     lr_decay_gamma: float = 0.3
     clip_grad: float = 5.0
+    ema: float = 0.0
     loss: str = "auto"
     amp: bool = True
     patience: int = 140
@@ -145,6 +148,10 @@ class TrainConfig:
             out.append(f"need 0 <= gain_min <= gain_max, got {self.gain_min}, {self.gain_max}")
         if not 0.0 < self.lr_decay_gamma <= 1.0:
             out.append("lr_decay_gamma must be in (0, 1]")
+        if not 0.0 <= self.aug_speed <= 1.0 or not 0.0 <= self.speed_semitones <= 12.0:
+            out.append("aug_speed must be in [0, 1] and speed_semitones in [0, 12]")
+        if not 0.0 <= self.ema < 1.0:
+            out.append(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.clip_grad < 0 or self.valid_segment < 0 or self.silence_threshold < 0:
             out.append("clip_grad, valid_segment and silence_threshold must be >= 0")
         out += self._data_problems()

@@ -82,7 +82,8 @@ def export_best(
     best_path = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / CHECKPOINT
     state = load_checkpoint(best_path)
     net = copy.deepcopy(model).cpu()
-    net.load_state_dict(state["model"])
+    # the last checkpoint holds the live weights and, with ``ema``, their average
+    net.load_state_dict(state.get("ema") or state["model"])
     valid = state.get("valid") or {}
     roots = [Path(d) for d in config.data]
     names = [r.name or str(r) for r in roots]

@@ -14,6 +14,7 @@ it is the training loss (lower is better). ReduceLROnPlateau and early stopping
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -66,6 +67,9 @@ RESUME_KEYS = (
     "aug_channel_swap",
     "aug_mix",
     "silence_threshold",
+    "aug_speed",
+    "speed_semitones",
+    "ema",
     "loss",
     "model_config",
     "data_weights",
@@ -115,7 +119,11 @@ class Trainer:
         self.valid_tracks = list(valid_tracks)
         stft = metadata.stft
         self.loss_name, self.loss_fn = make_loss(
-            metadata.output, config.loss, stft.n_fft if stft else 0, stft.hop_length if stft else 0
+            metadata.output,
+            config.loss,
+            stft.n_fft if stft else 0,
+            stft.hop_length if stft else 0,
+            metadata.num_sources,
         )
         self.model = model.to(self.device)
         if self.dist.enabled:
@@ -134,6 +142,12 @@ class Trainer:
             factor=config.lr_decay_gamma,
             patience=config.lr_decay_patience,
         )
+        #: exponential moving average of the weights (validated and exported instead
+        #: of the live weights when ``config.ema`` > 0); buffers are copied as they are
+        self.ema_model: nn.Module | None = None
+        self.ema_updates = 0
+        if config.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         num_samples = config.steps_per_epoch * config.batch_size if config.steps_per_epoch else None
@@ -173,6 +187,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "ema_updates": self.ema_updates,
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
             "epoch": self.epoch,
@@ -196,6 +212,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            if self.ema_model is not None:
+                self.ema_model.load_state_dict(state["ema"])
+                self.ema_updates = int(state["ema_updates"])
         except (RuntimeError, KeyError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise TrainingError(f"{where}: does not fit this model ({first})") from None
@@ -219,7 +238,7 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.use_amp):
             out = self.net(mixture)
-        loss = self.loss_fn(out.float() if not out.is_complex() else out, targets)
+        loss = self.loss_fn(out.float() if not out.is_complex() else out, targets, mixture)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{self.run_dir}: the loss became {loss.item()} at epoch {self.epoch + 1}; "
@@ -232,7 +251,28 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._update_ema()
         return float(loss.detach().item())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
+            return
+        # the decay ramps up as (1 + n) / (10 + n) (TensorFlow's ExponentialMovingAverage
+        # with num_updates), so the random initial weights fade out within ~10 / (1 - decay)
+        # steps instead of dominating the average for thousands
+        self.ema_updates += 1
+        n = self.ema_updates
+        weight = 1.0 - min(self.config.ema, (1.0 + n) / (10.0 + n))
+        for avg, live in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            avg.lerp_(live.detach(), weight)
+        for avg, live in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            avg.copy_(live)
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights that are validated and exported: the average when ``ema`` is on."""
+        return self.ema_model if self.ema_model is not None else self.model
 
     def train_epoch(self, epoch: int) -> float:
         self.sampler.set_epoch(epoch)
@@ -252,7 +292,7 @@ class Trainer:
         scores: dict[str, float] | None = None
         if self.dist.is_main:
             scores = validate(
-                self.model,
+                self.scored_model,
                 self.metadata,
                 self.valid_tracks,
                 self.metadata.sources,
@@ -318,7 +358,7 @@ class Trainer:
                 if improved:
                     save_checkpoint(
                         {
-                            "model": self.model.state_dict(),
+                            "model": self.scored_model.state_dict(),
                             "epoch": epoch,
                             "valid": valid,
                             "score": score,

@@ -7,10 +7,20 @@
 * ``waveform`` output (Demucs): L1 on the samples (Défossez et al. 2019),
   optionally plus the multi-resolution STFT loss of Yamamoto et al., "Parallel
   WaveGAN", ICASSP 2020 (spectral convergence + log-magnitude L1).
+* any output: ``sdr``, the negative signal-to-distortion ratio of the waveforms
+  the separator would write (a magnitude with the mixture phase, a complex
+  spectrogram through the inverse STFT), soft-thresholded at 30 dB below the
+  mixture (Wisdom et al., "Unsupervised sound separation using mixture
+  invariant training", NeurIPS 2020). A one-source model is also scored on
+  ``mixture - source``, the accompaniment ``sepcli separate`` derives from it
+  (the combination idea of CrossNet-Open-Unmix, Sawata et al., ICASSP 2021).
+* magnitude output: ``mse-complex``, the phase-sensitive approximation
+  (Erdogan et al., ICASSP 2015): MSE between the complex spectrogram of the
+  estimate with the mixture phase and the true complex spectrogram.
 
-Every loss takes the model output and the true sources ``(batch, source,
-channel, time)`` and returns a scalar tensor. Spectrograms come from
-:mod:`sepcli.dsp.stft` only.
+Every loss takes the model output, the true sources ``(batch, source,
+channel, time)`` and the mixture ``(batch, channel, time)`` and returns a
+scalar tensor. Spectrograms come from :mod:`sepcli.dsp.stft` only.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sepcli.dsp.stft import hann_window, stft
+from sepcli.dsp.stft import hann_window, istft, stft, unit_phase
 from sepcli.errors import TrainingError
 
 __all__ = [
@@ -30,18 +40,22 @@ __all__ = [
     "complex_l1",
     "time_l1",
     "multi_resolution_stft",
+    "sdr_loss",
     "make_loss",
 ]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``fn(model_output, targets, mixture) -> scalar``.
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 #: loss used by ``loss = "auto"`` for each output kind.
 DEFAULT_LOSS = {"magnitude": "mse", "complex": "l1-complex", "waveform": "l1-time"}
 _ALLOWED = {
-    "magnitude": ("mse",),
-    "complex": ("l1-complex",),
-    "waveform": ("l1-time", "mrstft", "l1-time+mrstft"),
+    "magnitude": ("mse", "mse-complex", "sdr"),
+    "complex": ("l1-complex", "sdr"),
+    "waveform": ("l1-time", "mrstft", "l1-time+mrstft", "sdr"),
 }
+#: soft threshold of :func:`sdr_loss`: errors 30 dB below the mixture count as none.
+SDR_TAU = 1e-3
 MRSTFT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (2048, 512))
 
 
@@ -99,10 +113,87 @@ def multi_resolution_stft(
     return total / len(resolutions)
 
 
+def _with_rest(est: Tensor, targets: Tensor, mixture: Tensor) -> tuple[Tensor, Tensor]:
+    """Append ``mixture - sum of sources`` as one more source to both."""
+    est = torch.cat([est, (mixture - est.sum(1)).unsqueeze(1)], 1)
+    targets = torch.cat([targets, (mixture - targets.sum(1)).unsqueeze(1)], 1)
+    return est, targets
+
+
+def sdr_loss(
+    est: Tensor, targets: Tensor, mixture: Tensor, rest: bool = False, tau: float = SDR_TAU
+) -> Tensor:
+    """Negative soft-thresholded SDR in dB, averaged over chunks and sources.
+
+    Per chunk and source, over all channels and samples:
+    ``10 log10(||s - ŝ||² + τ||x||²) - 10 log10(||s||² + τ||x||²)``, with ``x``
+    the chunk's mixture. The threshold keeps the loss bounded for silent
+    sources (a silent true source gives ``10 log10(1 + ||ŝ||² / τ||x||²)``,
+    zero for a silent estimate) and stops one nearly perfect chunk from
+    dominating the batch.
+
+    Args:
+        est, targets: waveforms ``(batch, source, channel, time)``.
+        mixture: ``(batch, channel, time)``.
+        rest: also score ``mixture - sum of sources`` (for one-source models).
+        tau: the threshold, relative to the mixture energy.
+    """
+    est = est.float()
+    if rest:
+        est, targets = _with_rest(est, targets, mixture)
+    floor = tau * mixture.pow(2).sum((-2, -1)).unsqueeze(1) + 1e-8
+    err = (targets - est).pow(2).sum((-2, -1))
+    ref = targets.pow(2).sum((-2, -1))
+    return 10.0 * torch.mean(torch.log10(err + floor) - torch.log10(ref + floor))
+
+
+def _masked_mixture(est_mag: Tensor, mixture: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """Complex source spectrograms: estimated magnitudes with the mixture phase."""
+    mix_spec = stft(mixture, n_fft, hop_length, hann_window(n_fft, mixture.device))
+    return est_mag * unit_phase(mix_spec).unsqueeze(1)
+
+
+def complex_mse(
+    est_mag: Tensor, targets: Tensor, mixture: Tensor, n_fft: int, hop_length: int
+) -> Tensor:
+    """Mean over bins of ``|Ŝ e^{iφ_X} - S|²``: magnitudes with the mixture phase
+    against the true complex spectrogram (phase-sensitive approximation).
+
+    Computed on real tensors as ``(Ŝ - P)² + |S|² - P²`` with ``P = Re(S e^{-iφ_X})``,
+    the phase-sensitive target. For a one-source model the error of ``mixture -
+    source`` is exactly minus the source's, so no separate rest term is needed.
+    """
+    window = hann_window(n_fft, targets.device)
+    phase = unit_phase(stft(mixture, n_fft, hop_length, window)).unsqueeze(1)
+    true = stft(targets, n_fft, hop_length, window)
+    psa = true.real * phase.real + true.imag * phase.imag
+    residual = true.real.square() + true.imag.square() - psa.square()
+    return torch.mean((est_mag.float() - psa).square() + residual)
+
+
+def _waveforms(output: str, out: Tensor, mixture: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """What the separator makes of a model output: ``(batch, source, channel, time)``."""
+    if output == "waveform":
+        return out
+    length = mixture.shape[-1]
+    window = hann_window(n_fft, mixture.device)
+    if output == "complex":
+        return istft(out.to(torch.complex64), n_fft, hop_length, length, window)
+    return istft(
+        _masked_mixture(out.float(), mixture, n_fft, hop_length), n_fft, hop_length, length, window
+    )
+
+
 def make_loss(
-    output: str, name: str = "auto", n_fft: int = 0, hop_length: int = 0
+    output: str,
+    name: str = "auto",
+    n_fft: int = 0,
+    hop_length: int = 0,
+    num_sources: int = 0,
 ) -> tuple[str, LossFn]:
     """The loss ``name`` for a model whose output kind is ``output``.
+
+    ``num_sources == 1`` adds the ``mixture - source`` term of ``sdr``.
 
     Returns:
         ``(resolved_name, fn)`` with ``fn(model_output, targets) -> scalar``.
@@ -120,12 +211,19 @@ def make_loss(
         )
     if output != "waveform" and (n_fft <= 0 or hop_length <= 0):
         raise TrainingError(f"a {output} loss needs the model's STFT parameters")
+    rest = num_sources == 1
     if resolved == "mse":
-        return resolved, lambda out, y: magnitude_mse(out, y, n_fft, hop_length)
+        return resolved, lambda out, y, x: magnitude_mse(out, y, n_fft, hop_length)
+    if resolved == "mse-complex":
+        return resolved, lambda out, y, x: complex_mse(out, y, x, n_fft, hop_length)
+    if resolved == "sdr":
+        return resolved, lambda out, y, x: sdr_loss(
+            _waveforms(output, out, x, n_fft, hop_length), y, x, rest
+        )
     if resolved == "l1-complex":
-        return resolved, lambda out, y: complex_l1(out, y, n_fft, hop_length)
+        return resolved, lambda out, y, x: complex_l1(out, y, n_fft, hop_length)
     if resolved == "l1-time":
-        return resolved, time_l1
+        return resolved, lambda out, y, x: time_l1(out, y)
     if resolved == "mrstft":
-        return resolved, multi_resolution_stft
-    return resolved, lambda out, y: time_l1(out, y) + multi_resolution_stft(out, y)
+        return resolved, lambda out, y, x: multi_resolution_stft(out, y)
+    return resolved, lambda out, y, x: time_l1(out, y) + multi_resolution_stft(out, y)

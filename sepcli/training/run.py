@@ -247,6 +247,8 @@ def prepare_data(
         channel_swap=config.aug_channel_swap,
         mix=config.aug_mix,
         silence_threshold=config.silence_threshold,
+        speed=config.aug_speed,
+        speed_semitones=config.speed_semitones,
     )
     dataset = ChunkDataset(
         train_cached,

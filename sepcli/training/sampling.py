@@ -31,7 +31,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sepcli.errors import TrainingError
-from sepcli.training.augment import crop, random_channel_swap, random_gain, random_start, rms
+from sepcli.training.augment import (
+    change_speed,
+    crop,
+    random_channel_swap,
+    random_gain,
+    random_speed,
+    random_start,
+    rms,
+)
 from sepcli.training.cache import CachedTrack
 
 __all__ = [
@@ -57,10 +65,13 @@ class Augmentation:
     channel_swap: bool = True
     mix: bool = True
     silence_threshold: float = 0.0
+    #: probability of a speed change per source (0 = off), up to ``speed_semitones``
+    speed: float = 0.0
+    speed_semitones: float = 2.0
 
     @classmethod
     def off(cls) -> Augmentation:
-        return cls(gain=False, channel_swap=False, mix=False, silence_threshold=0.0)
+        return cls(gain=False, channel_swap=False, mix=False, silence_threshold=0.0, speed=0.0)
 
 
 class ChunkDataset(Dataset):
@@ -140,12 +151,19 @@ class ChunkDataset(Dataset):
         return out
 
     def _source_chunk(
-        self, track: CachedTrack, name: str, rng: np.random.Generator, start: int | None
+        self,
+        track: CachedTrack,
+        name: str,
+        rng: np.random.Generator,
+        start: int | None,
+        speed: float = 1.0,
     ):
         audio = track.sources[name]
+        need = self.segment_samples if speed == 1.0 else int(round(self.segment_samples * speed))
         if start is None:
-            start = random_start(audio.shape[1], self.segment_samples, rng)
-        return crop(audio, start, self.segment_samples)
+            start = random_start(audio.shape[1], need, rng)
+        chunk = crop(audio, start, need)
+        return chunk if speed == 1.0 else change_speed(chunk, speed, self.segment_samples)
 
     def chunk(
         self, epoch: int, draw: int, track: int | None = None
@@ -159,21 +177,29 @@ class ChunkDataset(Dataset):
         block = self.dataset_of(index)
         low, count = int(self._starts[block]), self.dataset_sizes[block]
         first = self.tracks[index]
-        shared_start = random_start(first.length, self.segment_samples, rng)
+        # speed factors: one per source when sources come from different tracks,
+        # else one for all (the stems of one track stay aligned)
+        speeds = [1.0] * len(self.sources)
+        if aug.speed > 0:
+            draws = len(self.sources) if aug.mix else 1
+            factors = [random_speed(rng, aug.speed, aug.speed_semitones) for _ in range(draws)]
+            speeds = factors if aug.mix else factors * len(self.sources)
+        need = int(round(self.segment_samples * speeds[0]))
+        shared_start = random_start(first.length, need, rng)
         chunks = []
         for i, name in enumerate(self.sources):
             track = first
             if aug.mix and i > 0:
                 track = self.tracks[low + int(rng.integers(count))]
             start = None if (aug.mix and i > 0) else shared_start
-            chunk = self._source_chunk(track, name, rng, start)
+            chunk = self._source_chunk(track, name, rng, start, speeds[i])
             if aug.silence_threshold > 0 and i < self.num_targets:
                 for _ in range(SILENCE_RETRIES):
                     if rms(chunk) >= aug.silence_threshold:
                         break
                     if aug.mix:
                         track = self.tracks[low + int(rng.integers(count))]
-                    chunk = self._source_chunk(track, name, rng, None)
+                    chunk = self._source_chunk(track, name, rng, None, speeds[i])
             if aug.gain:
                 chunk = random_gain(chunk, rng, aug.gain_min, aug.gain_max)
             if aug.channel_swap:

@@ -122,9 +122,7 @@ def validate(
     was_training = model.training
     model.eval()
     try:
-        separator = Separator(
-            Archive(model, metadata), device=device, segment=segment, overlap=0.25
-        )
+        separator = Separator(Archive(model, metadata), device=device, segment=segment)
         scores: dict[str, list[float]] = {t: [] for t in targets}
         for track in tracks:
             mixture = np.array(
