@@ -108,6 +108,13 @@ def test_loss_goes_down_and_run_folder_is_complete(data_root, tmp_path):
     training = meta.extra["training"]
     assert training["epochs_run"] == 4 and training["best_epoch"] == result.best_epoch
     assert training["valid_tracks"] == ["cat_1"]
+    # the settings travel with the weights, this machine's paths do not
+    recorded = training["config"]
+    assert recorded["data"] == [data_root.name] and recorded["epochs"] == 4
+    assert "out" not in recorded and "cache_dir" not in recorded
+    assert str(tmp_path) not in json.dumps(meta.extra) and str(data_root) not in json.dumps(
+        meta.extra
+    )
     key = f"{data_root.name}-valid"
     assert meta.scores[key]["vocals"]["SDR"] == pytest.approx(
         records[result.best_epoch - 1]["valid"]["vocals"]

@@ -134,9 +134,20 @@ def export_best(
                 "valid_tracks": list(valid_tracks),
                 "train_tracks": len(train_tracks),
                 "datasets": [dict(d) for d in datasets],
-                "config": config.to_dict(),
+                "config": portable_config(config),
             },
         },
     )
     out = Path(path) if path else run_dir / f"{meta.name}.sepcli"
     return save_archive(net.eval(), meta, out)
+
+
+def portable_config(config: TrainConfig) -> dict[str, Any]:
+    """The run's settings as an archive records them: everything that shapes the
+    weights, without this machine's paths (the run and cache folders are dropped,
+    each data root is reduced to its folder name, as in ``datasets``)."""
+    data = config.to_dict()
+    data.pop("out", None)
+    data.pop("cache_dir", None)
+    data["data"] = [Path(d).name or str(d) for d in config.data]
+    return data
