@@ -167,6 +167,25 @@ def test_ema_and_speed_augmentation_resume_bit_for_bit_and_export_the_average(da
         train(plain, resume=True, model_factory=tiny_factory)
 
 
+def test_ema_of_a_batchnorm_model_keeps_the_live_statistics(data_root, tmp_path):
+    cfg = config_for(
+        data_root,
+        tmp_path / "run",
+        model="umx",
+        epochs=1,
+        ema=0.9,
+        valid="none",
+        model_config=FAMILY_CONFIGS["umx"][0],
+    )
+    train(cfg, export=False)
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    live, avg = state["model"], state["ema"]
+    assert state["ema_updates"] == 3
+    stats = [k for k in live if "running_" in k]
+    assert stats and all(torch.equal(avg[k], live[k]) for k in stats)
+    assert not torch.equal(avg["targets.0.fc1.weight"], live["targets.0.fc1.weight"])
+
+
 def test_resume_refuses_changed_settings_and_overwrites_nothing(data_root, tmp_path):
     cfg = config_for(data_root, tmp_path / "run", epochs=1)
     train(cfg, model_factory=tiny_factory, export=False)

@@ -143,7 +143,8 @@ class Trainer:
             patience=config.lr_decay_patience,
         )
         #: exponential moving average of the weights (validated and exported instead
-        #: of the live weights when ``config.ema`` > 0); buffers are copied as they are
+        #: of the live weights when ``config.ema`` > 0); its buffers (BatchNorm
+        #: statistics) are the live ones, copied at the end of each epoch
         self.ema_model: nn.Module | None = None
         self.ema_updates = 0
         if config.ema > 0:
@@ -266,8 +267,6 @@ class Trainer:
         weight = 1.0 - min(self.config.ema, (1.0 + n) / (10.0 + n))
         for avg, live in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
             avg.lerp_(live.detach(), weight)
-        for avg, live in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
-            avg.copy_(live)
 
     @property
     def scored_model(self) -> nn.Module:
@@ -286,6 +285,10 @@ class Trainer:
             count += 1
             self.callback("step", {"epoch": epoch, "step": step, "steps": steps, "loss": loss})
         distributed.sync_buffers(self.dist, self.model)
+        if self.ema_model is not None:  # after the sync: every rank holds the same statistics
+            with torch.no_grad():
+                for avg, live in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+                    avg.copy_(live)
         return distributed.all_mean(self.dist, total / max(count, 1), self.device)
 
     def _validate(self) -> dict[str, float]:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import hann_window, istft, stft, unit_phase
 from sepcli.errors import TrainingError
 
@@ -147,12 +148,6 @@ def sdr_loss(
     return 10.0 * torch.mean(torch.log10(err + floor) - torch.log10(ref + floor))
 
 
-def _masked_mixture(est_mag: Tensor, mixture: Tensor, n_fft: int, hop_length: int) -> Tensor:
-    """Complex source spectrograms: estimated magnitudes with the mixture phase."""
-    mix_spec = stft(mixture, n_fft, hop_length, hann_window(n_fft, mixture.device))
-    return est_mag * unit_phase(mix_spec).unsqueeze(1)
-
-
 def complex_mse(
     est_mag: Tensor, targets: Tensor, mixture: Tensor, n_fft: int, hop_length: int
 ) -> Tensor:
@@ -172,16 +167,16 @@ def complex_mse(
 
 
 def _waveforms(output: str, out: Tensor, mixture: Tensor, n_fft: int, hop_length: int) -> Tensor:
-    """What the separator makes of a model output: ``(batch, source, channel, time)``."""
+    """What the separator makes of a model output: ``(batch, source, channel, time)``
+    (magnitudes go through the separator's own mixture-phase step)."""
     if output == "waveform":
         return out
     length = mixture.shape[-1]
     window = hann_window(n_fft, mixture.device)
     if output == "complex":
         return istft(out.to(torch.complex64), n_fft, hop_length, length, window)
-    return istft(
-        _masked_mixture(out.float(), mixture, n_fft, hop_length), n_fft, hop_length, length, window
-    )
+    mix_spec = stft(mixture, n_fft, hop_length, window)
+    return reconstruct("mixture", out.float(), mix_spec, n_fft, hop_length, length)
 
 
 def make_loss(
@@ -196,7 +191,7 @@ def make_loss(
     ``num_sources == 1`` adds the ``mixture - source`` term of ``sdr``.
 
     Returns:
-        ``(resolved_name, fn)`` with ``fn(model_output, targets) -> scalar``.
+        ``(resolved_name, fn)`` with ``fn(model_output, targets, mixture) -> scalar``.
 
     Raises:
         TrainingError: a loss that does not fit the output kind, or missing STFT

@@ -150,6 +150,10 @@ class ChunkDataset(Dataset):
                     out.append(self.tracks[self._starts[d] + i])
         return out
 
+    def _span(self, speed: float) -> int:
+        """Samples to read for a chunk played ``speed`` times faster."""
+        return int(round(self.segment_samples * speed))
+
     def _source_chunk(
         self,
         track: CachedTrack,
@@ -159,7 +163,7 @@ class ChunkDataset(Dataset):
         speed: float = 1.0,
     ):
         audio = track.sources[name]
-        need = self.segment_samples if speed == 1.0 else int(round(self.segment_samples * speed))
+        need = self._span(speed)
         if start is None:
             start = random_start(audio.shape[1], need, rng)
         chunk = crop(audio, start, need)
@@ -184,8 +188,7 @@ class ChunkDataset(Dataset):
             draws = len(self.sources) if aug.mix else 1
             factors = [random_speed(rng, aug.speed, aug.speed_semitones) for _ in range(draws)]
             speeds = factors if aug.mix else factors * len(self.sources)
-        need = int(round(self.segment_samples * speeds[0]))
-        shared_start = random_start(first.length, need, rng)
+        shared_start = random_start(first.length, self._span(speeds[0]), rng)
         chunks = []
         for i, name in enumerate(self.sources):
             track = first
