@@ -167,6 +167,19 @@ def test_ema_and_speed_augmentation_resume_bit_for_bit_and_export_the_average(da
         train(plain, resume=True, model_factory=tiny_factory)
 
 
+def test_cosine_schedule_anneals_to_zero_and_resumes_bit_for_bit(data_root, tmp_path):
+    straight = step_losses(data_root, tmp_path / "a", 3, lr_schedule="cosine")
+    log = [json.loads(x) for x in (tmp_path / "a" / LOG).read_text().splitlines()]
+    # 3 steps per epoch, 9 in all: the factor after steps 3, 6, 9 of half a cosine
+    assert [r["lr"] for r in log] == pytest.approx([3e-3 * 0.75, 3e-3 * 0.25, 0.0], abs=1e-12)
+    cfg = config_for(data_root, tmp_path / "b", epochs=3, lr_schedule="cosine")
+    train(cfg.replace(time_limit=1e-9), model_factory=tiny_factory, export=False)  # stops after 1
+    assert step_losses(data_root, tmp_path / "b", 3, True, lr_schedule="cosine") == straight[3:]
+    # a longer run would be another schedule: refused rather than bent mid-way
+    with pytest.raises(TrainingError, match="changed settings: epochs"):
+        train(cfg.replace(epochs=5), resume=True, model_factory=tiny_factory)
+
+
 def test_ema_of_a_batchnorm_model_keeps_the_live_statistics(data_root, tmp_path):
     cfg = config_for(
         data_root,

@@ -29,6 +29,7 @@ from sepcli.errors import TrainingError
 __all__ = [
     "FAMILIES",
     "LOSSES",
+    "LR_SCHEDULES",
     "TrainConfig",
     "load_toml",
     "parse_set",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 FAMILIES = ("umx", "tfc-tdf", "waveform")
+LR_SCHEDULES = ("plateau", "cosine")
 LOSSES = ("auto", "mse", "mse-complex", "sdr", "l1-complex", "l1-time", "mrstft", "l1-time+mrstft")
 
 
@@ -88,6 +90,10 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
+    #: ``plateau``: multiply by ``lr_decay_gamma`` when the score stalls for
+    #: ``lr_decay_patience`` scored epochs (Open-Unmix); ``cosine``: half a cosine
+    #: from ``lr`` to 0 over ``epochs`` epochs, stepped every optimiser step
+    lr_schedule: str = "plateau"
     lr_decay_patience: int = 80
     lr_decay_gamma: float = 0.3
     clip_grad: float = 5.0
@@ -129,6 +135,10 @@ class TrainConfig:
             out.append(f"targets has duplicates: {list(self.targets)}")
         if self.loss not in LOSSES:
             out.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            out.append(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
         if self.audio_channels not in (1, 2):
             out.append(f"audio_channels must be 1 or 2, got {self.audio_channels}")
         positive = ("sample_rate", "segment", "samples_per_track", "epochs", "batch_size", "lr")

@@ -15,6 +15,7 @@ it is the training loss (lower is better). ReduceLROnPlateau and early stopping
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -70,6 +71,7 @@ RESUME_KEYS = (
     "aug_speed",
     "speed_semitones",
     "ema",
+    "lr_schedule",
     "loss",
     "model_config",
     "data_weights",
@@ -136,7 +138,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.scheduler: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer,
             mode=self.mode,
             factor=config.lr_decay_gamma,
@@ -173,6 +175,12 @@ class Trainer:
             drop_last=True,
             pin_memory=self.device.type == "cuda",
         )
+        #: ``lr_schedule="cosine"`` steps this every optimiser step instead of the plateau rule
+        self.step_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        if config.lr_schedule == "cosine":
+            self.step_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, functools.partial(cosine_factor, config.epochs * len(self.loader))
+            )
         self.epoch = 0
         self.best_score: float | None = None
         self.best_epoch = 0
@@ -187,6 +195,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "step_scheduler": (
+                self.step_scheduler.state_dict() if self.step_scheduler is not None else None
+            ),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
             "ema_updates": self.ema_updates,
@@ -202,7 +213,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
         saved = state.get("config", {})
         now = self.config.to_dict()
-        changed = [k for k in RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(now[k])]
+        keys = RESUME_KEYS + (("epochs",) if self.step_scheduler is not None else ())
+        changed = [k for k in keys if k in saved and _norm(saved[k]) != _norm(now[k])]
         if changed:
             raise TrainingError(
                 f"{where}: cannot resume with changed settings: {', '.join(changed)}"
@@ -211,6 +223,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.step_scheduler is not None:
+                self.step_scheduler.load_state_dict(state["step_scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             if self.ema_model is not None:
@@ -252,6 +266,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.step_scheduler is not None:
+            self.step_scheduler.step()
         self._update_ema()
         return float(loss.detach().item())
 
@@ -337,7 +353,7 @@ class Trainer:
             elif not self.validating:
                 score = train_loss
             improved = score is not None and self._improved(score)
-            if score is not None and math.isfinite(score):
+            if self.step_scheduler is None and score is not None and math.isfinite(score):
                 self.scheduler.step(score)
             self.epoch = epoch
             if improved:
@@ -401,6 +417,11 @@ class Trainer:
             return False
         done = self.elapsed() + running >= self.config.time_limit * 60.0
         return bool(distributed.broadcast(self.dist, done))
+
+
+def cosine_factor(total_steps: int, step: int) -> float:
+    """Learning-rate factor after ``step`` of ``total_steps``: 1 at 0, 0 at the end."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def _write_log(history: Sequence[dict[str, Any]], path: Path) -> None:
