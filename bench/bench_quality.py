@@ -12,7 +12,9 @@ Usage::
         --model oracle:irm1 --model oracle:mix [--stems vocals,accompaniment] [--out eval-bench]
 
 Results already in ``--out`` are reused (``sepcli evaluate`` resumes), so the
-table can be re-printed without scoring again. Each model's folder is
+table can be re-printed without scoring again; ``sepcli evaluate`` refuses a
+folder that holds another archive's results (or other settings), so a new
+model whose label is taken needs another ``--out``. Each model's folder is
 ``OUT/<label>`` where the label is the model name or the archive's file stem (prefixed with its
 folder's name when two archives share a file name).
 """

@@ -17,6 +17,7 @@ from sepcli.cli import main
 from sepcli.datasets import open_dataset
 from sepcli.evaluation.bsseval import bss_eval_v4
 from sepcli.evaluation.runner import EvalConfig, OracleEstimator, evaluate_tracks, read_track_json
+from sepcli.models.archive import load_archive, save_archive
 
 RATE = 8000
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -195,3 +196,44 @@ def test_evaluate_with_a_model(dataset: Path, tmp_path: Path, tiny_mask_archive:
     summary = json.loads(result.stdout)
     assert summary["estimator"] == str(tiny_mask_archive)
     assert np.isfinite(summary["aggregate"]["vocals"]["SDR"]["median"])
+
+
+def test_resume_only_into_results_of_the_same_estimator(
+    dataset: Path, tmp_path: Path, tiny_mask_archive: Path
+) -> None:
+    out = tmp_path / "out"
+    base = ["evaluate", "--data", str(dataset), "--out", str(out), "--tracks", "t1",
+            "--stems", "vocals,accompaniment", "--filters-len", "16", "--json"]  # fmt: skip
+    model = [*base, "--model", str(tiny_mask_archive)]
+    assert CliRunner().invoke(main, model).exit_code == 0
+    before = (out / "test" / "t1.json").read_bytes()
+    again = CliRunner().invoke(main, model)
+    assert again.exit_code == 0 and "resumed t1" in again.stderr
+    # a copy of the same archive under another name is the same estimator
+    copy = tmp_path / "copy" / tiny_mask_archive.name
+    copy.parent.mkdir()
+    copy.write_bytes(tiny_mask_archive.read_bytes())
+    assert CliRunner().invoke(main, [*base, "--model", str(copy)]).exit_code == 0
+    # other weights, other separation or scoring settings: refused, nothing overwritten
+    other = load_archive(tiny_mask_archive)
+    with torch.no_grad():
+        next(iter(other.module.parameters())).add_(0.01)
+    (tmp_path / "other").mkdir()
+    retrained = save_archive(other.module, other.metadata, tmp_path / "other" / "tiny.sepcli")
+    for extra, what in (
+        (["--model", "oracle:mix"], "kind"),
+        (["--model", str(retrained)], "weights"),
+        (["--model", str(tiny_mask_archive), "--overlap", "0.5"], "overlap"),
+        (["--model", str(tiny_mask_archive), "--phase", "wiener"], "phase"),
+    ):
+        result = CliRunner().invoke(main, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        assert f"holds results of {tiny_mask_archive}" in result.stderr and what in result.stderr
+    scoring = [a if a != "16" else "32" for a in model]
+    result = CliRunner().invoke(main, scoring)
+    assert result.exit_code == 2 and "filters_len" in result.stderr
+    assert (out / "test" / "t1.json").read_bytes() == before
+    # results that do not say where they come from are not trusted either
+    (out / "evaluation.json").unlink()
+    result = CliRunner().invoke(main, model)
+    assert result.exit_code == 2 and "without evaluation.json" in result.stderr

@@ -16,6 +16,7 @@ mixture minus the estimate).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -85,6 +86,9 @@ class Estimator(Protocol):
     """Makes estimates for one track."""
 
     label: str
+    #: what makes the estimates (JSON-able); results in an output folder are only
+    #: resumed by an estimator with the same identity
+    identity: dict[str, Any]
 
     def available(self, track: Track) -> Sequence[str] | None:
         """Stems this estimator can give for ``track`` (None: any)."""
@@ -108,6 +112,20 @@ class SeparatorEstimator:
         self.separator = separator
         self.label = label
         self._stems = available_stems(separator.sources)
+        sep = separator
+        self.identity = {
+            "kind": "model",
+            "weights": _weights_digest(sep.archive),
+            "segment_samples": sep.segment_samples,
+            "context_samples": sep.context_samples,
+            "overlap": sep.overlap,
+            "shifts": sep.shifts,
+            "seed": sep.seed,
+            "phase": sep.phase,
+            "wiener_iters": sep.wiener_iters,
+            "gl_iters": sep.gl_iters,
+            "gl_init": sep.gl_init,
+        }
 
     def available(self, track: Track) -> Sequence[str] | None:
         return self._stems
@@ -135,6 +153,7 @@ class OracleEstimator:
         self.label = f"oracle:{method}"
         self.n_fft = n_fft
         self.hop_length = hop_length
+        self.identity = {"kind": "oracle", "method": method, "n_fft": n_fft, "hop": hop_length}
 
     def available(self, track: Track) -> Sequence[str] | None:
         return None
@@ -173,6 +192,7 @@ class DirectoryEstimator:
         if not self.root.is_dir():
             raise DatasetError(f"estimates folder not found: {self.root}")
         self.label = str(self.root)
+        self.identity = {"kind": "estimates", "root": str(self.root.resolve())}
 
     def _files(self, track: Track) -> dict[str, Path]:
         folder = self.root / track.name
@@ -456,6 +476,7 @@ def evaluate_tracks(
             f"unknown metrics {config.metrics!r}; choose from {', '.join(METRIC_KINDS)}"
         )
     out = Path(out_dir)
+    _claim_output(out, tracks, estimator, config)
     result = RunResult()
     per_track: dict[str, dict[str, dict[str, list[float]]]] = {}
     for track in tracks:
@@ -497,6 +518,77 @@ def evaluate_tracks(
     }
     _write_json(out / "summary.json", result.summary)
     return result
+
+
+#: ``OUT/evaluation.json``: which estimator and scoring settings the results in OUT belong to
+RUN_FILE = "evaluation.json"
+
+
+def _weights_digest(archive: Any) -> str:
+    """SHA-256 of an archive file, or of its weights when it was built in memory."""
+    path = getattr(archive, "path", None)
+    if path is not None and Path(path).is_file():
+        from sepcli.hub.cache import sha256_file
+
+        return sha256_file(Path(path))
+    digest = hashlib.sha256(archive.metadata.to_json().encode())
+    for name, value in archive.module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _claim_output(
+    out: Path, tracks: Sequence[Track], estimator: Estimator, config: EvalConfig
+) -> None:
+    """Record in ``OUT/evaluation.json`` what the results in OUT come from, or check it.
+
+    Resuming reads back the per-track JSONs already in OUT, so OUT must hold
+    results of the same estimator (same weights and separation settings, same
+    oracle or estimates folder) scored the same way; anything else would mix
+    two models' figures under one name.
+
+    Raises:
+        UsageError: OUT holds results of another estimator or other scoring
+            settings, or results that say nothing about where they come from.
+    """
+    record = {
+        "format": "sepcli-evaluation",
+        "estimator": estimator.label,
+        "identity": getattr(estimator, "identity", {"label": estimator.label}),
+        "scoring": {
+            "metrics": config.metrics,
+            "stems": list(config.stems) if config.stems else None,
+            "window": config.window,
+            "hop": config.hop,
+            "filters_len": config.filters_len,
+        },
+    }
+    path = out / RUN_FILE
+    advice = "choose another --out or delete it"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UsageError(f"{path}: unreadable ({exc}); {advice}") from None
+        differ = [
+            key
+            for part in ("identity", "scoring")
+            for key in sorted(set(record[part]) | set(saved.get(part, {})))
+            if record[part].get(key) != saved.get(part, {}).get(key)
+        ]
+        if differ:
+            raise UsageError(
+                f"{out} holds results of {saved.get('estimator', 'another estimator')} with other "
+                f"settings ({', '.join(differ)}); {advice}"
+            )
+        return
+    if any(_json_path(out, t).is_file() for t in tracks):
+        raise UsageError(
+            f"{out} holds results without {RUN_FILE}, so they cannot be told apart from another "
+            f"model's; {advice}"
+        )
+    _write_json(path, record)
 
 
 def _complement_needs(track: Track, stems: Sequence[str]) -> list[str]:
