@@ -91,6 +91,39 @@ def test_cache_decodes_once_and_memory_maps(tmp_path, monkeypatch):
     assert [c.name for c in again] == [c.name for c in cached]
 
 
+def test_train_prunes_entries_of_changed_files_only(tmp_path, caplog):
+    root = make_folder(tmp_path / "data", names=("a_1", "b_1", "c_1"))
+    cache = tmp_path / "cache"
+    cfg = TrainConfig(
+        data=str(root), out=str(tmp_path / "run"), sample_rate=SR, valid="none", segment=0.25,
+        cache_dir=str(cache),
+    )  # fmt: skip
+    prepare_data(cfg)
+    entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
+    assert sorted(entries) == ["a_1", "b_1", "c_1"]
+    legacy = cache / "old_1-0123456789abcdef01234567"  # written before entries kept a record
+    legacy.mkdir()
+    (legacy / "meta.json").write_text('{"name": "old_1", "sources": []}')
+    (cache / "half_1-0123456789abcdef01234567").mkdir()  # incomplete: no meta.json
+    # a_1 is re-recorded; c_1's file is gone (a drive that is not mounted?)
+    write_wav(root / "a_1" / "vocals.wav", make_tone(0.5, SR, 1, seed=99) * 0.4, SR)
+    gone = root / "c_1" / "vocals.wav"
+    gone.rename(tmp_path / "elsewhere.wav")
+    (root / "c_1" / "accompaniment.wav").unlink()
+    (root / "c_1").rmdir()
+    with caplog.at_level(logging.INFO, logger="sepcli.training.run"):
+        prepare_data(cfg)
+    assert "removed 1 stale cache entry" in caplog.text
+    left = sorted(p.name for p in cache.iterdir())
+    assert entries["a_1"].name not in left and entries["b_1"].name in left
+    assert (
+        entries["c_1"].name in left
+        and legacy.name in left
+        and "half_1-0123456789abcdef01234567" in left
+    )
+    assert len([n for n in left if n.startswith("a_1-")]) == 1  # the fresh entry
+
+
 def test_resampled_to_model_rate(tmp_path):
     root = make_folder(tmp_path / "data", names=("a_1", "b_1"))
     cfg = TrainConfig(

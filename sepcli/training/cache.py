@@ -5,7 +5,9 @@ is what makes naive training data-bound; here every track is decoded once, at
 the model rate and channel count, into ``CACHE/<key>/<source>.npy`` and read
 with ``np.load(mmap_mode="r")``. The key hashes the track's path, its files'
 sizes and modification times, the rate, the channels and the source recipe, so
-a changed file or setting gets a fresh entry. An entry is complete when its
+a changed file or setting gets a fresh entry (and :func:`prune_stale`, run by
+``sepcli train`` once the cache is filled, deletes entries of files that
+changed since). An entry is complete when its
 ``meta.json`` exists (written last, atomically): an interrupted run leaves no
 half entry that a later run would trust.
 
@@ -23,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,15 @@ import numpy as np
 from sepcli import atomic
 from sepcli.errors import DatasetError, SepcliError
 
-__all__ = ["REST", "CachedTrack", "source_recipe", "cache_key", "cache_tracks", "open_cached"]
+__all__ = [
+    "REST",
+    "CachedTrack",
+    "source_recipe",
+    "cache_key",
+    "cache_tracks",
+    "open_cached",
+    "prune_stale",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +93,58 @@ def source_recipe(track: Any, targets: Sequence[str]) -> dict[str, list[str]] | 
     return recipe
 
 
+def _file_state(path: Path) -> list[Any]:
+    """``[real path, size, mtime_ns]`` of a file (``[path, None, None]`` when absent)."""
+    try:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]
+
+
 def _fingerprint(track: Any) -> list[Any]:
     files = list(track.files.values()) if track.files else [track.path]
-    out: list[Any] = []
-    for f in sorted(Path(p) for p in files):
+    return [_file_state(f) for f in sorted(Path(p) for p in files)]
+
+
+def prune_stale(cache_dir: str | os.PathLike[str]) -> tuple[int, int]:
+    """Delete the entries of ``cache_dir`` whose source files changed since.
+
+    An entry records the real path, size and modification time of every file it
+    was decoded from; when all of them still exist and one has another size or
+    time, no run can hit the entry again (its key hashes the same state), so it
+    only holds disk space. Entries with a file that is gone (perhaps on a drive
+    that is not mounted), entries written before that record existed, and
+    incomplete ones are left alone.
+
+    Returns:
+        ``(entries removed, bytes freed)``.
+    """
+    removed, freed = 0, 0
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return 0, 0
+    for entry in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            st = f.stat()
-            out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-        except OSError:
-            out.append([str(f), None, None])
-    return out
+            files = json.loads((entry / "meta.json").read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(files, list) or not files:
+            continue
+        now = [_file_state(Path(f[0])) for f in files]
+        # a file that vanished may sit on a drive that is not mounted now: keep the entry
+        if any(state[1] is None for state in now) or now == files:
+            continue
+        size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+        try:
+            # the meta first: a reader racing with the removal sees an incomplete entry
+            (entry / "meta.json").unlink()
+            shutil.rmtree(entry)
+        except OSError as exc:
+            logger.warning("could not remove stale cache entry %s (%s)", entry, exc)
+            continue
+        removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def cache_key(
@@ -247,6 +300,7 @@ def cache_tracks(
                 "sources": list(sources),
                 "sample_rate": sample_rate,
                 "mixture": mixture is not None,
+                "files": _fingerprint(track),
             }
             atomic.write_text(entry / "meta.json", json.dumps(meta))
             hit = open_cached(entry, track.name)

@@ -22,7 +22,7 @@ from torch import nn
 from sepcli.errors import DatasetError, SepcliError, TrainingError
 from sepcli.models.archive import ArchiveMetadata, count_parameters
 from sepcli.training import distributed
-from sepcli.training.cache import REST, CachedTrack, cache_tracks
+from sepcli.training.cache import REST, CachedTrack, cache_tracks, prune_stale
 from sepcli.training.config import TrainConfig, save_config
 from sepcli.training.export import export_best
 from sepcli.training.loop import CHECKPOINT, Callback, Trainer
@@ -235,6 +235,16 @@ def prepare_data(
                     valid_cached, _ = _cache_root(split, config, cache_dir, True, progress)
                 per_root.append((train_cached, sources, valid_cached))
             result = per_root
+            if info.is_main:
+                removed, freed = prune_stale(cache_dir)
+                if removed:
+                    logger.info(
+                        "removed %d stale cache entr%s (%.1f MB) from %s",
+                        removed,
+                        "y" if removed == 1 else "ies",
+                        freed / 1e6,
+                        cache_dir,
+                    )
         distributed.barrier(info)
     assert result is not None
     sources = tuple(config.targets) + ((REST,) if any(REST in s for _, s, _ in result) else ())
