@@ -112,19 +112,18 @@ class SeparatorEstimator:
         self.separator = separator
         self.label = label
         self._stems = available_stems(separator.sources)
-        sep = separator
         self.identity = {
             "kind": "model",
-            "weights": _weights_digest(sep.archive),
-            "segment_samples": sep.segment_samples,
-            "context_samples": sep.context_samples,
-            "overlap": sep.overlap,
-            "shifts": sep.shifts,
-            "seed": sep.seed,
-            "phase": sep.phase,
-            "wiener_iters": sep.wiener_iters,
-            "gl_iters": sep.gl_iters,
-            "gl_init": sep.gl_init,
+            "weights": _weights_digest(separator.archive),
+            "segment_samples": separator.segment_samples,
+            "context_samples": separator.context_samples,
+            "overlap": separator.overlap,
+            "shifts": separator.shifts,
+            "seed": separator.seed,
+            "phase": separator.phase,
+            "wiener_iters": separator.wiener_iters,
+            "gl_iters": separator.gl_iters,
+            "gl_init": separator.gl_init,
         }
 
     def available(self, track: Track) -> Sequence[str] | None:

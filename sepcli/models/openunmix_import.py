@@ -22,7 +22,6 @@ ignored are those of the STFT modules that Open-Unmix 1.0 kept inside the model
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -119,14 +118,6 @@ class _Target:
     state: dict[str, Tensor]
     args: Mapping[str, Any]  # training args from <target>.json ({} for bare files)
     separator: Mapping[str, Any]  # separator.json ({} when absent)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
@@ -401,7 +392,9 @@ def import_openunmix(
         targets.sort(key=lambda t: (known.index(t.name) if t.name in known else len(known), t.name))
     model = _build(targets, preset)
     p = PRESETS.get(preset) if preset else None
-    files = {t.name: {"file": t.path.name, "sha256": _sha256(t.path)} for t in targets}
+    from sepcli.hub.cache import sha256_file
+
+    files = {t.name: {"file": t.path.name, "sha256": sha256_file(t.path)} for t in targets}
     meta = make_metadata(
         model,
         name=name or preset or "openunmix",
