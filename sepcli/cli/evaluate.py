@@ -135,7 +135,8 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     type=click.Path(path_type=Path),
     default=Path("eval"),
     show_default=True,
-    help="Output folder (per-track JSON, summary.json); tracks already there are skipped.",
+    help="Output folder (per-track JSON, summary.json, evaluation.json); tracks already scored "
+    "there by the same model and settings are read back, another model's results are refused.",
 )
 @click.option(
     "--metrics",
