@@ -51,6 +51,10 @@ def test_source_recipes():
         s: [s] for s in ("drums", "bass", "other", "vocals")
     }
     assert source_recipe(musdb, ["guitar"]) is None
+    # mix_stems: the non-target stems stay apart so that mixing draws each on its own
+    assert source_recipe(musdb, ["vocals"], split_rest=True) == {
+        s: [s] for s in ("vocals", "drums", "bass", "other")
+    }
     mir = Track(
         "a_1",
         None,
@@ -59,6 +63,7 @@ def test_source_recipes():
         files={"vocals": Path("v.ogg"), "accompaniment": Path("a.ogg")},
     )
     assert source_recipe(mir, ["vocals"]) == {"vocals": ["vocals"], REST: ["accompaniment"]}
+    assert source_recipe(mir, ["vocals"], split_rest=True) == source_recipe(mir, ["vocals"])
     plain = Track(
         "p", None, "folder", Path("p"), files={"guitar": Path("g.wav"), "mixture": Path("m.wav")}
     )

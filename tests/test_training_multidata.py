@@ -189,6 +189,59 @@ def test_source_mixing_stays_within_a_dataset():
         ChunkDataset(tracks, ("vocals", REST), 1, 100, 4, aug, dataset_sizes=[3, 3])
 
 
+def _valued_track(name: str, **values: float) -> CachedTrack:
+    return CachedTrack(
+        name, {s: np.full((2, 400), v, dtype=np.float32) for s, v in values.items()}, SR, Path(name)
+    )
+
+
+def test_stems_apart_and_lent_by_another_dataset():
+    # dataset 0 (MUSDB-like): vocals 1, drums 10, bass 100 (a different value per track);
+    # dataset 1 (MIR-1K-like): vocals 1000, rest (its accompaniment) 10000
+    songs = [_valued_track(f"s{i}", vocals=1, drums=10 * (i + 1), bass=100) for i in range(3)]
+    clips = [_valued_track(f"c{i}", vocals=1000, rest=10000) for i in range(2)]
+    sources = ("vocals", "drums", "bass", REST)
+    aug = Augmentation(gain=False, channel_swap=False, mix=True)
+    own = ChunkDataset(songs + clips, sources, 1, 100, 4, aug, seed=0, dataset_sizes=[3, 2])
+    lent = ChunkDataset(
+        songs + clips, sources, 1, 100, 4, aug, seed=0, dataset_sizes=[3, 2], mix_from=0
+    )
+    drums = set()
+    for draw in range(30):
+        for track in range(5):
+            mix, y = own[(1, draw, track)]
+            mix_lent, y_lent = lent[(1, draw, track)]
+            assert torch.equal(y, y_lent)  # the target is always the draw's own
+            extra = float(mix[0, 0] - y[0, 0, 0])
+            extra_lent = float(mix_lent[0, 0] - y_lent[0, 0, 0])
+            if track < 3:  # a song: drums and bass each from some song, no rest
+                assert extra - 100 in (10, 20, 30) and extra_lent == extra
+                drums.add(extra - 100)
+            else:  # a clip: its own dataset lends only a rest; dataset 0 lends drums + bass
+                assert extra == 10000 and extra_lent - 100 in (10, 20, 30)
+    assert drums == {10, 20, 30}  # drums come from every song, not only the drawn one
+    with pytest.raises(TrainingError, match="mix_from 2"):
+        ChunkDataset(songs + clips, sources, 1, 100, 4, aug, dataset_sizes=[3, 2], mix_from=2)
+    with pytest.raises(TrainingError, match="lacks"):  # a target may not be missing
+        ChunkDataset(songs + clips, (REST, "vocals"), 1, 100, 4, aug, dataset_sizes=[3, 2])
+
+
+def test_mix_stems_caches_musdb_stems_apart(roots, tmp_path):
+    cfg = config_for(roots, tmp_path / "run", valid_roots=(0,), mix_stems=True, mix_from=0)
+    _, ds, valid, _, _ = prepare_data(cfg)
+    assert ds.sources == ("vocals", "drums", "bass", "other", REST) and ds.mix_from == 0
+    song = ds.tracks[0]
+    for j, stem in enumerate(("drums", "bass", "other")):
+        want = make_tone(0.6, SR, 2, seed=j) * 0.3
+        assert np.allclose(song.sources[stem], want, atol=2e-3)
+    assert "drums" not in ds.tracks[3].sources  # a MIR-1K-like clip has only its rest
+    assert REST in valid[0].sources  # validation keeps the usual cache entries
+    mix, y = ds[(1, 0, 4)]
+    assert mix.shape == (2, 1600) and y.shape == (1, 2, 1600)
+    with pytest.raises(TrainingError, match="mix_from 2 out of range"):
+        config_for(roots, tmp_path / "run", mix_from=2)
+
+
 # -- training ---------------------------------------------------------------------
 def test_resume_is_exact_with_two_roots(roots, tmp_path):
     def run(out: Path, epochs: int, resume: bool = False) -> list[float]:

@@ -38,6 +38,7 @@ from sepcli.errors import DatasetError, SepcliError
 
 __all__ = [
     "REST",
+    "source_names",
     "CachedTrack",
     "source_recipe",
     "cache_key",
@@ -69,12 +70,16 @@ class CachedTrack:
         return int(next(iter(self.sources.values())).shape[1])
 
 
-def source_recipe(track: Any, targets: Sequence[str]) -> dict[str, list[str]] | None:
+def source_recipe(
+    track: Any, targets: Sequence[str], split_rest: bool = False
+) -> dict[str, list[str]] | None:
     """How to build each training source of ``track`` from its stems.
 
     Returns ``{name: [stem, ...]}`` where a source is the sum of its stems; the
     ``rest`` source may be ``["mixture", "-"]`` meaning mixture minus the
-    targets. ``None`` when the track lacks one of ``targets``.
+    targets. ``None`` when the track lacks one of ``targets``. With
+    ``split_rest`` a track with several non-target stems (MUSDB's drums, bass
+    and other) keeps each as its own source instead of their sum ``rest``.
     """
     stems = set(track.stems)
     if any(t not in stems for t in targets):
@@ -86,7 +91,9 @@ def source_recipe(track: Any, targets: Sequence[str]) -> dict[str, list[str]] | 
         stored = [s for s in stored if s != "accompaniment"]
     if "accompaniment" in targets:
         stored = [s for s in stored if s not in _PARTS]
-    if stored:
+    if split_rest and len(stored) > 1:
+        recipe.update({s: [s] for s in stored})
+    elif stored:
         recipe[REST] = stored
     elif track.layout == "folder" and "mixture" in track.stored:
         recipe[REST] = ["mixture", "-"]
@@ -226,6 +233,14 @@ def _decode(
     return sources, (audio["mixture"] if with_mixture else None)
 
 
+def source_names(cached: Sequence[CachedTrack], targets: Sequence[str]) -> tuple[str, ...]:
+    """``targets``, then the other sources of ``cached`` in the order first met, ``rest`` last."""
+    names = dict.fromkeys(s for c in cached for s in c.sources if s not in targets and s != REST)
+    return (
+        tuple(targets) + tuple(names) + ((REST,) if any(REST in c.sources for c in cached) else ())
+    )
+
+
 def cache_tracks(
     tracks: Sequence[Any],
     targets: Sequence[str],
@@ -234,6 +249,7 @@ def cache_tracks(
     cache_dir: str | os.PathLike[str],
     with_mixture: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    split_rest: bool = False,
 ) -> tuple[list[CachedTrack], tuple[str, ...]]:
     """Decode (or reuse) the cache entries of ``tracks``.
 
@@ -245,11 +261,13 @@ def cache_tracks(
         cache_dir: root of the cache.
         with_mixture: also cache the stored (or derived) mixture (validation).
         progress: called as ``progress(done, total, track_name)``.
+        split_rest: cache non-target stems one by one (see :func:`source_recipe`).
 
     Returns:
         ``(cached, sources)``: the usable tracks and the source names, targets
-        first then ``rest`` when any track needs it (a track without its own
-        ``rest`` gets a silent one).
+        first, then the non-target stems kept apart (``split_rest``, in the
+        order first met; a track may lack them), then ``rest`` when any track
+        needs it (a track without its own ``rest`` gets a silent one).
 
     Raises:
         DatasetError: no track has one of ``targets``, or no track is usable.
@@ -271,7 +289,7 @@ def cache_tracks(
     for i, track in enumerate(tracks):
         if progress is not None:
             progress(i, len(tracks), track.name)
-        recipe = source_recipe(track, targets)
+        recipe = source_recipe(track, targets, split_rest)
         if recipe is None:
             missing = [t for t in targets if t not in track.stems]
             logger.warning(
@@ -313,7 +331,7 @@ def cache_tracks(
         raise DatasetError(
             f"none of the {len(tracks)} tracks could be used (see the warnings above)"
         )
-    names = tuple(targets) + ((REST,) if any(REST in c.sources for c in cached) else ())
+    names = source_names(cached, targets)
     out = []
     for c in cached:
         if REST in names and REST not in c.sources:

@@ -82,6 +82,14 @@ class TrainConfig:
     gain_max: float = 1.25
     aug_channel_swap: bool = True
     aug_mix: bool = True
+    #: cache the non-target stems one by one (MUSDB: drums, bass, other), so that
+    #: source mixing draws each from its own random track as Open-Unmix does,
+    #: instead of their sum (``rest``) from one track
+    mix_stems: bool = False
+    #: 0-based ``data`` root whose tracks lend every draw its non-target sources
+    #: when mixing (e.g. MIR-1K's voices over MUSDB's instruments; -1: each draw's
+    #: own root)
+    mix_from: int = -1
     silence_threshold: float = 0.0
     aug_speed: float = 0.0
     speed_semitones: float = 2.0
@@ -190,6 +198,11 @@ class TrainConfig:
             )
         if len(set(self.valid_roots)) != len(self.valid_roots):
             out.append(f"valid_roots has duplicates: {list(self.valid_roots)}")
+        if not -1 <= self.mix_from < max(roots, 1):
+            out.append(
+                f"mix_from {self.mix_from} out of range: there are {roots} data root(s), "
+                "numbered from 0 (-1 = each draw's own)"
+            )
         return out
 
     @property

@@ -67,6 +67,8 @@ RESUME_KEYS = (
     "gain_max",
     "aug_channel_swap",
     "aug_mix",
+    "mix_stems",
+    "mix_from",
     "silence_threshold",
     "aug_speed",
     "speed_semitones",

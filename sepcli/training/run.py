@@ -22,7 +22,7 @@ from torch import nn
 from sepcli.errors import DatasetError, SepcliError, TrainingError
 from sepcli.models.archive import ArchiveMetadata, count_parameters
 from sepcli.training import distributed
-from sepcli.training.cache import REST, CachedTrack, cache_tracks, prune_stale
+from sepcli.training.cache import REST, CachedTrack, cache_tracks, prune_stale, source_names
 from sepcli.training.config import TrainConfig, save_config
 from sepcli.training.export import export_best
 from sepcli.training.loop import CHECKPOINT, Callback, Trainer
@@ -184,6 +184,7 @@ def _cache_root(
             cache_dir,
             with_mixture=with_mixture,
             progress=progress,
+            split_rest=config.mix_stems and not with_mixture,
         )
     except DatasetError as exc:
         if len(config.data) == 1 or str(split.root) in str(exc):
@@ -247,7 +248,7 @@ def prepare_data(
                     )
         distributed.barrier(info)
     assert result is not None
-    sources = tuple(config.targets) + ((REST,) if any(REST in s for _, s, _ in result) else ())
+    sources = source_names([c for tracks, _, _ in result for c in tracks], config.targets)
     train_cached = [c for tracks, _, _ in result for c in _with_sources(tracks, sources)]
     valid_cached = [c for _, _, tracks in result for c in tracks]
     aug = Augmentation(
@@ -269,6 +270,7 @@ def prepare_data(
         augmentation=aug,
         seed=config.seed,
         dataset_sizes=[len(tracks) for tracks, _, _ in result],
+        mix_from=None if config.mix_from < 0 else config.mix_from,
     )
     dataset.dataset_names = tuple(s.label for s in splits)
     dataset.dataset_layouts = tuple(s.layout for s in splits)

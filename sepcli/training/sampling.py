@@ -89,6 +89,13 @@ class ChunkDataset(Dataset):
         seed: base seed.
         dataset_sizes: number of tracks of each dataset, in the order of
             ``tracks`` (default: one dataset); source mixing stays within one.
+        mix_from: index of the dataset whose tracks lend the mixed sources
+            (all but the first) of every draw (default: the draw's own
+            dataset); only with ``augmentation.mix``.
+
+    Every track holds the targets; it may lack a non-target source (e.g. MUSDB
+    stems next to MIR-1K's accompaniment), which is then silent in its draws
+    and never lent by it.
 
     Items are keyed by ``(epoch, draw)`` (see :class:`ChunkSampler`; the track
     is ``draw % len // samples_per_track``) or ``(epoch, draw, track)`` (see
@@ -106,6 +113,7 @@ class ChunkDataset(Dataset):
         augmentation: Augmentation | None = None,
         seed: int = 0,
         dataset_sizes: Sequence[int] | None = None,
+        mix_from: int | None = None,
     ) -> None:
         if not tracks:
             raise TrainingError("no training tracks")
@@ -116,8 +124,10 @@ class ChunkDataset(Dataset):
             )
         if not 0 < num_targets <= len(sources):
             raise TrainingError(f"num_targets={num_targets} does not fit sources {list(sources)}")
+        if mix_from is not None and not 0 <= mix_from < len(sizes):
+            raise TrainingError(f"mix_from {mix_from} is not one of the {len(sizes)} datasets")
         for track in tracks:
-            missing = [s for s in sources if s not in track.sources]
+            missing = [s for s in sources[:num_targets] if s not in track.sources]
             if missing:
                 raise TrainingError(f"{track.name}: cached track lacks {missing}")
         self.tracks = list(tracks)
@@ -131,8 +141,22 @@ class ChunkDataset(Dataset):
         #: names and layouts of the datasets (set by :func:`sepcli.training.run.prepare_data`)
         self.dataset_names: tuple[str, ...] = ()
         self.dataset_layouts: tuple[str, ...] = ()
+        self.mix_from = mix_from
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self._block = np.repeat(np.arange(len(sizes)), sizes)
+        # lenders of each source in each dataset: track indices holding it
+        self._lenders = {
+            (b, name): np.array(
+                [
+                    i
+                    for i in range(self._starts[b], self._starts[b + 1])
+                    if name in self.tracks[i].sources
+                ],
+                dtype=int,
+            )  # fmt: skip
+            for b in range(len(sizes))
+            for name in self.sources
+        }
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
@@ -179,7 +203,7 @@ class ChunkDataset(Dataset):
         if not 0 <= index < len(self.tracks):
             raise TrainingError(f"track index {index} outside 0..{len(self.tracks) - 1}")
         block = self.dataset_of(index)
-        low, count = int(self._starts[block]), self.dataset_sizes[block]
+        lender = block if self.mix_from is None else self.mix_from
         first = self.tracks[index]
         # speed factors: one per source when sources come from different tracks,
         # else one for all (the stems of one track stay aligned)
@@ -191,17 +215,22 @@ class ChunkDataset(Dataset):
         shared_start = random_start(first.length, self._span(speeds[0]), rng)
         chunks = []
         for i, name in enumerate(self.sources):
-            track = first
-            if aug.mix and i > 0:
-                track = self.tracks[low + int(rng.integers(count))]
-            start = None if (aug.mix and i > 0) else shared_start
+            mixed = aug.mix and i > 0
+            lenders = self._lenders[lender, name]
+            if (mixed and not len(lenders)) or (not mixed and name not in first.sources):
+                channels = first.sources[self.sources[0]].shape[0]
+                chunks.append(np.zeros((channels, self.segment_samples), dtype=np.float32))
+                continue
+            track = self.tracks[lenders[int(rng.integers(len(lenders)))]] if mixed else first
+            start = None if mixed else shared_start
             chunk = self._source_chunk(track, name, rng, start, speeds[i])
             if aug.silence_threshold > 0 and i < self.num_targets:
                 for _ in range(SILENCE_RETRIES):
                     if rms(chunk) >= aug.silence_threshold:
                         break
-                    if aug.mix:
-                        track = self.tracks[low + int(rng.integers(count))]
+                    if aug.mix:  # a target's retry looks in its own dataset
+                        pool = lenders if mixed else self._lenders[block, name]
+                        track = self.tracks[pool[int(rng.integers(len(pool)))]]
                     chunk = self._source_chunk(track, name, rng, None, speeds[i])
             if aug.gain:
                 chunk = random_gain(chunk, rng, aug.gain_min, aug.gain_max)
