@@ -16,7 +16,7 @@ table can be re-printed without scoring again; ``sepcli evaluate`` refuses a
 folder that holds another archive's results (or other settings), so a new
 model whose label is taken needs another ``--out``. Each model's folder is
 ``OUT/<label>`` where the label is the model name or the archive's file stem (prefixed with its
-folder's name when two archives share a file name).
+folder's name when several ``--model`` archives share a file name).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     sepcli = shutil.which("sepcli") or str(Path(sys.executable).parent / "sepcli")
     outs: list[str] = []
-    for model in args.model:
-        label = label_of(model)
-        if str(Path(args.out) / label) in outs:  # two archives of the same file name
+    names = [label_of(m) for m in args.model]
+    for model, label in zip(args.model, names):
+        if names.count(label) > 1:  # archives of the same file name: all get their folder
             label = f"{label_of(str(Path(model).parent))}-{label}"
         out = Path(args.out) / label
         cmd = [
