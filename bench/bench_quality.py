@@ -50,7 +50,7 @@ def main() -> None:
     sepcli = shutil.which("sepcli") or str(Path(sys.executable).parent / "sepcli")
     outs: list[str] = []
     names = [label_of(m) for m in args.model]
-    for model, label in zip(args.model, names):
+    for model, label in zip(args.model, names, strict=True):
         if names.count(label) > 1:  # archives of the same file name: all get their folder
             label = f"{label_of(str(Path(model).parent))}-{label}"
         out = Path(args.out) / label
