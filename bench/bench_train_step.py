@@ -20,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from sepcli.models import build_model, reference_config
-from sepcli.models.archive import count_parameters
-from sepcli.training.losses import DEFAULT_LOSS, make_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_widths import step_seconds  # noqa: E402
+
+from sepcli.models import build_model, reference_config  # noqa: E402
+from sepcli.models.archive import count_parameters  # noqa: E402
 
 
 def parse_value(text: str):
@@ -55,25 +58,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(args.family, config)
     output = {"umx": "magnitude", "tfc-tdf": "complex"}.get(args.family, "waveform")
-    n_fft, hop = getattr(model, "n_fft", 4096), getattr(model, "hop_length", 1024)
-    _, loss_fn = make_loss(output, DEFAULT_LOSS[output], n_fft, hop, len(config["sources"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    length = int(args.segment * 44100)
-    sources = len(config["sources"])
-    times = []
-    model.train()
-    for i in range(args.steps + 1):
-        targets = 0.1 * torch.randn(args.batch_size, sources, 2, length, generator=gen)
-        mixture = targets.sum(1) + 0.1 * torch.randn(args.batch_size, 2, length, generator=gen)
-        start = time.perf_counter()
-        loss = loss_fn(model(mixture), targets, mixture)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        if i:  # the first step warms up allocators and Adam
-            times.append(time.perf_counter() - start)
+    times = step_seconds(
+        model, args.steps, args.batch_size, args.segment, output, len(config["sources"])
+    )
     print(
         f"{args.family} {json.dumps({k: config[k] for k in sorted(config) if k != 'sources'})}\n"
         f"{count_parameters(model):,} parameters; batch {args.batch_size} x {args.segment:g} s, "

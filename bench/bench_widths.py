@@ -36,22 +36,30 @@ from bench_default import time_ours, write_track  # noqa: E402
 
 from sepcli.models import build_model, export_archive, load_archive  # noqa: E402
 from sepcli.models.archive import count_parameters  # noqa: E402
-from sepcli.training.losses import make_loss  # noqa: E402
+from sepcli.training.losses import DEFAULT_LOSS, make_loss  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "sepcli" / "assets" / "default.sepcli"
 
 
-def step_seconds(model: torch.nn.Module, steps: int, batch: int, seconds: float) -> list[float]:
-    n_fft, hop = model.n_fft, model.hop_length
-    _, loss_fn = make_loss("magnitude", "mse", n_fft, hop, 1)
+def step_seconds(
+    model: torch.nn.Module,
+    steps: int,
+    batch: int,
+    seconds: float,
+    output: str = "magnitude",
+    sources: int = 1,
+) -> list[float]:
+    """Seconds of each of ``steps`` training steps (after a warm-up) on random audio."""
+    n_fft, hop = getattr(model, "n_fft", 4096), getattr(model, "hop_length", 1024)
+    _, loss_fn = make_loss(output, DEFAULT_LOSS[output], n_fft, hop, sources)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     length = int(seconds * 44100)
     times = []
     model.train()
     for i in range(steps + 1):
-        targets = 0.1 * torch.randn(batch, 1, 2, length, generator=gen)
-        mixture = targets[:, 0] + 0.1 * torch.randn(batch, 2, length, generator=gen)
+        targets = 0.1 * torch.randn(batch, sources, 2, length, generator=gen)
+        mixture = targets.sum(1) + 0.1 * torch.randn(batch, 2, length, generator=gen)
         start = time.perf_counter()
         loss = loss_fn(model(mixture), targets, mixture)
         optimizer.zero_grad(set_to_none=True)
