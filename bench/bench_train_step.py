@@ -28,15 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_widths import step_seconds  # noqa: E402
 
-from sepcli.models import build_model, reference_config  # noqa: E402
 from sepcli.models.archive import count_parameters  # noqa: E402
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+from sepcli.training.config import TrainConfig, apply_overrides, parse_set  # noqa: E402
+from sepcli.training.run import build_run_model  # noqa: E402
 
 
 def main() -> None:
@@ -50,19 +44,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = dict(reference_config(args.family).to_dict())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        config[key] = parse_value(value)
-    config["sources"] = args.targets.split(",")
-    torch.manual_seed(0)
-    model = build_model(args.family, config)
-    output = {"umx": "magnitude", "tfc-tdf": "complex"}.get(args.family, "waveform")
-    times = step_seconds(
-        model, args.steps, args.batch_size, args.segment, output, len(config["sources"])
+    # the model sepcli train would build with --model FAMILY --set model_config.KEY=VALUE
+    overrides = {f"model_config.{k}": v for k, v in parse_set(args.set).items()}
+    config = apply_overrides(
+        TrainConfig(model=args.family, targets=tuple(args.targets.split(","))), overrides
     )
+    torch.manual_seed(0)
+    model, meta = build_run_model(config)
+    times = step_seconds(
+        model, args.steps, args.batch_size, args.segment, meta.output, len(config.targets)
+    )
+    settings = {k: v for k, v in sorted(meta.config.items()) if k != "sources"}
     print(
-        f"{args.family} {json.dumps({k: config[k] for k in sorted(config) if k != 'sources'})}\n"
+        f"{args.family} {json.dumps(settings)}\n"
         f"{count_parameters(model):,} parameters; batch {args.batch_size} x {args.segment:g} s, "
         f"{args.threads} thread(s): step median {statistics.median(times):.2f} s "
         f"({', '.join(f'{t:.2f}' for t in times)})"
