@@ -38,9 +38,10 @@ from sepcli.errors import DatasetError, SepcliError
 
 __all__ = [
     "REST",
-    "source_names",
     "CachedTrack",
     "source_recipe",
+    "source_names",
+    "with_silent_rest",
     "cache_key",
     "cache_tracks",
     "open_cached",
@@ -241,6 +242,17 @@ def source_names(cached: Sequence[CachedTrack], targets: Sequence[str]) -> tuple
     )
 
 
+def with_silent_rest(tracks: Sequence[CachedTrack], sources: Sequence[str]) -> list[CachedTrack]:
+    """``tracks``, each given a silent ``rest`` when ``sources`` has one and it does not."""
+    out = []
+    for c in tracks:
+        if REST in sources and REST not in c.sources:
+            silent = np.zeros_like(next(iter(c.sources.values())), dtype=np.float32)
+            c = CachedTrack(c.name, {**c.sources, REST: silent}, c.sample_rate, c.path, c.mixture)
+        out.append(c)
+    return out
+
+
 def cache_tracks(
     tracks: Sequence[Any],
     targets: Sequence[str],
@@ -332,10 +344,4 @@ def cache_tracks(
             f"none of the {len(tracks)} tracks could be used (see the warnings above)"
         )
     names = source_names(cached, targets)
-    out = []
-    for c in cached:
-        if REST in names and REST not in c.sources:
-            silent = np.zeros_like(next(iter(c.sources.values())), dtype=np.float32)
-            c = CachedTrack(c.name, {**c.sources, REST: silent}, c.sample_rate, c.path, c.mixture)
-        out.append(c)
-    return out, names
+    return with_silent_rest(cached, names), names

@@ -22,7 +22,13 @@ from torch import nn
 from sepcli.errors import DatasetError, SepcliError, TrainingError
 from sepcli.models.archive import ArchiveMetadata, count_parameters
 from sepcli.training import distributed
-from sepcli.training.cache import REST, CachedTrack, cache_tracks, prune_stale, source_names
+from sepcli.training.cache import (
+    CachedTrack,
+    cache_tracks,
+    prune_stale,
+    source_names,
+    with_silent_rest,
+)
 from sepcli.training.config import TrainConfig, save_config
 from sepcli.training.export import export_best
 from sepcli.training.loop import CHECKPOINT, Callback, Trainer
@@ -192,17 +198,6 @@ def _cache_root(
         raise DatasetError(f"{split.root}: {exc}") from None
 
 
-def _with_sources(tracks: list[CachedTrack], sources: tuple[str, ...]) -> list[CachedTrack]:
-    """``tracks`` with a silent ``rest`` where ``sources`` has one and a track does not."""
-    out = []
-    for c in tracks:
-        if REST in sources and REST not in c.sources:
-            silent = np.zeros_like(next(iter(c.sources.values())), dtype=np.float32)
-            c = CachedTrack(c.name, {**c.sources, REST: silent}, c.sample_rate, c.path, c.mixture)
-        out.append(c)
-    return out
-
-
 def prepare_data(
     config: TrainConfig,
     dist_info: distributed.DistInfo | None = None,
@@ -249,7 +244,7 @@ def prepare_data(
         distributed.barrier(info)
     assert result is not None
     sources = source_names([c for tracks, _, _ in result for c in tracks], config.targets)
-    train_cached = [c for tracks, _, _ in result for c in _with_sources(tracks, sources)]
+    train_cached = [c for tracks, _, _ in result for c in with_silent_rest(tracks, sources)]
     valid_cached = [c for _, _, tracks in result for c in tracks]
     aug = Augmentation(
         gain=config.aug_gain,

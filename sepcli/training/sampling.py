@@ -153,7 +153,7 @@ class ChunkDataset(Dataset):
                     if name in self.tracks[i].sources
                 ],
                 dtype=int,
-            )  # fmt: skip
+            )
             for b in range(len(sizes))
             for name in self.sources
         }
