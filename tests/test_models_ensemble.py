@@ -22,7 +22,8 @@ from sepcli.models import (
     load_archive,
     load_verified,
 )
-from sepcli.models.archive import METADATA_FILE
+from sepcli.models.archive import METADATA_FILE, save_archive
+from sepcli.models.build import make_metadata
 from sepcli.models.ensemble import Ensemble
 
 torch.set_num_threads(2)
@@ -130,6 +131,31 @@ def test_ensemble_of_archives_equals_ensemble_of_models(tmp_path):
     mix = _mix(1, 4000)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(mix), model(mix), rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_of_archives_whose_parameters_require_grad(tmp_path):
+    # Archives saved from a training module (as `sepcli train` wrote them before it
+    # exported a frozen copy) keep requires_grad=True; deep-copying such a loaded
+    # script module outside no_grad gives non-leaf parameters, which export_archive
+    # could not freeze ("you can only change requires_grad flags of leaf variables").
+    model = _ensemble()
+    paths = []
+    for i, member in enumerate(model.members):
+        module = member.model.train()
+        for p in module.parameters():
+            p.requires_grad_(True)
+        meta = make_metadata(module, name=f"m{i}")
+        paths.append(save_archive(module.eval(), meta, tmp_path / f"m{i}.sepcli"))
+    loaded = [load_archive(p) for p in paths]
+    assert all(p.requires_grad for a in loaded for p in a.module.parameters())
+    path = export_archive(
+        Ensemble.from_archives(loaded, SOURCES, WEIGHTS), tmp_path / "bag.sepcli", name="bag"
+    )
+    bag = load_verified(path)
+    assert not any(p.requires_grad for p in bag.module.parameters())
+    mix = _mix(1, 4000)
+    with torch.no_grad():
+        torch.testing.assert_close(bag.module(mix), model(mix), rtol=1e-5, atol=1e-6)
 
 
 def _rewrite_metadata(src, dst, **changes):

@@ -306,8 +306,10 @@ def test_families_train_and_export(data_root, tmp_path, family):
         model_config=model_config,
     )
     result = train(cfg)
-    meta = load_archive(result.archive, probe=True).metadata
+    archive = load_archive(result.archive, probe=True)
+    meta = archive.metadata
     assert meta.family == family and meta.output == output and meta.sources == ("vocals",)
+    assert not any(p.requires_grad for p in archive.module.parameters())  # a frozen copy
     assert all(meta.config[k] == v for k, v in model_config.items())
     assert math.isfinite(result.history[-1]["train_loss"])
     if family == "umx":  # one-source Wiener would return the mixture: mixture phase instead

@@ -91,7 +91,7 @@ def _size(num: int | None) -> str:
 def models(
     ctx: click.Context, cache_dir: str | None, offline: bool | None, registries: tuple[str, ...]
 ) -> None:
-    """Pretrained models: list, info, download, verify, remove, path.
+    """Pretrained models: list, info, download, verify, remove, path; import, blend.
 
     Names come from the built-in registry plus extra registries (--registry or
     SEPCLI_REGISTRY); files are cached under --cache-dir / SEPCLI_CACHE.
@@ -262,3 +262,6 @@ def remove_command(hub: dict[str, Any], name: str) -> None:
 from sepcli.cli.models_import import import_command  # noqa: E402
 
 models.add_command(import_command, name="import")
+from sepcli.cli.models_blend import blend_command  # noqa: E402
+
+models.add_command(blend_command, name="blend")

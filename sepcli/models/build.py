@@ -146,6 +146,20 @@ def make_metadata(
     return ArchiveMetadata(**values)
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model`` whose parameters do not require grad.
+
+    The copy is made under ``torch.no_grad()``: deep-copying a loaded TorchScript
+    module whose parameters require grad otherwise gives non-leaf clones whose
+    flag cannot be cleared (ensembles of archives written before export froze).
+    """
+    with torch.no_grad():
+        frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
 def export_archive(
     model: nn.Module, path: str | os.PathLike[str], name: str, **fields: Any
 ) -> Path:
@@ -156,9 +170,7 @@ def export_archive(
     once the same class has run with autograd in the process. ``model`` itself
     is left untouched.
     """
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
+    frozen = frozen_copy(model)
     meta = make_metadata(frozen, name=name, **fields)
     return save_archive(frozen, meta, path)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from sepcli import __version__
 from sepcli.models.archive import ArchiveMetadata, save_archive
+from sepcli.models.build import frozen_copy
 from sepcli.training.checkpoint import load_checkpoint
 from sepcli.training.config import TrainConfig
 from sepcli.training.loop import BEST, CHECKPOINT
@@ -139,7 +140,7 @@ def export_best(
         },
     )
     out = Path(path) if path else run_dir / f"{meta.name}.sepcli"
-    return save_archive(net.eval(), meta, out)
+    return save_archive(frozen_copy(net), meta, out)
 
 
 def portable_config(config: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""``sepcli models blend``: several trained archives as one ensemble archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.errors import UsageError
+
+__all__ = ["blend_command", "parse_weights"]
+
+
+def parse_weights(values: tuple[str, ...]) -> dict[str, list[float]]:
+    """``("vocals=0.7,0.3", ...)`` -> ``{"vocals": [0.7, 0.3]}``."""
+    out: dict[str, list[float]] = {}
+    for value in values:
+        stem, sep, rest = value.partition("=")
+        stem = stem.strip()
+        if not sep or not stem or stem in out:
+            raise UsageError(f"--weights {value!r}: expected STEM=W1,W2,... once per stem")
+        try:
+            out[stem] = [float(w) for w in rest.split(",")]
+        except ValueError:
+            raise UsageError(f"--weights {value!r}: weights must be numbers") from None
+    return out
+
+
+@click.command("blend")
+@click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    help="Archive to write (.sepcli).",
+)  # fmt: skip
+@click.option(
+    "--stems", default=None,
+    help="Comma-separated stems of the blend [every member stem].",
+)  # fmt: skip
+@click.option(
+    "--weights", "weights", multiple=True, metavar="STEM=W1,W2,...",
+    help="One weight per member for STEM (repeatable) [equal over the members that output it].",
+)  # fmt: skip
+@click.option(
+    "--wiener", default=None, metavar="N1,N2,...",
+    help="Wiener iterations per member [1 where the member's phase is 'wiener', else 0].",
+)  # fmt: skip
+@click.option(
+    "--name", default="blend", show_default=True, help="Model name stored in the archive."
+)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@handle_errors
+def blend_command(
+    members: tuple[str, ...],
+    output: Path,
+    stems: str | None,
+    weights: tuple[str, ...],
+    wiener: str | None,
+    name: str,
+    force: bool,
+) -> None:
+    """Blend trained archives into one ensemble archive.
+
+    A MEMBER is an archive file or a model name. Stem S of the blend is the
+    weighted mean of the members that output S; each member keeps its own
+    inference recipe. Members must share sample rate and channels.
+
+    \b
+    Examples:
+      sepcli models blend runs/umx/umx.sepcli runs/wave/wave.sepcli -o bag.sepcli
+      sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
+    """
+    setup_logging()
+    if output.exists() and not force:
+        raise UsageError(f"{output}: already exists (use --force to overwrite)")
+    iterations = None
+    if wiener is not None:
+        try:
+            iterations = [int(n) for n in wiener.split(",")]
+        except ValueError:
+            raise UsageError(f"--wiener {wiener!r}: expected integers N1,N2,...") from None
+        if len(iterations) != len(members) or min(iterations) < 0:
+            raise UsageError(f"--wiener: one iteration count >= 0 per member ({len(members)})")
+    parsed = parse_weights(weights)
+    sources = [s.strip() for s in stems.split(",") if s.strip()] if stems else None
+    from sepcli.hub import load_model
+    from sepcli.models.blend import export_blend
+
+    archives = [load_model(member) for member in members]
+    path = export_blend(archives, output, name, sources=sources, weights=parsed, wiener=iterations)
+    from sepcli.models.archive import read_metadata
+
+    meta = read_metadata(path)
+    err_console.print(
+        f"blended {len(archives)} members: {', '.join(meta.sources)} "
+        f"({meta.num_parameters:,} parameters, {meta.sample_rate} Hz, {meta.audio_channels} ch)"
+    )
+    out_console.print(str(path), soft_wrap=True, highlight=False)

@@ -1,0 +1,118 @@
+"""`sepcli models blend`: trained archives as one ensemble archive."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sepcli.cli import main
+from sepcli.dsp.phase import reconstruct
+from sepcli.dsp.stft import stft
+from sepcli.models import UMXConfig, WaveformConfig, build_model, export_archive, load_verified
+from sepcli.models.archive import load_archive
+
+torch.set_num_threads(2)
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["models", "blend", *args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def members(tmp_path):
+    """Two waveform archives (vocals+drums, vocals) and a UMX (vocals, Wiener phase)."""
+    torch.manual_seed(0)
+    wave = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0)
+    a = build_model("waveform", {**wave.to_dict(), "sources": ["vocals", "drums"]})
+    b = build_model("waveform", {**wave.to_dict(), "sources": ["vocals"]})
+    u = build_model(
+        "umx",
+        UMXConfig(n_fft=256, hop_length=64, hidden_size=8, num_layers=1, sources=("vocals",)),
+    )
+    return [
+        export_archive(a, tmp_path / "a.sepcli", name="a", licence="MIT", overlap=0.1),
+        export_archive(b, tmp_path / "b.sepcli", name="b", licence="CC-BY-NC", overlap=0.3),
+        export_archive(u, tmp_path / "u.sepcli", name="u", licence="MIT", training_data="tones"),
+    ]
+
+
+def test_blend_is_the_weighted_mean_of_its_members(tmp_path, members):
+    a, b, u = members
+    out = tmp_path / "bag.sepcli"
+    result = run(str(a), str(b), str(u), "--weights", "vocals=1,3,0", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].endswith("bag.sepcli")
+    bag = load_verified(out)
+    meta = bag.metadata
+    assert meta.family == "ensemble" and meta.sources == ("vocals", "drums")
+    assert meta.overlap == pytest.approx(0.3)  # the largest any member recommends
+    assert (
+        meta.licence == "MIT | CC-BY-NC"
+        and meta.training_data == "a: unknown | b: unknown | u: tones"
+    )
+    blend = meta.extra["blend"]["members"]
+    assert [m["name"] for m in blend] == ["a", "b", "u"]
+    assert blend[1]["sha256"] == hashlib.sha256(b.read_bytes()).hexdigest()
+    assert blend[2]["phase"] == "wiener"  # UMX's recommended phase is kept
+    assert blend[0]["weights"] == {"vocals": 1.0, "drums": 1.0}
+    mix = 0.3 * torch.randn(1, 2, 44100, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        est_a = load_archive(a).module(mix)
+        est_b = load_archive(b).module(mix)
+        got = bag.module(mix)
+    torch.testing.assert_close(got[:, 0], (est_a[:, 0] + 3 * est_b[:, 0]) / 4, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 1], est_a[:, 1], rtol=1e-5, atol=1e-6)  # only a has drums
+
+
+def test_blend_uses_the_mixture_phase_when_asked(tmp_path, members):
+    a, _, u = members
+    out = tmp_path / "bag.sepcli"
+    result = run(str(a), str(u), "--stems", "vocals", "--wiener", "0,0", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    bag = load_verified(out)
+    assert bag.metadata.sources == ("vocals",)
+    mix = 0.3 * torch.randn(1, 2, 22050, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        wave_a = load_archive(a).module(mix)[:, :1]
+        mag = load_archive(u).module(mix)
+        wave_u = reconstruct("mixture", mag, stft(mix, 256, 64), 256, 64, mix.shape[-1])
+        got = bag.module(mix)
+    torch.testing.assert_close(got, (wave_a + wave_u) / 2, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{a}"], "at least two member archives"),
+        (["{a}", "{b}", "--weights", "bass=1,1"], "not a blended stem"),
+        (["{a}", "{b}", "--weights", "vocals=1"], "1 values for 2 members"),
+        (["{a}", "{b}", "--weights", "vocals=x,1"], "weights must be numbers"),
+        (["{a}", "{b}", "--wiener", "1"], "one iteration count >= 0 per member"),
+        (["{a}", "{b}", "--stems", "bass"], "bass"),
+        (["{a}", "{b}", "--weights", "drums=0,0"], "drums"),
+        (["{a}", "missing.sepcli"], "missing.sepcli"),
+    ],
+)
+def test_blend_errors_are_one_line_and_write_nothing(tmp_path, members, args, message):
+    a, b, _ = members
+    out = tmp_path / "bag.sepcli"
+    result = run(*[x.format(a=a, b=b) for x in args], "-o", str(out))
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sepcli", "b.sepcli", "u.sepcli"]
+
+
+def test_blend_keeps_an_existing_output_unless_forced(tmp_path, members):
+    a, b, _ = members
+    out = tmp_path / "bag.sepcli"
+    out.write_bytes(b"mine")
+    result = run(str(a), str(b), "-o", str(out))
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert out.read_bytes() == b"mine"
+    assert run(str(a), str(b), "-o", str(out), "--force").exit_code == 0
+    assert load_verified(out).metadata.sources == ("vocals", "drums")
