@@ -7,6 +7,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,6 +21,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: stderr console for messages and progress; stdout stays clean for data (--json, paths).
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
+
+
+def archive_output_options(func: F) -> F:
+    """``-o/--output FILE.sepcli`` (required) and ``--force``, for commands that write an archive."""
+    func = click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")(func)
+    return click.option(
+        "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+        help="Archive to write (.sepcli).",
+    )(func)  # fmt: skip
+
+
+def refuse_existing(output: Path, force: bool) -> None:
+    """Raise a usage error if ``output`` exists and ``--force`` was not given."""
+    from sepcli.errors import UsageError
+
+    if output.exists() and not force:
+        raise UsageError(f"{output}: already exists (use --force to overwrite)")
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.cli.common import (
+    archive_output_options,
+    err_console,
+    handle_errors,
+    out_console,
+    refuse_existing,
+    setup_logging,
+)
 from sepcli.errors import UsageError
 
 __all__ = ["blend_command", "parse_weights"]
@@ -29,10 +36,7 @@ def parse_weights(values: tuple[str, ...]) -> dict[str, list[float]]:
 
 @click.command("blend")
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-    help="Archive to write (.sepcli).",
-)  # fmt: skip
+@archive_output_options
 @click.option(
     "--stems", default=None,
     help="Comma-separated stems of the blend [every member stem].",
@@ -48,7 +52,6 @@ def parse_weights(values: tuple[str, ...]) -> dict[str, list[float]]:
 @click.option(
     "--name", default="blend", show_default=True, help="Model name stored in the archive."
 )
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @handle_errors
 def blend_command(
     members: tuple[str, ...],
@@ -71,8 +74,7 @@ def blend_command(
       sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
     """
     setup_logging()
-    if output.exists() and not force:
-        raise UsageError(f"{output}: already exists (use --force to overwrite)")
+    refuse_existing(output, force)
     iterations = None
     if wiener is not None:
         try:

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
-from sepcli.errors import UsageError
+from sepcli.cli.common import (
+    archive_output_options,
+    err_console,
+    handle_errors,
+    out_console,
+    refuse_existing,
+    setup_logging,
+)
 
 __all__ = ["import_command", "import_"]
 
@@ -20,10 +26,7 @@ _PRESETS = ("umx", "umxhq", "umxl", "umxse")
     help="Format of the SOURCES (only 'openunmix' for now).",
 )  # fmt: skip
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-    help="Archive to write (.sepcli).",
-)  # fmt: skip
+@archive_output_options
 @click.option(
     "--preset", type=click.Choice(_PRESETS), default=None,
     help="Hyper-parameters of a published release; needed for bare TARGET=FILE.pth sources.",
@@ -31,7 +34,6 @@ _PRESETS = ("umx", "umxhq", "umxl", "umxse")
 @click.option(
     "--name", default=None, help="Model name stored in the archive (default: the preset)."
 )
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @handle_errors
 def import_command(
     fmt: str,
@@ -55,8 +57,7 @@ def import_command(
           bass=bass-8d85a5bd.pth other=other-b52fbbf7.pth -o umxhq.sepcli
     """
     setup_logging()
-    if output.exists() and not force:
-        raise UsageError(f"{output}: already exists (use --force to overwrite)")
+    refuse_existing(output, force)
     from sepcli.models.openunmix_import import import_openunmix_archive
 
     path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
