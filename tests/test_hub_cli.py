@@ -173,3 +173,28 @@ def test_separate_downloads_a_registry_model_on_first_use(
     assert file_server.gets["/identity.sepcli"] == 1
     again = CliRunner().invoke(main, [*args, "--offline", "-f"], catch_exceptions=False)
     assert again.exit_code == 0 and file_server.gets["/identity.sepcli"] == 1
+
+
+def test_blend_downloads_a_member_named_in_a_registry(file_server, hub_env, tmp_path):
+    from sepcli.models import WaveformConfig, build_model, export_archive
+
+    config = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0, sources=("vocals",))
+    local = export_archive(build_model("waveform", config), tmp_path / "w.sepcli", name="w")
+    data = local.read_bytes()
+    url = file_server.add("/wave.sepcli", data)
+    reg = write_registry(tmp_path / "reg.json", [sepcli_entry("wave", url, data)])
+    out = tmp_path / "bag.sepcli"
+    result = run("blend", "wave", str(local), "--registry", str(reg), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert file_server.gets["/wave.sepcli"] == 1
+    from sepcli.models.archive import read_metadata
+
+    blend = read_metadata(out).extra["blend"]["members"]
+    assert [m["sha256"] for m in blend] == [hashlib.sha256(data).hexdigest()] * 2
+    args = ["blend", "wave", "wave", "-o", str(out), "--force", "--registry", str(reg)]
+    offline = run("--offline", "--cache-dir", str(tmp_path / "empty"), *args)  # group options
+    assert (
+        offline.exit_code != 0
+        and "wave" in offline.output
+        and file_server.gets["/wave.sepcli"] == 1
+    )

@@ -262,6 +262,29 @@ def remove_command(hub: dict[str, Any], name: str) -> None:
 from sepcli.cli.models_import import import_command  # noqa: E402
 
 models.add_command(import_command, name="import")
-from sepcli.cli.models_blend import blend_command  # noqa: E402
+from sepcli.cli.models_blend import blend, blend_options  # noqa: E402
 
-models.add_command(blend_command, name="blend")
+
+@models.command("blend")
+@blend_options
+@_command
+def blend_command(hub: dict[str, Any], **options: Any) -> None:
+    """Blend trained archives into one ensemble archive.
+
+    A MEMBER is an archive file or a model name (downloaded if needed). Stem S
+    of the blend is the weighted mean of the members that output S; each member
+    keeps its own inference recipe. Members must share sample rate and channels.
+
+    \b
+    Examples:
+      sepcli models blend runs/umx/umx.sepcli runs/wave/wave.sepcli -o bag.sepcli
+      sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
+    """
+
+    def load(member: str) -> Any:
+        from sepcli.hub import load_model
+
+        with _download_bar(member) as progress:
+            return load_model(member, progress=progress, **hub)
+
+    blend(load, **options)

@@ -1,22 +1,22 @@
-"""``sepcli models blend``: several trained archives as one ensemble archive."""
+"""``sepcli models blend``: several trained archives as one ensemble archive.
+
+The command itself is registered in :mod:`sepcli.cli.models` (hub options).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from sepcli.cli.common import (
-    archive_output_options,
-    err_console,
-    handle_errors,
-    out_console,
-    refuse_existing,
-    setup_logging,
-)
+from sepcli.cli.common import archive_output_options, err_console, out_console, refuse_existing
 from sepcli.errors import UsageError
 
-__all__ = ["blend_command", "parse_weights"]
+__all__ = ["blend", "blend_options", "parse_weights"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_weights(values: tuple[str, ...]) -> dict[str, list[float]]:
@@ -34,26 +34,44 @@ def parse_weights(values: tuple[str, ...]) -> dict[str, list[float]]:
     return out
 
 
-@click.command("blend")
-@click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
-@archive_output_options
-@click.option(
-    "--stems", default=None,
-    help="Comma-separated stems of the blend [every member stem].",
-)  # fmt: skip
-@click.option(
-    "--weights", "weights", multiple=True, metavar="STEM=W1,W2,...",
-    help="One weight per member for STEM (repeatable) [equal over the members that output it].",
-)  # fmt: skip
-@click.option(
-    "--wiener", default=None, metavar="N1,N2,...",
-    help="Wiener iterations per member [1 where the member's phase is 'wiener', else 0].",
-)  # fmt: skip
-@click.option(
-    "--name", default="blend", show_default=True, help="Model name stored in the archive."
-)
-@handle_errors
-def blend_command(
+def blend_options(func: F) -> F:
+    """The options and arguments of ``sepcli models blend`` (registered in models.py)."""
+    for option in reversed(
+        [
+            click.argument("members", nargs=-1, required=True, metavar="MEMBER..."),
+            archive_output_options,
+            click.option(
+                "--stems",
+                default=None,
+                help="Comma-separated stems of the blend [every member stem].",
+            ),
+            click.option(
+                "--weights",
+                "weights",
+                multiple=True,
+                metavar="STEM=W1,W2,...",
+                help="One weight per member for STEM (repeatable) [equal over the members that output it].",
+            ),  # fmt: skip
+            click.option(
+                "--wiener",
+                default=None,
+                metavar="N1,N2,...",
+                help="Wiener iterations per member [1 where the member's phase is 'wiener', else 0].",
+            ),  # fmt: skip
+            click.option(
+                "--name",
+                default="blend",
+                show_default=True,
+                help="Model name stored in the archive.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def blend(
+    load: Callable[[str], Any],
     members: tuple[str, ...],
     output: Path,
     stems: str | None,
@@ -62,18 +80,7 @@ def blend_command(
     name: str,
     force: bool,
 ) -> None:
-    """Blend trained archives into one ensemble archive.
-
-    A MEMBER is an archive file or a model name. Stem S of the blend is the
-    weighted mean of the members that output S; each member keeps its own
-    inference recipe. Members must share sample rate and channels.
-
-    \b
-    Examples:
-      sepcli models blend runs/umx/umx.sepcli runs/wave/wave.sepcli -o bag.sepcli
-      sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
-    """
-    setup_logging()
+    """Check the options, load every member with ``load(name_or_path)``, write the blend."""
     refuse_existing(output, force)
     iterations = None
     if wiener is not None:
@@ -85,13 +92,11 @@ def blend_command(
             raise UsageError(f"--wiener: one iteration count >= 0 per member ({len(members)})")
     parsed = parse_weights(weights)
     sources = [s.strip() for s in stems.split(",") if s.strip()] if stems else None
-    from sepcli.hub import load_model
+    from sepcli.models.archive import read_metadata
     from sepcli.models.blend import export_blend
 
-    archives = [load_model(member) for member in members]
+    archives = [load(member) for member in members]
     path = export_blend(archives, output, name, sources=sources, weights=parsed, wiener=iterations)
-    from sepcli.models.archive import read_metadata
-
     meta = read_metadata(path)
     err_console.print(
         f"blended {len(archives)} members: {', '.join(meta.sources)} "
