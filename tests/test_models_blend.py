@@ -107,6 +107,15 @@ def test_blend_errors_are_one_line_and_write_nothing(tmp_path, members, args, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sepcli", "b.sepcli", "u.sepcli"]
 
 
+def test_blend_refuses_members_of_other_rates(tmp_path, members):
+    config = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0, sample_rate=16000)
+    other = export_archive(build_model("waveform", config), tmp_path / "16k.sepcli", name="k16")
+    result = run(str(members[0]), str(other), "-o", str(tmp_path / "bag.sepcli"))
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "16000" in errors[0], result.output
+    assert not (tmp_path / "bag.sepcli").exists()
+
+
 def test_blend_keeps_an_existing_output_unless_forced(tmp_path, members):
     a, b, _ = members
     out = tmp_path / "bag.sepcli"

@@ -62,6 +62,13 @@ def blend_archives(
     """
     if len(archives) < 2:
         raise UsageError("a blend needs at least two member archives")
+    formats = {(a.metadata.sample_rate, a.metadata.audio_channels) for a in archives}
+    if len(formats) > 1:
+        each = ", ".join(
+            f"{a.metadata.name} ({a.metadata.sample_rate} Hz, {a.metadata.audio_channels} ch)"
+            for a in archives
+        )
+        raise UsageError(f"members must share sample rate and channels: {each}")
     if sources is None:
         sources = list(dict.fromkeys(s for a in archives for s in a.metadata.sources))
     sources = list(sources)
