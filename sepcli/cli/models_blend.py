@@ -51,13 +51,13 @@ def blend_options(func: F) -> F:
                 multiple=True,
                 metavar="STEM=W1,W2,...",
                 help="One weight per member for STEM (repeatable) [equal over the members that output it].",
-            ),  # fmt: skip
+            ),
             click.option(
                 "--wiener",
                 default=None,
                 metavar="N1,N2,...",
                 help="Wiener iterations per member [1 where the member's phase is 'wiener', else 0].",
-            ),  # fmt: skip
+            ),
             click.option(
                 "--name",
                 default="blend",

@@ -11,7 +11,6 @@ licences and training data, so the terms a member inherits are not lost.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,14 +80,6 @@ def blend_archives(
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_blend(
     archives: Sequence[Archive],
     output: str | os.PathLike[str],
@@ -103,6 +94,8 @@ def export_blend(
     The recommended chunk ``overlap`` is the largest any member recommends (a
     member whose edges need a long crossfade still gets it).
     """
+    from sepcli.hub.cache import sha256_file  # as openunmix_import: hub hashes model files
+
     bag = blend_archives(archives, sources, weights, wiener)
     metas = [a.metadata for a in archives]
     rows = [[float(w) for w in row] for row in bag.config.weights]
@@ -116,7 +109,7 @@ def export_blend(
         }
         if archive.path is not None:
             member["file"] = Path(archive.path).name
-            member["sha256"] = _sha256(Path(archive.path))
+            member["sha256"] = sha256_file(Path(archive.path))
         members.append(member)
     licences = list(dict.fromkeys(meta.licence for meta in metas if meta.licence))
     data = [f"{meta.name}: {meta.training_data}" for meta in metas if meta.training_data]
