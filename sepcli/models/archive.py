@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from sepcli import atomic
-from sepcli.dsp.phase import PHASE_METHODS
+from sepcli.dsp import CHUNKING_RECIPES, PHASE_METHODS
 from sepcli.errors import ArchiveError
 
 __all__ = [
@@ -99,6 +99,10 @@ class ArchiveMetadata:
         scores: claimed scores, e.g. ``{"musdb18-valid": {"vocals": {"SDR": 5.1}}}``.
         phase: default phase method the separator should use for spectrogram
             output (``"mixture"``, ``"wiener"``, ``"griffin-lim"``).
+        recipe: chunking recipe (:mod:`sepcli.inference.recipes`): how the
+            separator cuts a track into the chunks this module sees and blends
+            them back (``"overlap-add"``; ``"demucs"`` and ``"mdxc"`` reproduce
+            the published models' own chunking).
         extra: free-form JSON for anything else (training run, versions...).
         format_version: archive format version.
     """
@@ -120,6 +124,7 @@ class ArchiveMetadata:
     config: Mapping[str, Any] = field(default_factory=dict)
     scores: Mapping[str, Any] = field(default_factory=dict)
     phase: str = "mixture"
+    recipe: str = "overlap-add"
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -157,6 +162,11 @@ class ArchiveMetadata:
             out.append(f"overlap must be between 0 and 0.9, got {self.overlap}")
         if self.phase not in PHASE_METHODS:
             out.append(f"unknown phase method {self.phase!r}")
+        if self.recipe not in CHUNKING_RECIPES:
+            out.append(
+                f"unknown chunking recipe {self.recipe!r} (this sepcli knows "
+                f"{', '.join(CHUNKING_RECIPES)}; a newer sepcli may read this archive)"
+            )
         if self.format_version > FORMAT_VERSION:
             out.append(
                 f"format version {self.format_version} is newer than this sepcli understands "

@@ -115,7 +115,8 @@ class Ensemble(nn.Module):
     @classmethod
     def from_config(cls, config: EnsembleConfig) -> Ensemble:
         """Members built (random weights) from their configs."""
-        from sepcli.models.build import FAMILY_OUTPUT, build_model
+        from sepcli.models.build import build_model
+        from sepcli.models.families import family
 
         members = []
         for spec, blend in zip(config.members, cls.blend_matrices(config), strict=True):
@@ -124,7 +125,7 @@ class Ensemble(nn.Module):
             members.append(
                 MemberModule(
                     model,
-                    FAMILY_OUTPUT[spec.member_family],
+                    family(spec.member_family).output,
                     int(getattr(model, "n_fft", 0)),
                     int(getattr(model, "hop_length", 0)),
                     spec.wiener_iterations,
