@@ -17,15 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sepcli.dsp.stft import istft, stft
-from sepcli.dsp.wiener import wiener
+from sepcli.dsp.phase import OUTPUT_KINDS, waveform_from_output
 from sepcli.errors import UsageError
 from sepcli.models.archive import Archive
 from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
 
 __all__ = ["MemberModule", "Ensemble"]
-
-_KINDS = {"waveform": 0, "magnitude": 1, "complex": 2}
 
 
 class MemberModule(nn.Module):
@@ -47,10 +44,10 @@ class MemberModule(nn.Module):
         context: float,
     ) -> None:
         super().__init__()
-        if output not in _KINDS:
+        if output not in OUTPUT_KINDS:
             raise UsageError(f"unknown member output {output!r}")
         self.model = model
-        self.kind = _KINDS[output]
+        self.kind = OUTPUT_KINDS[output]
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.wiener_iterations = int(wiener_iterations)
@@ -59,20 +56,9 @@ class MemberModule(nn.Module):
         self.context = float(context)
 
     def forward(self, mix: Tensor) -> Tensor:
-        out = self.model(mix)
-        if self.kind == 0:
-            return out
-        spec = stft(mix, self.n_fft, self.hop_length)
-        if self.kind == 1:
-            if self.wiener_iterations > 0:
-                y = wiener(out, spec, self.wiener_iterations)
-            else:
-                y = torch.polar(out, torch.angle(spec).unsqueeze(1).expand_as(out))
-        elif self.wiener_iterations > 0:
-            y = wiener(out.abs(), spec, self.wiener_iterations)
-        else:
-            y = out
-        return istft(y, self.n_fft, self.hop_length, mix.shape[-1])
+        return waveform_from_output(
+            self.kind, self.model(mix), mix, self.n_fft, self.hop_length, self.wiener_iterations
+        )
 
 
 class Ensemble(nn.Module):
