@@ -9,6 +9,7 @@ memory does not grow with the track length.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -281,7 +282,8 @@ class Separator:
     def _plan_units(self) -> list[_Unit]:
         meta = self.archive.metadata
         if meta.family == "ensemble" and hasattr(self.archive.module, "members"):
-            return [self._member_unit(i, m) for i, m in enumerate(self.archive.module.members)]
+            members = list(self.archive.module.members.children())
+            return [self._member_unit(i, m) for i, m in enumerate(members)]
         return [self._archive_unit()]
 
     def _archive_unit(self) -> _Unit:
@@ -336,6 +338,7 @@ class Separator:
             # archives written before members recorded their own overlap and recipe
             overlap=float(getattr(member, "overlap", meta.overlap)),
             recipe=str(getattr(member, "recipe", "overlap-add")),
+            extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
