@@ -175,13 +175,6 @@ def load_model_for_cli(
 @click.option(
     "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Chunks per forward pass.",
-)
 @click.option("--shard", default=None, help="K/N: process only the K-th of N slices of the inputs.")
 @click.option(
     "--report",
@@ -204,14 +197,7 @@ def separate(
     model,
     device,
     cuda,
-    segment,
-    overlap,
-    shifts,
-    seed,
-    phase,
-    wiener_iters,
-    gl_iters,
-    gl_init,
+    separator_config,
     fmt,
     bit_depth,
     clip,
@@ -220,7 +206,6 @@ def separate(
     recursive,
     force,
     threads,
-    batch_size,
     shard,
     report,
     cache_dir,
@@ -260,19 +245,7 @@ def separate(
 
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
-    separator = Separator(
-        archive,
-        device=torch_device,
-        segment=segment,
-        overlap=overlap,
-        shifts=shifts,
-        seed=seed,
-        batch_size=batch_size,
-        phase=phase,
-        wiener_iters=wiener_iters,
-        gl_iters=gl_iters,
-        gl_init=gl_init,
-    )
+    separator = Separator(archive, separator_config, device=torch_device)
     recipes = separator.stems(stem_list)
     stem_names = [r.name for r in recipes]
     model_name = archive.metadata.name

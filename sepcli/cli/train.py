@@ -11,8 +11,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
-
-FAMILIES = ("umx", "tfc-tdf", "waveform")
+from sepcli.models.families import TRAINABLE_FAMILIES
 
 
 @click.command("train")
@@ -24,7 +23,11 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
     "repeat to train on several (numbered 0, 1, ... for --valid-roots, --data-weights).",
 )
 @click.option(
-    "--model", "family", type=click.Choice(FAMILIES), default=None, help="Model family [umx]."
+    "--model",
+    "family",
+    type=click.Choice(TRAINABLE_FAMILIES),
+    default=None,
+    help="Model family [umx].",
 )
 @click.option("--targets", default=None, help="Comma-separated stems to estimate [vocals].")
 @click.option(
