@@ -366,10 +366,16 @@ def test_bag_errors(tmp_path: Path) -> None:
         read_bag(bag_path)
 
 
-def test_single_member_bag_imports_as_one_model(tmp_path: Path) -> None:
+def test_bags_import_as_one_model_or_an_ensemble(tmp_path: Path) -> None:
     bag_path = _write_bag(tmp_path, "models: ['955717e8']\n", {"955717e8": 3})
     model, meta = import_demucs(bag_path)
-    assert meta.name == "bag" and model.config.sources == tuple(FOUR)
-    two = _write_bag(tmp_path, "models: ['955717e8', 'aaaa1111']\n", {"aaaa1111": 4})
-    with pytest.raises(UsageError, match="bag of 2 models"):
-        import_demucs(two)
+    assert meta.name == "bag" and isinstance(model, HTDemucs) and meta.recipe == "demucs"
+    two = _write_bag(
+        tmp_path, "models: ['955717e8', 'aaaa1111']\nweights: [[1, 1, 0, 2], [1, 0, 1, 2]]\n",
+        {"aaaa1111": 4},
+    )  # fmt: skip
+    ensemble, meta = import_demucs(two)
+    assert meta.family == "ensemble" and len(ensemble.members) == 2
+    assert [m.recipe for m in ensemble.members] == ["demucs", "demucs"]
+    # blend = w[m, s] / sum_m w[m, s], as BagOfModels divides by the totals
+    assert ensemble.members[0].blend.diagonal().tolist() == [0.5, 1.0, 0.0, 0.5]

@@ -27,19 +27,29 @@ transition_power)`` does, for a model with a fixed training segment of
 :func:`apply_fixed_segment` is the whole-track reference (pure, the track in
 memory). :class:`DemucsStreamer` computes the same output fed block by block:
 it keeps at most about two segments of input and of output per shift,
-whatever the track length. Lengths are in samples.
+whatever the track length. :class:`DemucsChunkRecipe` is the ``"demucs"``
+entry of :data:`sepcli.inference.recipes.RECIPES` (archives of the ``htdemucs``
+family name it). Lengths are in samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from sepcli.errors import UsageError
+from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.recipes import MAX_SHIFT_SECONDS, register_recipe
+from sepcli.models.archive import ArchiveMetadata
+
 __all__ = [
     "DemucsRecipe",
+    "DemucsChunkRecipe",
     "demucs_stride",
     "demucs_chunk_starts",
     "demucs_weight",
@@ -438,3 +448,90 @@ class DemucsStreamer:
         tail = self.finish()
         if tail.shape[-1]:
             yield tail
+
+
+@dataclass(frozen=True)
+class DemucsChunkRecipe:
+    """The ``"demucs"`` chunking recipe, resolved for one archive (or ensemble member).
+
+    Attributes:
+        recipe: segment, overlap, transition power and max shift in samples.
+        offsets: one random shift offset per ``--shifts`` pass (empty: none).
+    """
+
+    name: ClassVar[str] = "demucs"
+    recipe: DemucsRecipe
+    offsets: tuple[int, ...] = ()
+
+    @property
+    def segment(self) -> int:
+        return self.recipe.segment
+
+    @property
+    def overlap(self) -> float:
+        return self.recipe.overlap
+
+    @property
+    def context(self) -> int:
+        return 0
+
+    @classmethod
+    def from_metadata(cls, meta: ArchiveMetadata, config: SeparatorConfig) -> DemucsChunkRecipe:
+        """The archive's fixed segment (``extra["demucs"]["segment_samples"]``, else
+        ``segment_seconds``) and overlap, with the user's overrides: a shorter
+        ``segment_seconds`` (the model zero-pads each chunk to its own, as Demucs'
+        ``--segment`` does), ``overlap``, ``shifts`` and ``seed``."""
+        rate = meta.sample_rate
+        params = meta.extra.get("demucs") if isinstance(meta.extra, Mapping) else None
+        params = params if isinstance(params, Mapping) else {}
+        own = int(params.get("segment_samples", 0)) or int(round(meta.segment_seconds * rate))
+        segment = own
+        if config.segment_seconds is not None:
+            segment = int(config.segment_seconds * rate)  # as Demucs: int(segment * samplerate)
+            if segment > own:
+                raise UsageError(
+                    f"model {meta.name!r} was trained on {own / rate:g}-s segments and takes at "
+                    f"most that; got --segment {config.segment_seconds:g}"
+                )
+            if segment < 1:
+                raise UsageError(f"segment {config.segment_seconds:g}s is shorter than a sample")
+        if config.context_seconds is not None:
+            logging.getLogger(__name__).warning(
+                "%s: the demucs recipe gives chunks no context; ignoring --context", meta.name
+            )
+        overlap = meta.overlap if config.overlap is None else config.overlap
+        power = float(params.get("transition_power", 1.0))
+        max_shift = int(MAX_SHIFT_SECONDS * rate)
+        offsets = draw_shift_offsets(config.shifts, max_shift, config.seed) if config.shifts else []
+        return cls(DemucsRecipe(segment, overlap, power, max_shift), tuple(offsets))
+
+    def engine(
+        self,
+        fn: ModelFn,
+        channels: int,
+        num_sources: int,
+        *,
+        batch_size: int = 1,
+        device: torch.device | str = "cpu",
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> DemucsStreamer:
+        return DemucsStreamer(
+            fn, channels, num_sources, self.recipe, self.offsets, batch_size, device, on_chunk
+        )
+
+    def count_chunks(self, length: int) -> int:
+        stride = demucs_stride(self.recipe.segment, self.recipe.overlap)
+        delays = _delays(self.recipe, self.offsets)
+        return sum(len(range(0, length + d, stride)) for d in delays if length > 0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "recipe": self.name,
+            "segment_samples": self.recipe.segment,
+            "overlap": self.recipe.overlap,
+            "transition_power": self.recipe.transition_power,
+            "offsets": list(self.offsets),
+        }
+
+
+register_recipe(DemucsChunkRecipe.name, DemucsChunkRecipe.from_metadata)

@@ -25,7 +25,8 @@ A *bag* is a YAML file as in Demucs' ``remote/*.yaml``::
     segment: 7.8                                           # optional, seconds
 
 with each member's ``<sig>.th`` or ``<sig>-<hash>.th`` beside it (the hash
-prefix is checked, as Demucs' ``LocalRepo`` does). Only ``HTDemucs``
+prefix is checked, as Demucs' ``LocalRepo`` does); it becomes an ensemble
+archive whose members each keep Demucs' chunking (recipe ``demucs``). Only ``HTDemucs``
 checkpoints are supported; Hybrid Demucs (v3) and Demucs v2 files are refused
 with a message that says so.
 """
@@ -33,23 +34,24 @@ with a message that says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sepcli.errors import ArchiveError, UsageError
-from sepcli.models.archive import ArchiveMetadata, count_parameters, save_archive
+from sepcli.models.archive import ArchiveMetadata, save_archive
 from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
 
 __all__ = [
@@ -61,6 +63,8 @@ __all__ = [
     "load_htdemucs",
     "read_bag",
     "load_bag",
+    "single_metadata",
+    "bag_model",
     "import_demucs",
     "import_demucs_archive",
 ]
@@ -509,53 +513,112 @@ def load_bag(
     return models, weights, bag, ckpts
 
 
-def _metadata(model: HTDemucs, ckpt: DemucsCheckpoint, name: str) -> ArchiveMetadata:
-    cfg = model.config
-    segment, context = model.archive_timing()
-    return ArchiveMetadata(
+LICENCE = "MIT (Demucs code and weights by Meta Platforms; github.com/facebookresearch/demucs)"
+TRAINING_DATA = "MUSDB18-HQ train set and 800 extra songs (Rouard et al., ICASSP 2023)"
+
+
+def _recipe_extra(model: HTDemucs) -> dict[str, Any]:
+    """What the ``demucs`` chunking recipe reads from ``metadata.extra``."""
+    return {"segment_samples": model.segment_samples, "transition_power": 1.0}
+
+
+def _files(ckpts: Sequence[DemucsCheckpoint]) -> dict[str, Any]:
+    return {c.path.name: {"sha256": c.sha256} for c in ckpts}
+
+
+def single_metadata(model: HTDemucs, ckpt: DemucsCheckpoint, name: str) -> ArchiveMetadata:
+    """Archive metadata of one imported HT-Demucs (family ``htdemucs``, recipe ``demucs``)."""
+    from sepcli.models.build import make_metadata
+
+    return make_metadata(
+        model,
         name=name,
-        sources=cfg.sources,
-        sample_rate=cfg.sample_rate,
-        audio_channels=cfg.audio_channels,
-        output="waveform",
-        family="htdemucs",
-        segment_seconds=segment,
-        context_seconds=context,
-        overlap=model.archive_overlap(),
-        num_parameters=count_parameters(model),
-        licence="MIT (Demucs by Meta Platforms; see github.com/facebookresearch/demucs)",
-        training_data="MUSDB18-HQ and 800 extra songs (Demucs v4 paper)",
+        licence=LICENCE,
+        training_data=TRAINING_DATA,
         description=f"HT-Demucs imported from {ckpt.path.name}",
-        config=cfg.to_dict(),
         extra={
             "imported_from": "demucs",
-            "files": {ckpt.path.name: {"sha256": ckpt.sha256}},
+            "files": _files([ckpt]),
             "klass": ckpt.klass,
+            "demucs": _recipe_extra(model),
         },
     )
 
 
+def bag_model(models: Sequence[HTDemucs], weights: Tensor) -> nn.Module:
+    """An :class:`~sepcli.models.ensemble.Ensemble` of HT-Demucs members blended as
+    Demucs' ``BagOfModels``: stem ``s`` is ``sum_m w[m, s] est_m[s] / sum_m w[m, s]``,
+    each member chunked with its own ``demucs`` recipe.
+
+    Args:
+        weights: ``(model, source)`` as in the bag YAML.
+    """
+    from sepcli.models.configs import EnsembleConfig, EnsembleMember
+    from sepcli.models.ensemble import Ensemble, MemberModule
+
+    sources = models[0].config.sources
+    specs = tuple(EnsembleMember("htdemucs", m.config.to_dict()) for m in models)
+    rows = tuple(tuple(float(w) for w in row) for row in weights.t().tolist())
+    try:
+        config = EnsembleConfig(sources, specs, rows)
+    except UsageError as exc:
+        raise ArchiveError(f"bag weights: {exc}") from None
+    members = []
+    for model, blend in zip(models, Ensemble.blend_matrices(config), strict=True):
+        segment, context = model.archive_timing()
+        extra = json.dumps({"demucs": _recipe_extra(model)}, sort_keys=True)
+        members.append(
+            MemberModule(
+                model,
+                "waveform",
+                0,
+                0,
+                0,
+                blend,
+                segment,
+                context,
+                model.archive_overlap(),
+                "demucs",
+                extra,
+            )  # fmt: skip
+        )
+    return Ensemble(members, config)
+
+
 def import_demucs(
     source: str | os.PathLike[str], name: str | None = None
-) -> tuple[HTDemucs, ArchiveMetadata]:
-    """Build the model of a single Demucs ``.th`` (or a one-member bag YAML) and its metadata.
+) -> tuple[nn.Module, ArchiveMetadata]:
+    """Build the model of a Demucs ``.th`` file or bag YAML, and its archive metadata.
 
-    Bags of several members need the ensemble wrapper; see :func:`load_bag`.
+    A ``.th`` (or a one-member bag) gives an :class:`HTDemucs`; a bag of several
+    members an ensemble of them (see :func:`bag_model`).
     """
+    from sepcli.models.build import make_metadata
+
     path = Path(source)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        bag = read_bag(path)
-        if len(bag.members) != 1:
-            raise UsageError(
-                f"{path}: a bag of {len(bag.members)} models; importing bags into one "
-                "archive needs the ensemble wrapper (not available yet)"
-            )
-        model, ckpt = load_htdemucs(bag.members[0], bag.segment)
-        default = path.stem
-    else:
+    if path.suffix.lower() not in (".yaml", ".yml"):
         model, ckpt = load_htdemucs(path)
-        default = path.stem
-    return model, _metadata(model, ckpt, name or default)
+        return model, single_metadata(model, ckpt, name or path.stem)
+    models, weights, bag, ckpts = load_bag(path)
+    if len(models) == 1:
+        return models[0], single_metadata(models[0], ckpts[0], name or path.stem)
+    ensemble = bag_model(models, weights)
+    for p in ensemble.parameters():
+        p.requires_grad_(False)
+    meta = make_metadata(
+        ensemble.eval(),
+        name=name or path.stem,
+        licence=LICENCE,
+        training_data=TRAINING_DATA,
+        description=f"Demucs bag {path.name} of {len(models)} HT-Demucs models",
+        extra={
+            "imported_from": "demucs",
+            "bag": {"models": list(bag.signatures), "weights": weights.tolist(),
+                    "segment": bag.segment},
+            "files": _files(ckpts),
+        },
+    )  # fmt: skip
+    return ensemble, meta
 
 
 def import_demucs_archive(

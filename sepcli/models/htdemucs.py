@@ -51,6 +51,7 @@ from sepcli.models.configs import _Config
 __all__ = [
     "HTDemucsConfig",
     "HTDemucs",
+    "reference_config",
     "PUBLISHED_SAMPLE_RATE",
     "PUBLISHED_SEGMENT_SAMPLES",
 ]
@@ -245,6 +246,11 @@ class HTDemucsConfig(_Config):
         5-layer cross transformer, DConv in encoders and decoders, 7.8-s segments."""
         base = cls()
         return base if sources is None else dataclasses.replace(base, sources=tuple(sources))
+
+
+def reference_config() -> HTDemucsConfig:
+    """The published ``htdemucs`` size (the family table's reference; docs/models.md)."""
+    return HTDemucsConfig.reference()
 
 
 # -- building blocks -------------------------------------------------------------
