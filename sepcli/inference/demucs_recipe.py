@@ -477,12 +477,12 @@ class DemucsChunkRecipe:
 
     @classmethod
     def from_metadata(cls, meta: ArchiveMetadata, config: SeparatorConfig) -> DemucsChunkRecipe:
-        """The archive's fixed segment (``extra["demucs"]["segment_samples"]``, else
+        """The archive's fixed segment (``extra["chunking"]["segment_samples"]``, else
         ``segment_seconds``) and overlap, with the user's overrides: a shorter
         ``segment_seconds`` (the model zero-pads each chunk to its own, as Demucs'
         ``--segment`` does), ``overlap``, ``shifts`` and ``seed``."""
         rate = meta.sample_rate
-        params = meta.extra.get("demucs") if isinstance(meta.extra, Mapping) else None
+        params = meta.extra.get("chunking") if isinstance(meta.extra, Mapping) else None
         params = params if isinstance(params, Mapping) else {}
         own = int(params.get("segment_samples", 0)) or int(round(meta.segment_seconds * rate))
         segment = own

@@ -540,7 +540,7 @@ def single_metadata(model: HTDemucs, ckpt: DemucsCheckpoint, name: str) -> Archi
             "imported_from": "demucs",
             "files": _files([ckpt]),
             "klass": ckpt.klass,
-            "demucs": _recipe_extra(model),
+            "chunking": _recipe_extra(model),
         },
     )
 
@@ -566,7 +566,7 @@ def bag_model(models: Sequence[HTDemucs], weights: Tensor) -> nn.Module:
     members = []
     for model, blend in zip(models, Ensemble.blend_matrices(config), strict=True):
         segment, context = model.archive_timing()
-        extra = json.dumps({"demucs": _recipe_extra(model)}, sort_keys=True)
+        extra = json.dumps({"chunking": _recipe_extra(model)}, sort_keys=True)
         members.append(
             MemberModule(
                 model,

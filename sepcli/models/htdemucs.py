@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepcli.errors import UsageError
 from sepcli.models.configs import _Config
 
 __all__ = [
@@ -241,11 +242,29 @@ class HTDemucsConfig(_Config):
 
     @classmethod
     def reference(cls, sources: tuple[str, ...] | None = None) -> HTDemucsConfig:
-        """The published size (``htdemucs``, each ``htdemucs_ft`` member; with six
-        sources ``htdemucs_6s``): 48 channels, depth 4, n_fft 4096, a 512-wide
-        5-layer cross transformer, DConv in encoders and decoders, 7.8-s segments."""
+        """The published ``htdemucs`` size (also each ``htdemucs_ft`` member): 48
+        channels, depth 4, n_fft 4096, a 512-wide 5-layer cross transformer
+        (``bottom_channels=512``), DConv in encoders and decoders, 7.8-s segments;
+        41,984,456 parameters with four sources."""
         base = cls()
         return base if sources is None else dataclasses.replace(base, sources=tuple(sources))
+
+    @classmethod
+    def published(cls, name: str) -> HTDemucsConfig:
+        """The size of a published model: ``htdemucs``, ``htdemucs_ft`` (each member)
+        or ``htdemucs_6s``.
+
+        ``htdemucs_6s`` has six sources and no bottom projection: its transformer
+        is 384 wide (27,414,996 parameters). That is read off its file size (54,996,327
+        bytes of fp16 weights; the 512-wide layout would need 84 MB); the importer
+        takes every size from the checkpoint's own kwargs anyway.
+        """
+        if name in ("htdemucs", "htdemucs_ft"):
+            return cls.reference()
+        if name == "htdemucs_6s":
+            six = ("drums", "bass", "other", "vocals", "guitar", "piano")
+            return dataclasses.replace(cls.reference(six), bottom_channels=0)
+        raise UsageError(f"unknown published HT-Demucs {name!r}")
 
 
 def reference_config() -> HTDemucsConfig:
