@@ -82,7 +82,15 @@ def _mix(batch: int, channels: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_families_listed():
-    assert FAMILIES == ("umx", "tfc-tdf", "waveform", "ensemble")
+    assert FAMILIES == (
+        "umx",
+        "tfc-tdf",
+        "waveform",
+        "bs-roformer",
+        "mel-roformer",
+        "mdx23c",
+        "ensemble",
+    )
 
 
 @pytest.mark.parametrize("family", ["umx", "tfc-tdf", "waveform", "ensemble"])
