@@ -6,6 +6,8 @@ class to a one-line message and an exit code (see :data:`EXIT_CODES`).
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "SepcliError",
     "UsageError",
@@ -23,6 +25,7 @@ __all__ = [
     "TrainingError",
     "EXIT_CODES",
     "exit_code_for",
+    "os_error_reason",
 ]
 
 
@@ -105,3 +108,20 @@ def exit_code_for(error: BaseException) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return 1
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "is a folder",
+    errno.ENOTDIR: "a parent is not a folder",
+}
+
+
+def os_error_reason(e: OSError) -> str:
+    """A few words for an ``OSError`` in a one-line message ("disk full", "permission denied")."""
+    return _OS_REASONS.get(e.errno or 0) or e.strerror or str(e) or type(e).__name__
