@@ -20,7 +20,8 @@ from pathlib import Path
 import requests
 
 from sepcli.errors import DownloadError, IntegrityError, RegistryError
-from sepcli.hub.cache import part_path, sha256_file
+from sepcli.hashing import sha256_file
+from sepcli.hub.cache import part_path
 from sepcli.hub.registry import FileSpec
 from sepcli.hub.transport import RETRYABLE_STATUS, HttpSettings, new_session, open_url, redact
 

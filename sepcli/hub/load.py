@@ -16,14 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sepcli.errors import ArchiveError, ModelNotFoundError, OfflineError, RegistryError
+from sepcli.errors import ModelNotFoundError, OfflineError, RegistryError
+from sepcli.hashing import sha256_file
 from sepcli.hub.cache import (
     cache_root,
     entry_dir,
     entry_path,
     file_lock,
     model_root,
-    sha256_file,
 )
 from sepcli.hub.download import Progress, download_file
 from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
@@ -101,30 +101,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
-    """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
-    (``{target: path}`` in output order) and the entry's preset."""
-    import torch
-
-    from sepcli.models.archive import save_archive
-    from sepcli.models.openunmix_import import convert
-
-    state_dicts = {}
-    for target, path in files.items():
-        try:
-            state_dicts[target] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch's unpickler raises many types
-            raise ArchiveError(
-                f"{path}: not an Open-Unmix state dict ({type(exc).__name__})"
-            ) from None
-    module, metadata = convert(
-        state_dicts, dict(entry.preset), name=entry.name, licence=entry.licence,
-        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
-        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
-    )  # fmt: skip
-    save_archive(module, metadata, dest)
-
-
 def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progress | None) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
@@ -150,7 +126,15 @@ def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progr
         base += spec.size or 0
         assert spec.target is not None
         paths[spec.target] = path
-    _convert_openunmix(entry, paths, dest)
+    from sepcli.models.archive import save_archive  # torch loads only when a model does
+    from sepcli.models.openunmix_import import convert_files
+
+    module, metadata = convert_files(
+        paths, dict(entry.preset), name=entry.name, licence=entry.licence,
+        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
+        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
     sidecar = _sidecar(dest)
     sidecar.write_text(sha256_file(dest) + "\n")
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
