@@ -11,6 +11,7 @@ import errno
 __all__ = [
     "SepcliError",
     "UsageError",
+    "ConfigError",
     "AudioError",
     "AudioDecodeError",
     "AudioEncodeError",
@@ -35,6 +36,17 @@ class SepcliError(Exception):
 
 class UsageError(SepcliError):
     """An option or argument value that cannot work (unknown stem, bad shard...)."""
+
+
+class ConfigError(SepcliError, ValueError):
+    """A model config or DSP parameter that cannot work (unknown family, negative
+    iterations, momentum out of range...).
+
+    Raised by library code below the CLI (configs, DSP, model constructors) in
+    place of :class:`UsageError`, which names a bad option or argument of a
+    command. Also a ``ValueError``, so plain Python callers can catch it as one.
+    The CLI maps it to the same exit code as :class:`UsageError` (2).
+    """
 
 
 class AudioError(SepcliError):
@@ -89,6 +101,7 @@ class TrainingError(SepcliError):
 #: convention), 130 = interrupted (Ctrl-C).
 EXIT_CODES: dict[type[SepcliError], int] = {
     UsageError: 2,
+    ConfigError: 2,
     AudioError: 3,
     ArchiveError: 4,
     ModelNotFoundError: 4,
