@@ -25,9 +25,10 @@ from sepcli.hub.cache import (
     file_lock,
     model_root,
 )
-from sepcli.hub.download import Progress, download_file
+from sepcli.hub.download import download_file
 from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
 from sepcli.hub.transport import HttpSettings
+from sepcli.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
     from sepcli.models.archive import Archive
@@ -101,15 +102,18 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progress | None) -> Path:
+def _fill(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
-    total = entry.size or 0
+    total = entry.size or None
 
-    def files_progress(base: int) -> Progress | None:
+    def files_progress(base: int) -> ProgressFn | None:
         if progress is None:
             return None
-        return lambda done, _size: progress(base + done, total)
+        # bytes of the whole entry, named by the model (an entry may have several files)
+        return lambda p: progress(Progress("download", base + p.done, total, "bytes", entry.name))
 
     if entry.format == "sepcli":
         download_file(
@@ -147,7 +151,7 @@ def ensure_model(
     *,
     offline: bool = False,
     settings: HttpSettings | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Local path of ``entry``, downloading it first when missing (unless offline)."""
     if entry.builtin is not None:
@@ -188,7 +192,7 @@ def resolve_model(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     timeout: float | None = None,
     retries: int | None = None,
 ) -> Path:
@@ -200,7 +204,9 @@ def resolve_model(
     * any other name is looked up in the registry and downloaded into the cache
       on first use (never when ``offline``, or ``SEPCLI_OFFLINE=1``).
 
-    ``progress(downloaded_bytes, total_bytes)`` is called while downloading;
+    ``progress`` gets :class:`~sepcli.progress.Progress` events (task ``download``,
+    bytes, ``item`` the model name) while downloading, none for a file that is
+    already local (a path, the packaged default, a cached model);
     ``timeout`` (seconds without data) and ``retries`` default to
     ``SEPCLI_TIMEOUT`` / ``SEPCLI_RETRIES``.
 
@@ -317,7 +323,7 @@ def verify_models(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[VerifyResult]:
     """Re-hash cached models (``names``, or every cached one) against the registry.
 
