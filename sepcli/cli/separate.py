@@ -11,15 +11,14 @@ import click
 import torch
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 
 from sepcli import atomic, audio
+from sepcli.cli.bars import download_bar
 from sepcli.cli.common import err_console, handle_errors, separator_options, setup_logging
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
@@ -89,21 +88,8 @@ def load_model_for_cli(
     kwargs: dict[str, Any] = {"cache_dir": cache_dir}
     if offline:
         kwargs["offline"] = True
-    with Progress(
-        TextColumn("downloading {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        disable=quiet,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(model, total=None)
-
-        def on_bytes(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return load_model(model, device=device, progress=on_bytes, **kwargs)
+    with download_bar(quiet) as on_progress:
+        return load_model(model, device=device, progress=on_progress, **kwargs)
 
 
 @click.command()

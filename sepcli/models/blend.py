@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sepcli.errors import UsageError
+from sepcli.hashing import sha256_file
 from sepcli.models.archive import Archive
 from sepcli.models.build import export_archive
 from sepcli.models.ensemble import Ensemble
@@ -90,8 +91,6 @@ def export_blend(
     The recommended chunk ``overlap`` is the largest any member recommends (a
     member whose edges need a long crossfade still gets it).
     """
-    from sepcli.hub.cache import sha256_file  # as openunmix_import: hub hashes model files
-
     bag = blend_archives(archives, sources, weights, wiener)
     metas = [a.metadata for a in archives]
     rows = [[float(w) for w in row] for row in bag.config.weights]
