@@ -11,15 +11,14 @@ import click
 import torch
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 
 from sepcli import atomic, audio
+from sepcli.cli.bars import download_bar
 from sepcli.cli.common import err_console, handle_errors, separator_options, setup_logging
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
@@ -89,21 +88,8 @@ def load_model_for_cli(
     kwargs: dict[str, Any] = {"cache_dir": cache_dir}
     if offline:
         kwargs["offline"] = True
-    with Progress(
-        TextColumn("downloading {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        disable=quiet,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(model, total=None)
-
-        def on_bytes(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return load_model(model, device=device, progress=on_bytes, **kwargs)
+    with download_bar(quiet) as on_progress:
+        return load_model(model, device=device, progress=on_progress, **kwargs)
 
 
 @click.command()
@@ -175,13 +161,6 @@ def load_model_for_cli(
 @click.option(
     "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Chunks per forward pass.",
-)
 @click.option("--shard", default=None, help="K/N: process only the K-th of N slices of the inputs.")
 @click.option(
     "--report",
@@ -204,14 +183,7 @@ def separate(
     model,
     device,
     cuda,
-    segment,
-    overlap,
-    shifts,
-    seed,
-    phase,
-    wiener_iters,
-    gl_iters,
-    gl_init,
+    separator_config,
     fmt,
     bit_depth,
     clip,
@@ -220,7 +192,6 @@ def separate(
     recursive,
     force,
     threads,
-    batch_size,
     shard,
     report,
     cache_dir,
@@ -260,19 +231,7 @@ def separate(
 
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
-    separator = Separator(
-        archive,
-        device=torch_device,
-        segment=segment,
-        overlap=overlap,
-        shifts=shifts,
-        seed=seed,
-        batch_size=batch_size,
-        phase=phase,
-        wiener_iters=wiener_iters,
-        gl_iters=gl_iters,
-        gl_init=gl_init,
-    )
+    separator = Separator(archive, separator_config, device=torch_device)
     recipes = separator.stems(stem_list)
     stem_names = [r.name for r in recipes]
     model_name = archive.metadata.name

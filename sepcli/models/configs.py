@@ -350,8 +350,8 @@ class EnsembleConfig(_Config):
         if not members:
             p.append("an ensemble needs at least one member")
         cfgs = [m.member_config() for m in members]
-        if len({(c.sample_rate, c.audio_channels) for c in cfgs}) > 1:
-            p.append("members must share sample_rate and audio_channels")
+        if len({c.audio_channels for c in cfgs}) > 1:
+            p.append("members must share audio_channels")
         if len(self.weights) != len(self.sources) or any(
             len(r) != len(members) for r in self.weights
         ):
