@@ -8,13 +8,17 @@ layouts published checkpoints use: a bare state dict, or one wrapped under
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from audio_separator_reference import reference_module
+from audio_separator_reference import (
+    PUBLISHED_YAMLS,
+    reference_model,
+    tiny_msst_yaml,
+    write_msst_yaml,
+)
 from click.testing import CliRunner
 
 from sepcli.cli import main
@@ -28,12 +32,7 @@ from sepcli.models.msst_import import (
     read_msst_yaml,
 )
 
-DATA = Path(__file__).parent / "data" / "msst"
-PUBLISHED = {
-    "bs_roformer": DATA / "model_bs_roformer_ep_317_sdr_12.9755.yaml",
-    "mel_band_roformer": DATA / "config_vocals_mel_band_roformer_kim.yaml",
-    "mdx23c": DATA / "model_2_stem_full_band_8k.yaml",
-}
+PUBLISHED = PUBLISHED_YAMLS
 
 
 def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
@@ -41,37 +40,9 @@ def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
-def _tiny_yaml(model_type: str) -> dict:
-    """The published YAML of ``model_type`` with small widths (same keys)."""
-    cfg = copy.deepcopy(read_msst_yaml(PUBLISHED[model_type]))
-    if model_type == "mdx23c":
-        cfg["model"].update(num_channels=4, growth=2)
-        cfg["inference"]["dim_t"] = 32
-    else:
-        cfg["model"].update(dim=16, depth=1, heads=2, dim_head=8)
-        cfg["inference"]["dim_t"] = 21
-    return cfg
-
-
-def _reference(model_type: str, cfg: dict) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if model_type == "mdx23c":
-        ml_collections = pytest.importorskip("ml_collections")
-        net = reference_module("uvr_lib_v5.tfc_tdf_v3").TFC_TDF_net
-        return net(ml_collections.ConfigDict(cfg), device="cpu").eval()
-    name = "bs_roformer" if model_type == "bs_roformer" else "mel_band_roformer"
-    module = reference_module("uvr_lib_v5.roformer." + name)
-    cls = module.BSRoformer if model_type == "bs_roformer" else module.MelBandRoformer
-    return cls(**cfg["model"]).eval()
-
-
-def _write_yaml(path: Path, cfg: dict) -> Path:
-    text = yaml.dump(cfg, sort_keys=False)
-    # published configs tag their tuples; keep that in what we import
-    for key in ("freqs_per_bands", "multi_stft_resolutions_window_sizes"):
-        text = text.replace(f"{key}:\n", f"{key}: !!python/tuple\n")
-    path.write_text(text)
-    return path
+_tiny_yaml = tiny_msst_yaml
+_reference = reference_model
+_write_yaml = write_msst_yaml
 
 
 def _pair(

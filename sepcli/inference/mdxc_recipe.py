@@ -38,11 +38,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["MODES", "MdxcPlan", "hamming_window", "roformer_chunk_starts", "demix", "MdxcStream"]
+from sepcli.errors import UsageError
+from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.recipes import register_recipe
+from sepcli.models.archive import ArchiveMetadata
+
+__all__ = [
+    "MODES",
+    "MdxcPlan",
+    "MdxcRecipe",
+    "hamming_window",
+    "roformer_chunk_starts",
+    "demix",
+    "MdxcStream",
+]
 
 #: The two branches of audio-separator's MDXC ``demix``.
 MODES = ("roformer", "tfc-tdf")
@@ -85,6 +99,16 @@ class MdxcPlan:
         mode = "tfc-tdf" if family == "mdx23c" else "roformer"
         return cls(mode, int(config.chunk_samples), int(config.num_overlap))  # type: ignore[attr-defined]
 
+    def count_chunks(self, length: int) -> int:
+        """Model calls for a track of ``length`` samples."""
+        if length <= 0:
+            return 0
+        if self.mode == "roformer":
+            return len(roformer_chunk_starts(length, self.chunk, self.step))
+        pad = self.step - (length - self.chunk) % self.step
+        padded = length + pad + 2 * (self.chunk - self.step)
+        return (padded - self.chunk) // self.step + 1
+
 
 def hamming_window(length: int) -> Tensor:
     """Symmetric Hamming window ``0.54 - 0.46 cos(2 pi n / (length - 1))``, float32.
@@ -109,16 +133,6 @@ def roformer_chunk_starts(length: int, chunk: int, step: int) -> list[int]:
             break
         starts.append(offset)
     return starts
-
-
-def _run(model: ModelFn, part: Tensor) -> Tensor:
-    """``part (channel, n)`` -> ``(source, channel, n)``."""
-    out = model(part.unsqueeze(0))
-    if out.dim() != 4 or out.shape[0] != 1 or out.shape[2] != part.shape[0]:
-        raise ValueError(
-            f"model returned shape {tuple(out.shape)} for input {tuple(part.unsqueeze(0).shape)}"
-        )
-    return out[0]
 
 
 def demix(model: ModelFn, mix: Tensor, plan: MdxcPlan, num_sources: int) -> Tensor:
@@ -149,11 +163,21 @@ class MdxcStream:
     same sums, in the same order).
     """
 
-    def __init__(self, model: ModelFn, plan: MdxcPlan, num_sources: int, channels: int) -> None:
+    def __init__(
+        self,
+        model: ModelFn,
+        plan: MdxcPlan,
+        num_sources: int,
+        channels: int,
+        device: torch.device | str = "cpu",
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         self.model = model
         self.plan = plan
         self.num_sources = int(num_sources)
         self.channels = int(channels)
+        self.device = torch.device(device)
+        self.on_chunk = on_chunk
         self._window = hamming_window(plan.chunk) if plan.mode == "roformer" else None
         self._received = 0  # samples pushed so far
         self._input: Tensor | None = None  # input from absolute sample _input_start on
@@ -236,19 +260,31 @@ class MdxcStream:
         self._emitted += count
         return done
 
+    def _run(self, part: Tensor) -> Tensor:
+        """``part (channel, n)`` -> model output ``(source, channel, n)`` on the CPU."""
+        with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
+            out = self.model(part.unsqueeze(0).to(self.device))
+        if out.dim() != 4 or out.shape[0] != 1 or out.shape[2] != part.shape[0]:
+            raise ValueError(
+                f"model returned shape {tuple(out.shape)} for input {(1, *part.shape)}"
+            )
+        if self.on_chunk is not None:
+            self.on_chunk(1)
+        return out[0].float().cpu()
+
     # -- the two branches ---------------------------------------------------------------
 
     def _roformer_chunk(self, start: int) -> None:
         assert self._window is not None
         part = self._slice(start, min(start + self.plan.chunk, self._received))
-        out = _run(self.model, part)
+        out = self._run(part)
         n = min(part.shape[-1], out.shape[-1], self.plan.chunk)
         self._accumulate(start, out[..., :n], self._window[:n])
         self._last_start = start
 
     def _tfc_tdf_chunk(self, index: int) -> None:
         start = index * self.plan.step - (self.plan.chunk - self.plan.step)
-        out = _run(self.model, self._slice(start, start + self.plan.chunk))
+        out = self._run(self._slice(start, start + self.plan.chunk))
         self._accumulate(start, out, None)
 
     def push(self, block: Tensor) -> Tensor:
@@ -302,3 +338,68 @@ class MdxcStream:
             self._tfc_tdf_chunk(index)
         self._next = chunks
         return self._emit(length)
+
+
+@dataclass(frozen=True)
+class MdxcRecipe:
+    """The ``mdxc`` chunking recipe of :mod:`sepcli.inference.recipes` (module docstring).
+
+    From an archive's metadata: the mode from its family (``mdx23c``:
+    ``"tfc-tdf"``, the RoFormers: ``"roformer"``), ``chunk = hop * (dim_t - 1)``
+    and ``num_overlap`` from its config. ``--segment`` sets ``dim_t - 1`` to the
+    nearest whole number of hops; ``--overlap f`` sets ``num_overlap`` to
+    ``round(1 / (1 - f))`` (0.75 -> 4). Shifts and extra context are not part of
+    this recipe.
+    """
+
+    name: ClassVar[str] = "mdxc"
+    plan: MdxcPlan
+
+    @classmethod
+    def from_metadata(cls, meta: ArchiveMetadata, config: SeparatorConfig) -> MdxcRecipe:
+        cfg = dict(meta.config)
+        mode = "tfc-tdf" if meta.family == "mdx23c" else "roformer"
+        hop = cfg.get("hop_length" if mode == "tfc-tdf" else "stft_hop_length")
+        if not isinstance(hop, int) or "dim_t" not in cfg or "num_overlap" not in cfg:
+            raise UsageError(
+                f"model {meta.name!r} ({meta.family}) has no hop/dim_t/num_overlap in its "
+                "config, which the mdxc recipe needs"
+            )
+        if config.shifts:
+            raise UsageError("--shifts is not part of the mdxc chunking recipe; use --shifts 0")
+        if config.context_seconds is not None:
+            raise UsageError("--context is not part of the mdxc chunking recipe (chunks abut)")
+        chunk = hop * (int(cfg["dim_t"]) - 1)
+        if config.segment_seconds is not None:
+            chunk = hop * max(1, round(config.segment_seconds * meta.sample_rate / hop))
+        overlap = int(cfg["num_overlap"])
+        if config.overlap is not None:
+            overlap = max(1, round(1.0 / (1.0 - config.overlap)))
+        return cls(MdxcPlan(mode, chunk, min(overlap, chunk)))
+
+    def engine(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        channels: int,
+        num_sources: int,
+        *,
+        batch_size: int = 1,
+        device: torch.device | str = "cpu",
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> MdxcStream:
+        """A :class:`MdxcStream`; chunks run one at a time (``batch_size`` is not used)."""
+        return MdxcStream(fn, self.plan, num_sources, channels, device=device, on_chunk=on_chunk)
+
+    def count_chunks(self, length: int) -> int:
+        return self.plan.count_chunks(length)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "recipe": self.name,
+            "mode": self.plan.mode,
+            "chunk_samples": self.plan.chunk,
+            "num_overlap": self.plan.num_overlap,
+        }
+
+
+register_recipe(MdxcRecipe.name, MdxcRecipe.from_metadata)
