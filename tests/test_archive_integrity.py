@@ -27,7 +27,9 @@ def _flip_bytes(src: Path, dst: Path, count: int = 64) -> Path:
     data = bytearray(dst.read_bytes())
     # the member's bytes follow its local header (30 bytes + name + extra field)
     name_len = int.from_bytes(data[member.header_offset + 26 : member.header_offset + 28], "little")
-    extra_len = int.from_bytes(data[member.header_offset + 28 : member.header_offset + 30], "little")
+    extra_len = int.from_bytes(
+        data[member.header_offset + 28 : member.header_offset + 30], "little"
+    )
     start = member.header_offset + 30 + name_len + extra_len + member.file_size // 2
     for i in range(start, start + count):
         data[i] ^= 0xFF
