@@ -119,8 +119,8 @@ def models_offering(
     names = []
     for status in list_models(cache_dir=cache_dir, offline=offline):
         sources = _card(status).get("sources") or []
-        if not sources:
-            continue
+        if not sources or not (status.local or status.entry.verifiable):
+            continue  # an entry with no hash is refused at download
         try:
             plan_stems(sources, stems)
         except UsageError:

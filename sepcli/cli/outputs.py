@@ -332,8 +332,13 @@ def locked_outputs(paths: Iterable[Path], on_wait: Any = None) -> Iterator[None]
     try:
         with contextlib.ExitStack() as stack:
             for p in ordered:
-                created.extend(_make_folders(p.parent))
-                stack.enter_context(_lock_file(_lock_path(p), on_wait))
+                try:
+                    created.extend(_make_folders(p.parent))
+                    stack.enter_context(_lock_file(_lock_path(p), on_wait))
+                except OSError as exc:
+                    raise AudioEncodeError(
+                        f"{p}: cannot create or lock it ({exc.strerror or exc})"
+                    ) from None
             yield
     finally:
         for folder in reversed(created):  # folders made for outputs never written

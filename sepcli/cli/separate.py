@@ -317,6 +317,12 @@ def separate(
     stem_names = [r.name for r in recipes]
     model_name = archive.metadata.name
     out_channels = None if channels == "auto" else int(channels)
+    encoding = {
+        "format": fmt,
+        "bit_depth": int(bit_depth),
+        "clip": clip,
+        "out_channels": out_channels,
+    }
     identity = _run_identity(
         archive,
         {
@@ -373,34 +379,19 @@ def separate(
                     continue
                 planned.update(dict.fromkeys(outputs.values(), path))
                 record["outputs"] = {k: str(v) for k, v in outputs.items()}
-                lock = planning.locked_outputs(
-                    outputs.values(), on_wait=lambda p: _waiting(p, quiet)
-                )
                 try:
-                    lock.__enter__()
-                except OSError as exc:
-                    record.update(status="failed", error=f"{path}: cannot lock outputs ({exc})")
-                    err_console.print(f"[bold red]error:[/] {record['error']}", soft_wrap=True)
-                    records.append(record)
-                    progress.advance(files_task)
-                    continue
-                try:
-                    track = _track_identity(path, identity)
-                    planning.remove_stale_temps(outputs.values())
-                    plan = planning.plan_track(outputs, track, force)
-                    _report_skips(path, plan, record, counts_by_kind, quiet)
-                    if not plan.todo:
-                        record["status"] = "skipped"
-                        records.append(record)
-                        progress.advance(files_task)
-                        continue
-                    _separate_one(
-                        separator, path, plan.todo, track, record, progress, files_task, quiet,
-                        fmt, bit_depth, clip, out_channels,
-                    )  # fmt: skip
-                    records.append(record)
-                finally:
-                    lock.__exit__(None, None, None)
+                    with planning.locked_outputs(
+                        outputs.values(), on_wait=lambda p: _waiting(p, quiet)
+                    ):
+                        _process_track(
+                            separator, path, outputs, _track_identity(path, identity), force,
+                            record, counts_by_kind, progress, quiet, encoding,
+                        )  # fmt: skip
+                except SepcliError as exc:  # the outputs could not be locked
+                    record.update(status="failed", error=str(exc))
+                    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                records.append(record)
+                progress.advance(files_task)
     except KeyboardInterrupt:
         if report:
             write_report(report, records)
@@ -410,21 +401,31 @@ def separate(
     _print_summary(records, counts_by_kind, quiet)
 
 
-def _separate_one(
+def _process_track(
     separator: Separator,
     path: Path,
-    todo: dict[str, Path],
+    outputs: dict[str, Path],
     track: dict[str, Any],
+    force: bool,
     record: dict[str, Any],
+    counts: dict[str, int],
     progress: Progress,
-    files_task: Any,
     quiet: bool,
-    fmt: str,
-    bit_depth: str,
-    clip: str,
-    out_channels: int | None,
+    encoding: dict[str, Any],
 ) -> None:
-    """Separate ``path`` into the ``todo`` outputs; fill ``record``; record provenance."""
+    """One input, its outputs locked: clean leftovers, skip what exists, make the rest."""
+    removed = planning.remove_stale_temps(outputs.values())
+    if removed and not quiet:
+        err_console.print(
+            f"note: removed {len(removed)} temp file(s) left by an interrupted run: "
+            + ", ".join(str(p) for p in removed),
+            soft_wrap=True,
+        )
+    plan = planning.plan_track(outputs, track, force)
+    _report_skips(plan, record, counts, quiet)
+    if not plan.todo:
+        record["status"] = "skipped"
+        return
     chunk_task = progress.add_task(f"  {path.name}", total=None)
 
     def on_progress(done: int, total: int, _task=chunk_task) -> None:
@@ -432,16 +433,15 @@ def _separate_one(
 
     started = time.perf_counter()
     try:
-        result = separator.separate_file(
-            path,
-            todo,
-            format=fmt,
-            bit_depth=int(bit_depth),
-            clip=clip,
-            out_channels=out_channels,
-            on_progress=on_progress,
-        )
-        planning.record_outputs(result.outputs, track)
+        result = separator.separate_file(path, plan.todo, on_progress=on_progress, **encoding)
+        try:
+            planning.record_outputs(result.outputs, track)
+        except OSError as exc:  # the stems are complete; only their record is missing
+            err_console.print(
+                f"[yellow]warning:[/] {path}: stems written, but not their record "
+                f"{planning.PROVENANCE_FILE} ({exc.strerror or exc})",
+                soft_wrap=True,
+            )
         record.update(
             status="ok",
             duration=round(result.duration, 3),
@@ -460,7 +460,6 @@ def _separate_one(
         )
         err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     progress.remove_task(chunk_task)
-    progress.advance(files_task)
 
 
 def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -500,7 +499,6 @@ def _waiting(lock: Path, quiet: bool) -> None:
 
 
 def _report_skips(
-    path: Path,
     plan: planning.TrackPlan,
     record: dict[str, Any],
     counts: dict[str, int],
