@@ -23,6 +23,7 @@ from test_hub_server import (  # noqa: F401 - fixtures
 from sepcli.errors import DownloadError, IntegrityError, OfflineError, RegistryError
 from sepcli.hub import load_model, resolve_model, verify_models
 from sepcli.hub.cache import part_path
+from sepcli.progress import Progress
 
 pytestmark = pytest.mark.network
 
@@ -176,8 +177,10 @@ def test_progress_reports_bytes_up_to_the_total(file_server, hub_env, tmp_path):
     data = payload(200_000)
     url = file_server.add("/m.sepcli", data)
     reg = _registry(tmp_path, sepcli_entry("prog", url, data))
-    seen: list[tuple[int, int]] = []
-    resolve_model("prog", registry=reg, progress=lambda done, total: seen.append((done, total)))
+    events: list[Progress] = []
+    resolve_model("prog", registry=reg, progress=events.append)
+    assert {(e.task, e.unit, e.item) for e in events} == {("download", "bytes", "prog")}
+    seen = [(e.done, e.total) for e in events]
     assert seen[-1] == (len(data), len(data))
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
 

@@ -29,6 +29,8 @@ from sepcli.evaluation.runner import (
     evaluate_tracks,
     summary_from_dir,
 )
+from sepcli.inference.config import SeparatorConfig
+from sepcli.progress import Progress
 
 _STEM_ORDER = ("vocals", "accompaniment", "drums", "bass", "other")
 
@@ -81,18 +83,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     from sepcli.inference.separator import Separator
 
     archive = load_model(model, device=options["device"])
-    separator = Separator(
-        archive,
-        device=options["device"],
-        segment=options["segment"],
-        overlap=options["overlap"],
-        shifts=options["shifts"],
-        seed=options["seed"],
-        phase=options["phase"],
-        wiener_iters=options["wiener_iters"],
-        gl_iters=options["gl_iters"],
-        gl_init=options["gl_init"],
-    )
+    separator = Separator(archive, options["separator_config"], device=options["device"])
     return SeparatorEstimator(separator, label=model)
 
 
@@ -174,8 +165,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
 def evaluate(
     data: Path, subset: str, track_names: tuple[str, ...], model: str | None, estimates: Path | None,
     stems: str | None, out_dir: Path, metrics: str, filters_len: int, write_estimates: bool, samples: float | None,
-    device: str, segment: float | None, overlap: float | None, shifts: int, seed: int, phase: str | None,
-    wiener_iters: int, gl_iters: int, gl_init: str, as_json: bool, quiet: bool,
+    device: str, separator_config: SeparatorConfig, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Score separations of a dataset with BSSEval v4 (the numbers of museval v4).
 
@@ -193,19 +183,21 @@ def evaluate(
             )
         tracks = [t for t in tracks if t.name in track_names]
     stem_list = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
-    options = dict(device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed, phase=phase,
-                   wiener_iters=wiener_iters, gl_iters=gl_iters, gl_init=gl_init)  # fmt: skip
+    options = dict(device=device, separator_config=separator_config)
     estimator = _make_estimator(model, estimates, options)
     config = EvalConfig(metrics=metrics, stems=stem_list, filters_len=filters_len, samples=samples, write_estimates=write_estimates,
                         device=device if device != "auto" else "cpu")  # fmt: skip
 
-    def report(track, status: str, message: str | None) -> None:
+    def report(event: Progress) -> None:
+        status = event.info["status"]
         if status == "skipped":
-            err_console.print(f"[yellow]skipped[/] {track.name}: {message}", soft_wrap=True)
+            err_console.print(
+                f"[yellow]skipped[/] {event.item}: {event.info['message']}", soft_wrap=True
+            )
         elif not quiet:
-            err_console.print(f"{status} {track.name}", soft_wrap=True)
+            err_console.print(f"{status} {event.item}", soft_wrap=True)
 
-    result = evaluate_tracks(tracks, estimator, out_dir, config, on_track=report)
+    result = evaluate_tracks(tracks, estimator, out_dir, config, progress=report)
     if as_json:
         click.echo(json.dumps(result.summary, indent=1))
     elif not quiet:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from sepcli.cli.common import (
-    bars_shown,
-    err_console,
-    handle_errors,
-    out_console,
-    setup_logging,
-)
+from sepcli.cli.bars import download_bar
+from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
 from sepcli.errors import IntegrityError, ModelNotFoundError
 from sepcli.hub import (
     list_models,
@@ -69,22 +62,6 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(hub=_settings(ctx, cache_dir, offline, registries), **kwargs)
 
     return wrapper
-
-
-@contextlib.contextmanager
-def _download_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich download bar on stderr fed by the library's ``progress`` callback."""
-    with Progress(
-        TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=err_console, transient=True, disable=not bars_shown(),
-    ) as bar:  # fmt: skip
-        task = bar.add_task(label, total=None, start=False)
-
-        def update(done: int, total: int) -> None:
-            bar.start_task(task)
-            bar.update(task, completed=done, total=total or None)
-
-        yield update
 
 
 def _size(num: int | None) -> str:
@@ -237,7 +214,7 @@ def download_command(
 ) -> None:
     """Download NAMES into the cache (verified); prints 'NAME PATH' per model."""
     for name in names:
-        with _download_bar(name) as progress:
+        with download_bar() as progress:
             path = resolve_model(name, progress=progress, timeout=timeout, retries=retries, **hub)
         click.echo(f"{name} {path}")
 
@@ -247,7 +224,7 @@ def download_command(
 @_command
 def path_command(hub: dict[str, Any], name: str) -> None:
     """Print the local file of NAME on the last line (downloading it first if needed)."""
-    with _download_bar(name) as progress:
+    with download_bar() as progress:
         path = resolve_model(name, progress=progress, **hub)
     click.echo(str(path))
 
@@ -262,7 +239,7 @@ def path_command(hub: dict[str, Any], name: str) -> None:
 def verify_command(hub: dict[str, Any], names: tuple[str, ...], fix: bool, as_json: bool) -> None:
     """Re-hash cached models (NAMES, or all cached); corrupt files are deleted and,
     unless --no-fix, downloaded again. Exits 5 if a corrupt model remains."""
-    with _download_bar("repair") as progress:
+    with download_bar() as progress:
         results = verify_models(list(names) or None, fix=fix, progress=progress, **hub)
     if as_json:
         click.echo(json.dumps([{"name": r.name, "status": r.status, "path": str(r.path) if r.path else None,
@@ -332,7 +309,7 @@ def blend_command(hub: dict[str, Any], **options: Any) -> None:
     def load(member: str) -> Any:
         from sepcli.hub import load_model
 
-        with _download_bar(member) as progress:
+        with download_bar() as progress:
             return load_model(member, progress=progress, **hub)
 
     blend(load, **options)

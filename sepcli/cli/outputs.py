@@ -58,9 +58,10 @@ __all__ = [
 #: Hidden JSON file in each output folder: output file name -> how it was made.
 PROVENANCE_FILE = ".sepcli-run.json"
 _LOCK_SUFFIX = ".sepcli-lock"
-#: Temp files our writers create beside a target ``NAME``: ``.NAME.<8 hex>[.f32].tmp``
-#: (sepcli.audio) and ``.NAME.<8 random>.tmp`` (sepcli.atomic, mkstemp).
-_TEMP_TAIL = re.compile(r"\.[0-9a-z_]{8}(\.f32)?\.tmp$")
+#: Temp files our writers create beside a target ``NAME``:
+#: ``.NAME.sepcli-<8 hex>[.f32].tmp`` (:func:`sepcli.atomic.create_temp`), and
+#: ``.NAME.<8 hex or mkstemp chars>[.f32].tmp`` from sepcli 0.x before the mark.
+_TEMP_TAIL = re.compile(r"\.(sepcli-)?[0-9a-z_]{8}(\.f32)?\.tmp$")
 
 
 # ------------------------------------------------------------------ templates

@@ -11,16 +11,15 @@ import click
 import torch
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 
 from sepcli import atomic, audio
 from sepcli.cli import outputs as planning
+from sepcli.cli.bars import download_bar
 from sepcli.cli.common import (
     bars_shown,
     err_console,
@@ -97,21 +96,8 @@ def load_model_for_cli(
     kwargs: dict[str, Any] = {"cache_dir": cache_dir}
     if offline:
         kwargs["offline"] = True
-    with Progress(
-        TextColumn("downloading {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        disable=not bars_shown(quiet),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(model, total=None)
-
-        def on_bytes(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return load_model(model, device=device, progress=on_bytes, **kwargs)
+    with download_bar(quiet) as on_progress:
+        return load_model(model, device=device, progress=on_progress, **kwargs)
 
 
 @click.command()
@@ -183,13 +169,6 @@ def load_model_for_cli(
 @click.option(
     "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Chunks per forward pass.",
-)
 @click.option("--shard", default=None, help="K/N: process only the K-th of N slices of the inputs.")
 @click.option(
     "--report",
@@ -212,14 +191,7 @@ def separate(
     model,
     device,
     cuda,
-    segment,
-    overlap,
-    shifts,
-    seed,
-    phase,
-    wiener_iters,
-    gl_iters,
-    gl_init,
+    separator_config,
     fmt,
     bit_depth,
     clip,
@@ -228,7 +200,6 @@ def separate(
     recursive,
     force,
     threads,
-    batch_size,
     shard,
     report,
     cache_dir,
@@ -250,7 +221,7 @@ def separate(
         device = "cuda"
     check_template(template)
     try:
-        check_segment_seconds(segment)
+        check_segment_seconds(separator_config.segment_seconds)
     except ValueError as exc:
         raise UsageError(f"--segment: {exc}") from None
     shard_spec = parse_shard(shard)
@@ -297,19 +268,7 @@ def separate(
 
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
-    separator = Separator(
-        archive,
-        device=torch_device,
-        segment=segment,
-        overlap=overlap,
-        shifts=shifts,
-        seed=seed,
-        batch_size=batch_size,
-        phase=phase,
-        wiener_iters=wiener_iters,
-        gl_iters=gl_iters,
-        gl_init=gl_init,
-    )
+    separator = Separator(archive, separator_config, device=torch_device)
     try:
         recipes = separator.stems(stem_list)
     except UsageError as exc:
@@ -323,17 +282,12 @@ def separate(
         "clip": clip,
         "out_channels": out_channels,
     }
+    settings = separator_config.to_dict()
+    settings.pop("batch_size", None)  # how chunks are batched does not change the stems
     identity = _run_identity(
         archive,
         {
-            "segment": segment,
-            "overlap": overlap,
-            "shifts": shifts,
-            "seed": seed,
-            "phase": phase,
-            "wiener_iters": wiener_iters,
-            "gl_iters": gl_iters,
-            "gl_init": gl_init,
+            **settings,
             "format": fmt,
             "bit_depth": int(bit_depth),
             "clip": clip,

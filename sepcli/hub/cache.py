@@ -14,13 +14,14 @@ the old file is never reused.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import platformdirs
+
+from sepcli.hashing import sha256_file  # re-exported: hub users hash with it
 
 if TYPE_CHECKING:
     from sepcli.hub.registry import ModelEntry
@@ -34,8 +35,6 @@ __all__ = [
     "sha256_file",
     "file_lock",
 ]
-
-CHUNK = 1 << 20
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -68,15 +67,6 @@ def entry_path(root: Path, entry: ModelEntry) -> Path:
 
 def part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -16,18 +16,19 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sepcli.errors import ArchiveError, ModelNotFoundError, OfflineError, RegistryError
+from sepcli.errors import ModelNotFoundError, OfflineError, RegistryError
+from sepcli.hashing import sha256_file
 from sepcli.hub.cache import (
     cache_root,
     entry_dir,
     entry_path,
     file_lock,
     model_root,
-    sha256_file,
 )
-from sepcli.hub.download import Progress, download_file
+from sepcli.hub.download import download_file
 from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
 from sepcli.hub.transport import HttpSettings
+from sepcli.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
     from sepcli.models.archive import Archive
@@ -101,39 +102,18 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
-    """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
-    (``{target: path}`` in output order) and the entry's preset."""
-    import torch
-
-    from sepcli.models.archive import save_archive
-    from sepcli.models.openunmix_import import convert
-
-    state_dicts = {}
-    for target, path in files.items():
-        try:
-            state_dicts[target] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch's unpickler raises many types
-            raise ArchiveError(
-                f"{path}: not an Open-Unmix state dict ({type(exc).__name__})"
-            ) from None
-    module, metadata = convert(
-        state_dicts, dict(entry.preset), name=entry.name, licence=entry.licence,
-        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
-        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
-    )  # fmt: skip
-    save_archive(module, metadata, dest)
-
-
-def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progress | None) -> Path:
+def _fill(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
-    total = entry.size or 0
+    total = entry.size or None
 
-    def files_progress(base: int) -> Progress | None:
+    def files_progress(base: int) -> ProgressFn | None:
         if progress is None:
             return None
-        return lambda done, _size: progress(base + done, total)
+        # bytes of the whole entry, named by the model (an entry may have several files)
+        return lambda p: progress(Progress("download", base + p.done, total, "bytes", entry.name))
 
     if entry.format == "sepcli":
         download_file(
@@ -150,7 +130,15 @@ def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progr
         base += spec.size or 0
         assert spec.target is not None
         paths[spec.target] = path
-    _convert_openunmix(entry, paths, dest)
+    from sepcli.models.archive import save_archive  # torch loads only when a model does
+    from sepcli.models.openunmix_import import convert_files
+
+    module, metadata = convert_files(
+        paths, dict(entry.preset), name=entry.name, licence=entry.licence,
+        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
+        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
     sidecar = _sidecar(dest)
     sidecar.write_text(sha256_file(dest) + "\n")
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
@@ -163,7 +151,7 @@ def ensure_model(
     *,
     offline: bool = False,
     settings: HttpSettings | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Local path of ``entry``, downloading it first when missing (unless offline)."""
     if entry.builtin is not None:
@@ -204,7 +192,7 @@ def resolve_model(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     timeout: float | None = None,
     retries: int | None = None,
 ) -> Path:
@@ -216,7 +204,9 @@ def resolve_model(
     * any other name is looked up in the registry and downloaded into the cache
       on first use (never when ``offline``, or ``SEPCLI_OFFLINE=1``).
 
-    ``progress(downloaded_bytes, total_bytes)`` is called while downloading;
+    ``progress`` gets :class:`~sepcli.progress.Progress` events (task ``download``,
+    bytes, ``item`` the model name) while downloading, none for a file that is
+    already local (a path, the packaged default, a cached model);
     ``timeout`` (seconds without data) and ``retries`` default to
     ``SEPCLI_TIMEOUT`` / ``SEPCLI_RETRIES``.
 
@@ -333,7 +323,7 @@ def verify_models(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[VerifyResult]:
     """Re-hash cached models (``names``, or every cached one) against the registry.
 

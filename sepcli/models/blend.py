@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sepcli.errors import UsageError
+from sepcli.hashing import sha256_file
 from sepcli.models.archive import Archive
 from sepcli.models.build import export_archive
 from sepcli.models.ensemble import Ensemble
@@ -52,7 +53,7 @@ def blend_archives(
     """An :class:`Ensemble` of loaded archives.
 
     Args:
-        archives: two or more members (any family; same rate and channels).
+        archives: two or more members (any family and sample rate; same channels).
         sources: blended stems; default every member stem, in first-seen order.
         weights: per stem, one weight per member (missing stems: equal weights
             over the members that output them).
@@ -61,13 +62,9 @@ def blend_archives(
     """
     if len(archives) < 2:
         raise UsageError("a blend needs at least two member archives")
-    formats = {(a.metadata.sample_rate, a.metadata.audio_channels) for a in archives}
-    if len(formats) > 1:
-        each = ", ".join(
-            f"{a.metadata.name} ({a.metadata.sample_rate} Hz, {a.metadata.audio_channels} ch)"
-            for a in archives
-        )
-        raise UsageError(f"members must share sample rate and channels: {each}")
+    if len({a.metadata.audio_channels for a in archives}) > 1:
+        each = ", ".join(f"{a.metadata.name} ({a.metadata.audio_channels} ch)" for a in archives)
+        raise UsageError(f"members must share their channel count: {each}")
     if sources is None:
         sources = list(dict.fromkeys(s for a in archives for s in a.metadata.sources))
     sources = list(sources)
@@ -94,8 +91,6 @@ def export_blend(
     The recommended chunk ``overlap`` is the largest any member recommends (a
     member whose edges need a long crossfade still gets it).
     """
-    from sepcli.hub.cache import sha256_file  # as openunmix_import: hub hashes model files
-
     bag = blend_archives(archives, sources, weights, wiener)
     metas = [a.metadata for a in archives]
     rows = [[float(w) for w in row] for row in bag.config.weights]
