@@ -222,19 +222,27 @@ def test_impossible_segment_is_one_line_usage_error(tmp_path, tiny_wave_archive,
     assert not (tmp_path / "o").exists()
 
 
-def test_segment_cap_helpers():
-    from sepcli.inference.limits import (
-        MAX_SEGMENT_SECONDS,
-        cap_segment_samples,
-        check_segment_seconds,
-    )
+def test_segment_bound_and_cap():
+    import torch
 
-    check_segment_seconds(None)
-    check_segment_seconds(MAX_SEGMENT_SECONDS)
-    with pytest.raises(ValueError):
-        check_segment_seconds(MAX_SEGMENT_SECONDS + 1)
-    assert cap_segment_samples(441000, 44100 * 3) == 44100 * 3
-    assert cap_segment_samples(441000, None) == 441000
+    from sepcli.errors import UsageError
+    from sepcli.inference.chunking import StreamingOverlapAdd
+    from sepcli.inference.config import MAX_SEGMENT_SECONDS, SeparatorConfig
+
+    SeparatorConfig(segment_seconds=None)
+    SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS)
+    with pytest.raises(UsageError, match="longer than"):
+        SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS + 1)
+    # a chunk longer than the track is capped at the track: the model sees 3 s, not 10
+    seen = []
+
+    def fn(batch):
+        seen.append(batch.shape[-1])
+        return batch[:, None]
+
+    engine = StreamingOverlapAdd(fn, channels=1, num_sources=1, segment=441000, context=88200)
+    engine.push(torch.zeros(1, 44100 * 3))
+    assert engine.finish().shape[-1] == 44100 * 3 and seen == [44100 * 3]
 
 
 # ---------------------------------------------------------------- item 10: exit codes

@@ -28,7 +28,6 @@ from sepcli.cli.common import (
     setup_logging,
 )
 from sepcli.errors import SepcliError, UsageError
-from sepcli.inference.limits import check_segment_seconds
 from sepcli.inference.separator import Separator, resolve_device, track_name
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
@@ -220,10 +219,6 @@ def separate(
     if cuda:
         device = "cuda"
     check_template(template)
-    try:
-        check_segment_seconds(separator_config.segment_seconds)
-    except ValueError as exc:
-        raise UsageError(f"--segment: {exc}") from None
     shard_spec = parse_shard(shard)
     if report is not None:
         if report.is_dir():
