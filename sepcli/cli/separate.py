@@ -265,10 +265,12 @@ def separate(
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     separator = Separator(archive, separator_config, device=torch_device)
     try:
-        recipes = separator.stems(stem_list)
+        stem_plan = separator.plan(stem_list)
     except UsageError as exc:
         raise UsageError(f"{exc}{_models_hint(stem_list, cache_dir, offline)}") from None
-    stem_names = [r.name for r in recipes]
+    if stem_plan.note and not quiet:
+        err_console.print(f"note: {stem_plan.note}", soft_wrap=True)
+    stem_names = [r.name for r in stem_plan.recipes]
     model_name = archive.metadata.name
     out_channels = None if channels == "auto" else int(channels)
     encoding = {
