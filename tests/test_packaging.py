@@ -20,7 +20,7 @@ TRANSITIVE = {"urllib3"}
 
 
 def _third_party_imports() -> set[str]:
-    stdlib = set(sys.stdlib_module_names)
+    stdlib = set(sys.stdlib_module_names) | {"tomllib"}  # 3.11+; tomli before
     found: set[str] = set()
     for path in (REPO / "sepcli").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
