@@ -7,6 +7,7 @@ Public entry points (re-exported by :mod:`sepcli.hub`): :func:`resolve_model`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -145,6 +146,42 @@ def _fill(
     return dest
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folder: Path, new_folders: list[Path]) -> None:
+    """After a failed download (lock held): leave the cache as it was found.
+
+    When ``folder`` holds nothing but its lock file (and an empty ``src/``), the
+    lock file is deleted, then ``folder`` and the parents this call created, as
+    long as they are empty. A partial download (``.part`` with bytes) is kept for
+    resuming, and with it the folder and the lock.
+    """
+    src = folder / "src"
+    with contextlib.suppress(OSError):
+        src.rmdir()
+    try:
+        left = {p.name for p in folder.iterdir()}
+    except OSError:
+        return
+    if left - {".lock"}:
+        return
+    (folder / ".lock").unlink(missing_ok=True)  # waiters see the unlinked file and retry
+    for path in [folder, *new_folders]:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: another model lives there
+            break
+
+
 def ensure_model(
     entry: ModelEntry,
     root: Path,
@@ -170,10 +207,16 @@ def ensure_model(
             f"model {entry.name!r}: the registry has no full SHA-256 for {missing}; refusing an "
             "unverifiable download (add the hashes with an extra registry, see docs/pretrained.md)"
         )
-    with file_lock(entry_dir(root, entry) / ".lock"):
+    folder = entry_dir(root, entry)
+    new_folders = _missing_folders(folder)
+    with file_lock(folder / ".lock"):
         if _is_cached(entry, dest):  # another process finished it while we waited
             return dest
-        return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        try:
+            return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        except BaseException:
+            _remove_if_empty(folder, new_folders)
+            raise
 
 
 def open_registry(
