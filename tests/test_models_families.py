@@ -86,6 +86,7 @@ def test_families_listed():
         "umx",
         "tfc-tdf",
         "waveform",
+        "htdemucs",
         "bs-roformer",
         "mel-roformer",
         "mdx23c",
@@ -93,7 +94,10 @@ def test_families_listed():
     )
 
 
-@pytest.mark.parametrize("family", ["umx", "tfc-tdf", "waveform", "ensemble"])
+@pytest.mark.parametrize(
+    "family",
+    ["umx", "tfc-tdf", "waveform", "htdemucs", "bs-roformer", "mel-roformer", "mdx23c", "ensemble"],
+)
 def test_config_json_round_trip(family):
     cfg = reference_config(family)
     text = json.dumps(cfg.to_dict())

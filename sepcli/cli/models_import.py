@@ -26,9 +26,10 @@ _MSST_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c")
 
 @click.command("import")
 @click.option(
-    "--format", "fmt", type=click.Choice(["openunmix", "msst"]), required=True,
-    help="Format of the SOURCES: 'openunmix', or 'msst' (a Music-Source-Separation-"
-    "Training / UVR checkpoint with its --config YAML).",
+    "--format", "fmt", type=click.Choice(["openunmix", "demucs", "msst"]), required=True,
+    help="Format of the SOURCES: 'openunmix' (model folders or TARGET=FILE.pth), "
+    "'demucs' (one HT-Demucs FILE.th, or a bag BAG.yaml with its members beside it) or "
+    "'msst' (one Music-Source-Separation-Training / UVR MODEL.ckpt with --config MODEL.yaml).",
 )  # fmt: skip
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @archive_output_options
@@ -64,17 +65,20 @@ def import_command(
     name: str | None,
     force: bool,
 ) -> None:
-    """Import published weights as one sepcli archive.
+    """Import Open-Unmix, Demucs v4 or MSST (RoFormer, MDX23C) weights as one sepcli archive.
 
-    \b
-    --format msst: SOURCE is one checkpoint (MODEL.ckpt) of ZFTurbo's
-    Music-Source-Separation-Training, as UVR and audio-separator use them, with
-    its YAML given by --config: BS-RoFormer, Mel-Band RoFormer or MDX23C. The
-    archive runs with the published chunking (recipe "mdxc").
-
-    --format openunmix: a SOURCE is an Open-Unmix model folder (<target>.json + <target>.pth, and
+    Open-Unmix: a SOURCE is a model folder (<target>.json + <target>.pth, and
     optionally separator.json, as its training writes them) or TARGET=FILE.pth,
     a bare state dict of one target (with --preset umxhq|umx|umxl|umxse).
+
+    Demucs: one SOURCE, an HT-Demucs checkpoint SIG-HASH.th (read without
+    running code from it) or a bag YAML (models, weights, segment) with its
+    members' .th files beside it. The archive keeps Demucs' own chunking.
+
+    MSST: one SOURCE, a checkpoint MODEL.ckpt of ZFTurbo's Music-Source-
+    Separation-Training as UVR and audio-separator use them, with its YAML given
+    by --config: BS-RoFormer, Mel-Band RoFormer or MDX23C. The archive keeps
+    their published chunking (recipe "mdxc").
 
     \b
     Examples:
@@ -84,14 +88,24 @@ def import_command(
       sepcli models import --format openunmix --preset umxhq \\
           vocals=vocals-b62c91ce.pth drums=drums-9619578f.pth \\
           bass=bass-8d85a5bd.pth other=other-b52fbbf7.pth -o umxhq.sepcli
+      sepcli models import --format demucs 955717e8-8726e21a.th -o htdemucs.sepcli
+      sepcli models import --format demucs htdemucs_ft.yaml -o htdemucs_ft.sepcli
     """
     setup_logging()
     refuse_existing(output, force)
+    if fmt != "msst" and (config_path is not None or model_type is not None or licence):
+        raise UsageError("--config, --model-type and --licence apply to --format msst only")
     if fmt == "msst":
         path = _import_msst(sources, output, preset, config_path, model_type, licence, name)
+    elif fmt == "demucs":
+        if len(sources) != 1:
+            raise UsageError("--format demucs takes one SOURCE (FILE.th or BAG.yaml)")
+        if preset is not None:
+            raise UsageError("--preset applies to --format openunmix only")
+        from sepcli.models.demucs_import import import_demucs_archive
+
+        path = import_demucs_archive(sources[0], output, name=name)
     else:
-        if config_path is not None or model_type is not None or licence is not None:
-            raise UsageError("--config, --model-type and --licence are for --format msst")
         from sepcli.models.openunmix_import import import_openunmix_archive
 
         path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
@@ -115,7 +129,7 @@ def _import_msst(
     name: str | None,
 ) -> Path:
     if preset is not None:
-        raise UsageError("--preset is for --format openunmix")
+        raise UsageError("--preset applies to --format openunmix only")
     if config_path is None:
         raise UsageError("--format msst needs --config MODEL.yaml")
     if len(sources) != 1:

@@ -117,6 +117,15 @@ FAMILY_TABLE: tuple[Family, ...] = (
         summary="Demucs-style waveform U-Net (Défossez et al., 2019)",
     ),
     Family(
+        "htdemucs",
+        "sepcli.models.htdemucs:HTDemucsConfig",
+        "sepcli.models.htdemucs:HTDemucs",
+        output="waveform",
+        reference="sepcli.models.htdemucs:reference_config",
+        recipe="demucs",
+        summary="Hybrid Transformer Demucs, Demucs v4 (Rouard et al., ICASSP 2023)",
+    ),
+    Family(
         "bs-roformer",
         "sepcli.models.bs_roformer:BSRoformerConfig",
         "sepcli.models.bs_roformer:BSRoformer",
