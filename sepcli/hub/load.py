@@ -149,7 +149,23 @@ def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> No
     save_archive(module, metadata, dest)
 
 
-_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs}
+def _convert_msst(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from a verified MSST YAML (``config``) and
+    checkpoint (``checkpoint``), of the entry's ``model_type`` (or the YAML's)."""
+    from sepcli.models.archive import save_archive
+    from sepcli.models.msst_import import import_msst
+
+    module, metadata = import_msst(
+        files["config"], files["checkpoint"], model_type=entry.raw.get("model_type"),
+        name=entry.name, licence=entry.licence, training_data=entry.training_data,
+        description=entry.description or None, scores=dict(entry.scores),
+    )  # fmt: skip
+    registry = {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}
+    metadata = metadata.replace(extra={**metadata.extra, "registry": registry})
+    save_archive(module, metadata, dest)
+
+
+_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs, "msst": _convert_msst}
 
 
 def _fill(

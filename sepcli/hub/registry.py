@@ -63,7 +63,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-FORMATS = ("sepcli", "openunmix", "demucs")
+FORMATS = ("sepcli", "openunmix", "demucs", "msst")
+#: MSST model types an ``msst`` entry may name (``model_type``).
+MSST_MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -241,6 +243,15 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
             names = [getattr(f, key) for f in files]
             if len(set(names)) != len(names):
                 raise _fail(where, f"files have duplicate {key}s: {names}")
+        if fmt == "msst":
+            targets = sorted(f.target or "" for f in files)
+            if targets != ["checkpoint", "config"]:
+                raise _fail(
+                    where, f"an msst entry has files 'config' and 'checkpoint', got {targets}"
+                )
+            model_type = data.get("model_type")
+            if model_type is not None and model_type not in MSST_MODEL_TYPES:
+                raise _fail(where, f"model_type must be one of {list(MSST_MODEL_TYPES)}")
     preset = data.get("preset", {})
     scores = data.get("scores", {})
     if not isinstance(preset, Mapping) or not isinstance(scores, Mapping):

@@ -88,7 +88,8 @@ _ROFORMER_USED = {
     "mlp_expansion_factor", "skip_connection",
 }  # fmt: skip
 _BS_USED = _ROFORMER_USED | {"freqs_per_bands", "linear_transformer_depth"}
-_MEL_USED = _ROFORMER_USED | {"num_bands", "sample_rate"}
+# linear_transformer_depth: 0 appears in some Mel-Band YAMLs (ZFTurbo's); it must be 0
+_MEL_USED = _ROFORMER_USED | {"num_bands", "sample_rate", "linear_transformer_depth"}
 _MDX23C_USED = {
     "act", "bottleneck_factor", "growth", "norm", "num_blocks_per_scale", "num_channels",
     "num_scales", "num_subbands", "scale",
@@ -234,6 +235,11 @@ def _roformer_config(
         raise ArchiveError(
             f"{where}: skip_connection: true is not supported (audio-separator 0.47.1 ignores "
             "it while MSST sums earlier blocks' outputs; the two disagree)"
+        )
+    if mel and model.get("linear_transformer_depth", 0):
+        raise ArchiveError(
+            f"{where}: linear_transformer_depth > 0 is a BS-RoFormer setting; the Mel-Band "
+            "RoFormer reference has no linear attention"
         )
     if not mel and model.get("stft_normalized"):
         raise ArchiveError(
