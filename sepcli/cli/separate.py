@@ -121,7 +121,8 @@ def load_model_for_cli(
     "--model",
     default="default",
     show_default=True,
-    help="Registry name or path of a .sepcli archive.",
+    help="Registry name or path of a .sepcli archive; '-m best' is the best published "
+    "models per stem (a 1.2 GB download, once), 'sepcli models list' shows the others.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
@@ -210,6 +211,7 @@ def separate(
     \b
     Examples:
       sepcli separate song.mp3 --stems vocals,accompaniment
+      sepcli separate song.mp3 -m best      # best quality: RoFormer vocals, HT-Demucs drums/bass/other
       sepcli separate ~/Music/album/ -o stems/ --format flac
       sepcli separate library/ -r --shard $((SLURM_ARRAY_TASK_ID+1))/16 --report shard.json
     """
