@@ -6,9 +6,12 @@ class to a one-line message and an exit code (see :data:`EXIT_CODES`).
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "SepcliError",
     "UsageError",
+    "ConfigError",
     "AudioError",
     "AudioDecodeError",
     "AudioEncodeError",
@@ -23,6 +26,7 @@ __all__ = [
     "TrainingError",
     "EXIT_CODES",
     "exit_code_for",
+    "os_error_reason",
 ]
 
 
@@ -32,6 +36,17 @@ class SepcliError(Exception):
 
 class UsageError(SepcliError):
     """An option or argument value that cannot work (unknown stem, bad shard...)."""
+
+
+class ConfigError(SepcliError, ValueError):
+    """A model config or DSP parameter that cannot work (unknown family, negative
+    iterations, momentum out of range...).
+
+    Raised by library code below the CLI (configs, DSP, model constructors) in
+    place of :class:`UsageError`, which names a bad option or argument of a
+    command. Also a ``ValueError``, so plain Python callers can catch it as one.
+    The CLI maps it to the same exit code as :class:`UsageError` (2).
+    """
 
 
 class AudioError(SepcliError):
@@ -86,6 +101,7 @@ class TrainingError(SepcliError):
 #: convention), 130 = interrupted (Ctrl-C).
 EXIT_CODES: dict[type[SepcliError], int] = {
     UsageError: 2,
+    ConfigError: 2,
     AudioError: 3,
     ArchiveError: 4,
     ModelNotFoundError: 4,
@@ -105,3 +121,20 @@ def exit_code_for(error: BaseException) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return 1
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "is a folder",
+    errno.ENOTDIR: "a parent is not a folder",
+}
+
+
+def os_error_reason(e: OSError) -> str:
+    """A few words for an ``OSError`` in a one-line message ("disk full", "permission denied")."""
+    return _OS_REASONS.get(e.errno or 0) or e.strerror or str(e) or type(e).__name__

@@ -16,6 +16,7 @@ import torch
 
 from sepcli.dsp.stft import stft
 from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
+from sepcli.progress import Progress, ProgressFn
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -47,6 +48,16 @@ def musdb_stems(path: Path, seconds: float) -> torch.Tensor:
     n = int(round(seconds * 44100))
     stems = [load_audio(path, stream=k)[0][:, :n] for k in (1, 2, 3, 4)]
     return torch.from_numpy(np.ascontiguousarray(np.stack(stems)))
+
+
+def collect_losses(into: list[float]) -> ProgressFn:
+    """A training ``progress`` callback that appends the loss of every step to ``into``."""
+
+    def collect(event: Progress) -> None:
+        if event.task == "train" and event.done:
+            into.append(event.info["loss"])
+
+    return collect
 
 
 def make_tone(

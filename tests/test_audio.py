@@ -20,7 +20,7 @@ from conftest import make_tone, write_wav
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sepcli import audio
+from sepcli import atomic, audio
 from sepcli.audio import (
     AUDIO_SUFFIXES,
     FFMPEG_SUFFIXES,
@@ -28,6 +28,7 @@ from sepcli.audio import (
     AudioWriter,
     StreamResampler,
     convert_channels,
+    encode,
     find_audio_files,
     is_audio_file,
     load_audio,
@@ -309,7 +310,7 @@ def test_disk_full_while_streaming_leaves_nothing(tmp_path, monkeypatch):
     def full(fh, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audio, "_write_bytes", full)
+    monkeypatch.setattr(encode, "_write_bytes", full)
     with pytest.raises(AudioEncodeError, match="disk full") as err:
         with AudioWriter(target, 8000, 2) as w:
             w.write(make_tone(0.1, 8000, 2))
@@ -346,7 +347,7 @@ def test_unwritable_destination_is_a_typed_error(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(audio, "_new_temp", denied)
+    monkeypatch.setattr(atomic, "create_temp", denied)
     with pytest.raises(AudioEncodeError, match="permission denied"):
         write_audio(tmp_path / "x.wav", np.zeros((1, 4), np.float32), 8000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
@@ -378,7 +379,7 @@ def test_writer_rejects_wrong_block_shape(tmp_path):
 
 
 def test_huge_wav_switches_to_rf64(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "_WAV_LIMIT_BYTES", 100)
+    monkeypatch.setattr(encode, "_WAV_LIMIT_BYTES", 100)
     x = make_tone(0.1, 8000, 2)
     write_audio(tmp_path / "big.wav", x, 8000, bit_depth=32)
     assert sf.info(str(tmp_path / "big.wav")).format == "RF64"

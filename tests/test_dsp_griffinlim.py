@@ -11,7 +11,7 @@ from conftest import musdb_stems
 
 from sepcli.dsp.griffinlim import griffin_lim, initial_phase, misi, spectral_convergence
 from sepcli.dsp.stft import istft, stft
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,11 +181,11 @@ def test_bad_arguments():
     src = sources()
     mags = stft(src, N_FFT, HOP).abs()
     length = src.shape[-1]
-    with pytest.raises(UsageError, match="init"):
+    with pytest.raises(ConfigError, match="init"):
         griffin_lim(mags, N_FFT, HOP, length, 1, "zeros")
-    with pytest.raises(UsageError, match="mixture spectrogram"):
+    with pytest.raises(ConfigError, match="mixture spectrogram"):
         griffin_lim(mags, N_FFT, HOP, length, 1, "mixture")
-    with pytest.raises(UsageError, match="momentum"):
+    with pytest.raises(ConfigError, match="momentum"):
         griffin_lim(mags, N_FFT, HOP, length, 1, "random", momentum=1.0)
     with pytest.raises(ValueError, match="frames"):
         griffin_lim(mags, N_FFT, HOP, length + HOP, 1, "random")

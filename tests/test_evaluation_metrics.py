@@ -140,9 +140,25 @@ def test_solve_falls_back_from_cholesky_and_keeps_threads() -> None:
     spd = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
     expected = np.linalg.solve(spd.numpy(), rhs.numpy())
     np.testing.assert_allclose(_solve(spd, rhs).numpy(), expected, rtol=1e-12)
-    torch.set_num_threads(2)  # the chunked loops run on one thread, then restore it
+    torch.set_num_threads(2)
     refs, ests = _signals(2, 1, 3000)
     bss_eval_v4(torch.from_numpy(refs), torch.from_numpy(ests), 1000, 1000, 16)
+    assert torch.get_num_threads() == 2
+
+
+def test_scoring_never_changes_the_process_wide_torch_threads(monkeypatch) -> None:
+    # torch's intra-op thread count is process-wide: library code on worker
+    # threads must not set it, even temporarily
+    torch.set_num_threads(2)
+
+    def refuse(n: int) -> None:
+        raise AssertionError(f"bss_eval_v4 called torch.set_num_threads({n})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    refs, ests = _signals(3, 2, 9100, seed=5)
+    tiled = _ours(refs, ests, 2000, 2000, filters_len=32)  # two worker threads
+    overlapping = _ours(refs, ests, 2000, 1000, filters_len=32)
+    assert np.isfinite(tiled).all() and np.isfinite(overlapping).all()
     assert torch.get_num_threads() == 2
 
 

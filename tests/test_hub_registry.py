@@ -146,7 +146,10 @@ def test_unknown_name_lists_close_matches_and_known_names(hub_env):
         resolve_model("umxh")
     message = str(info.value)
     assert "did you mean umxhq" in message
-    assert "known models: default, htdemucs, htdemucs_6s, htdemucs_ft, umxhq, umxl" in message
+    assert (
+        "known models: best, bs-roformer-viperx, default, htdemucs, htdemucs_6s, htdemucs_ft, "
+        "mdx23c-instvoc-hq, mel-roformer-kim, umxhq, umxl"
+    ) in message
     with pytest.raises(ModelNotFoundError, match="did you mean umxhq"):
         resolve_model("UMXHQ")
 

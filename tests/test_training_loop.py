@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tone, write_wav
+from conftest import collect_losses, make_tone, write_wav
 
 from sepcli.errors import TrainingError
 from sepcli.models.archive import ArchiveMetadata, load_archive, probe_archive
@@ -88,7 +88,7 @@ def test_loss_goes_down_and_run_folder_is_complete(data_root, tmp_path):
     cfg = config_for(data_root, tmp_path / "run", epochs=4, name="tiny-vocals")
     result = train(
         cfg,
-        callback=lambda e, i: losses.append(i["loss"]) if e == "step" else None,
+        progress=collect_losses(losses),
         model_factory=tiny_factory,
     )
     assert len(losses) == 12
@@ -129,7 +129,7 @@ def step_losses(root: Path, out: Path, epochs: int, resume: bool = False, **kw) 
         resume=resume,
         model_factory=tiny_factory,
         export=False,
-        callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None,
+        progress=collect_losses(seen),
     )
     return seen
 
@@ -331,9 +331,7 @@ def test_umx_trains_on_the_losses_of_what_separate_writes(data_root, tmp_path, l
         valid="none",
         model_config=FAMILY_CONFIGS["umx"][0],
     )
-    result = train(
-        cfg, export=False, callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None
-    )
+    result = train(cfg, export=False, progress=collect_losses(seen))
     assert len(seen) == 12 and all(math.isfinite(x) for x in seen)
     first, last = sum(seen[:3]) / 3, sum(seen[-3:]) / 3
     if loss == "sdr":  # dB: at least 1 dB better

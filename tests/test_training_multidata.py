@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tone, write_wav
+from conftest import collect_losses, make_tone, write_wav
 from test_training_loop import TinyNet
 
 from sepcli.audio import resample
@@ -254,7 +254,7 @@ def test_resume_is_exact_with_two_roots(roots, tmp_path):
             resume=resume,
             model_factory=tiny_factory,
             export=False,
-            callback=lambda e, i: seen.append(i["loss"]) if e == "step" else None,
+            progress=collect_losses(seen),
         )
         return seen
 
@@ -278,7 +278,7 @@ def test_validation_uses_the_chosen_roots(roots, tmp_path):
         result = train(
             cfg,
             model_factory=tiny_factory,
-            callback=lambda e, i: counts.append(i["tracks"]) if e == "validate" else None,
+            progress=lambda p: counts.append(p.total) if p.task == "validate" else None,
         )
         return counts, result.archive
 
@@ -406,7 +406,7 @@ def test_real_musdb_and_mir1k_together(shared_data, tmp_path):
     assert clip.sample_rate == 44100 and clip.sources["vocals"].shape[0] == 2
     assert abs(clip.length - seconds * 44100) <= 1
     steps: list[float] = []
-    result = train(cfg, callback=lambda e, i: steps.append(i["loss"]) if e == "step" else None)
+    result = train(cfg, progress=collect_losses(steps))
     assert len(steps) == 2 and all(np.isfinite(steps))
     meta = read_metadata(result.archive)
     assert MUSDB_LICENCE in meta.licence and MIR1K_LICENCE in meta.licence

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import collect_losses
 
 from sepcli.models.archive import load_archive
 from sepcli.training import TrainConfig, build_run_model, train
@@ -58,11 +59,7 @@ def tiny_umx(root: Path, out: Path, epochs: int) -> TrainConfig:
 def test_tiny_umx_on_real_tracks(musdb_subset, tmp_path):
     steps: list[float] = []
 
-    def record(event, info):
-        if event == "step":
-            steps.append(info["loss"])
-
-    straight = train(tiny_umx(musdb_subset, tmp_path / "a", 3), callback=record)
+    straight = train(tiny_umx(musdb_subset, tmp_path / "a", 3), progress=collect_losses(steps))
     assert straight.history[-1]["valid"] is not None  # validated on the musdb validation track
     assert straight.archive is not None and straight.archive.is_file()
 
@@ -88,7 +85,7 @@ def test_tiny_umx_on_real_tracks(musdb_subset, tmp_path):
         tiny_umx(musdb_subset, tmp_path / "b", 3),
         resume=True,
         export=False,
-        callback=lambda e, i: resumed_steps.append(i["loss"]) if e == "step" else None,
+        progress=collect_losses(resumed_steps),
     )
     assert resumed_steps == steps[6:9]
 

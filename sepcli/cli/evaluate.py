@@ -30,6 +30,7 @@ from sepcli.evaluation.runner import (
     summary_from_dir,
 )
 from sepcli.inference.config import SeparatorConfig
+from sepcli.progress import Progress
 
 _STEM_ORDER = ("vocals", "accompaniment", "drums", "bass", "other")
 
@@ -187,13 +188,16 @@ def evaluate(
     config = EvalConfig(metrics=metrics, stems=stem_list, filters_len=filters_len, samples=samples, write_estimates=write_estimates,
                         device=device if device != "auto" else "cpu")  # fmt: skip
 
-    def report(track, status: str, message: str | None) -> None:
+    def report(event: Progress) -> None:
+        status = event.info["status"]
         if status == "skipped":
-            err_console.print(f"[yellow]skipped[/] {track.name}: {message}", soft_wrap=True)
+            err_console.print(
+                f"[yellow]skipped[/] {event.item}: {event.info['message']}", soft_wrap=True
+            )
         elif not quiet:
-            err_console.print(f"{status} {track.name}", soft_wrap=True)
+            err_console.print(f"{status} {event.item}", soft_wrap=True)
 
-    result = evaluate_tracks(tracks, estimator, out_dir, config, on_track=report)
+    result = evaluate_tracks(tracks, estimator, out_dir, config, progress=report)
     if as_json:
         click.echo(json.dumps(result.summary, indent=1))
     elif not quiet:

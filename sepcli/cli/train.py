@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bars
 
 from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
 from sepcli.models.families import TRAINABLE_FAMILIES
+from sepcli.progress import Progress
 
 
 @click.command("train")
@@ -177,7 +179,7 @@ def train(
     config = apply_overrides(config, given, where="command line")
     config = apply_overrides(config, parse_set(sets), where="--set")
 
-    with Progress(
+    with Bars(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -189,27 +191,28 @@ def train(
     ) as progress:
         tasks: dict[str, Any] = {}
 
-        def data_progress(done: int, total: int, name: str) -> None:
-            if "data" not in tasks:
-                tasks["data"] = progress.add_task("decoding", total=total, info="")
-            progress.update(tasks["data"], completed=done, total=total, info=name[:40])
-
-        def callback(event: str, info: dict[str, Any]) -> None:
-            if event == "epoch_start":
-                if "data" in tasks:
-                    progress.remove_task(tasks.pop("data"))
-                tasks["epoch"] = progress.add_task(
-                    f"epoch {info['epoch']}", total=info["steps"], info=""
-                )
-            elif event == "step":
+        def show(event: Progress) -> None:
+            if event.task == "decode":
+                if "data" not in tasks:
+                    tasks["data"] = progress.add_task("decoding", total=event.total, info="")
                 progress.update(
-                    tasks["epoch"], completed=info["step"], info=f"loss {info['loss']:.4g}"
+                    tasks["data"], completed=event.done, total=event.total, info=event.item[:40]
                 )
-            elif event == "validate":
-                progress.update(tasks["epoch"], info=f"validating on {info['tracks']} tracks")
-            elif event == "epoch_end":
+            elif event.task == "train":
+                if event.done == 0:  # an epoch starts
+                    if "data" in tasks:
+                        progress.remove_task(tasks.pop("data"))
+                    tasks["epoch"] = progress.add_task(event.item, total=event.total, info="")
+                else:
+                    progress.update(
+                        tasks["epoch"], completed=event.done, info=f"loss {event.info['loss']:.4g}"
+                    )
+            elif event.task == "validate":
+                progress.update(tasks["epoch"], info=f"validating on {event.total} tracks")
+            elif event.task == "epoch":
                 progress.remove_task(tasks.pop("epoch"))
                 if not quiet:
+                    info = event.info
                     valid = info.get("valid") or {}
                     sdr = "  ".join(f"{t} {v:.2f} dB" for t, v in valid.items() if math.isfinite(v))
                     err_console.print(
@@ -218,6 +221,6 @@ def train(
                         + f"  (best epoch {info['best_epoch']})"
                     )
 
-        result = run_train(config, resume=resume, callback=callback, data_progress=data_progress)
+        result = run_train(config, resume=resume, progress=show)
     if result.archive is not None:
         out_console.print(str(result.archive), soft_wrap=True)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from sepcli.dsp.stft import hann_window, istft, num_frames, stft, unit_phase
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 __all__ = ["GL_INITS", "griffin_lim", "misi", "initial_phase", "spectral_convergence"]
 
@@ -77,7 +77,7 @@ def initial_phase(
     complex_dtype = torch.complex128 if magnitudes.dtype == torch.float64 else torch.complex64
     if init == "mixture":
         if mix_spec is None:
-            raise UsageError("Griffin-Lim init 'mixture' needs the mixture spectrogram")
+            raise ConfigError("Griffin-Lim init 'mixture' needs the mixture spectrogram")
         ref = mix_spec if mix_spec.dim() == 5 else mix_spec.unsqueeze(1)
         return unit_phase(ref).to(complex_dtype).expand(magnitudes.shape)
     if init == "random":
@@ -87,7 +87,7 @@ def initial_phase(
         )
         angles = angles.to(magnitudes.device) * (2.0 * math.pi)
         return torch.polar(torch.ones_like(angles), angles)
-    raise UsageError(f"unknown Griffin-Lim init {init!r}; expected one of {', '.join(GL_INITS)}")
+    raise ConfigError(f"unknown Griffin-Lim init {init!r}; expected one of {', '.join(GL_INITS)}")
 
 
 def _check(magnitudes: Tensor, hop_length: int, length: int) -> None:
@@ -138,7 +138,7 @@ def griffin_lim(
     """
     _check(magnitudes, hop_length, length)
     if not 0.0 <= momentum < 1.0:
-        raise UsageError(f"Griffin-Lim momentum must be in [0, 1), got {momentum}")
+        raise ConfigError(f"Griffin-Lim momentum must be in [0, 1), got {momentum}")
     window = hann_window(n_fft, magnitudes.device).to(magnitudes.dtype)
     spec = _with_magnitude(magnitudes, initial_phase(magnitudes, init, mix_spec, generator))
     previous: Tensor | None = None

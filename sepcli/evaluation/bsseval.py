@@ -25,9 +25,10 @@ each edge; step 3 reuses the same spectra, in frequency chunks that stay in
 cache. The Gram system is built from strided (Toeplitz) views of the
 correlations and solved by Cholesky (half the work of LU), falling back to LU
 when rounding makes the loaded Gram matrix indefinite. The window FFTs and the
-energy loop, made of many small steps, are split over as many Python threads
-as torch has intra-op threads (each step on one thread; numpy and torch release
-the GIL), so both cores work without a thread wake-up per step.
+energy loop, made of many small steps, are numpy code split over as many Python
+threads as torch has intra-op threads (numpy releases the GIL), so every core
+works without a thread wake-up per step; torch's own thread setting, which is
+process-wide, is only read, never changed.
 
 Windows in which any reference or any estimate is silent (every sample sums to
 zero over channels) give NaN for every source, as in museval; a zero
@@ -42,9 +43,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -340,47 +340,23 @@ def _cross_spectrum(x: Tensor, y: Tensor) -> Tensor:
     )
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch ops on one intra-op thread, then restore the setting.
-
-    For the many small, memory-bound steps of a chunked loop: on a loaded machine
-    waking the other OpenMP workers for each op costs more than the op.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
-    """Run ``jobs`` on as many Python threads as torch has intra-op threads, each
-    job on one intra-op thread.
+    """Run ``jobs`` on as many Python threads as torch has intra-op threads.
 
-    For loops of small steps (numpy's FFT, small batched products) that release
-    the GIL but gain little from torch's own threading: splitting the work in
-    independent parts keeps every core busy without a wake-up per op.
+    For loops of small steps (numpy's FFT, small matrix products) that release
+    the GIL but gain little from a thread team per op: splitting the work in
+    independent parts keeps every core busy without a wake-up per op. The jobs
+    use numpy only, so no torch thread setting is touched: torch's is
+    process-wide, and library code must not change it.
     """
     workers = min(len(jobs), torch.get_num_threads())
     if workers <= 1:
-        with _one_thread():
-            for job in jobs:
-                job()
+        for job in jobs:
+            job()
         return
-
-    def run(job: Callable[[], None]) -> None:
-        torch.set_num_threads(1)  # this worker's setting
-        job()
-
-    previous = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            for future in [pool.submit(run, job) for job in jobs]:
-                future.result()
-    finally:
-        torch.set_num_threads(previous)
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
 
 
 def _tiled_correlations(
@@ -431,13 +407,21 @@ def _tiled_correlations(
 def _silent_windows(signals: Tensor, frames: int, width: int, hop: int, chunk: int = 8) -> Tensor:
     """``(frames,)`` bool: windows where some source sums to zero over channels at
     every sample (museval's ``_any_source_silent``), for ``(source, channel, time)``."""
-    out = torch.empty(frames, dtype=torch.bool, device=signals.device)
-    with _one_thread():
+    if signals.device.type == "cpu":  # numpy: no torch thread team for these small steps
+        x = signals.detach().numpy()
+        out = np.empty(frames, dtype=bool)
         for start in range(0, frames, chunk):
             stop = min(frames, start + chunk)
-            win = signals[..., start * hop : (stop - 1) * hop + width].unfold(-1, width, hop)
+            span = x[..., start * hop : (stop - 1) * hop + width]
+            win = np.lib.stride_tricks.sliding_window_view(span, width, axis=-1)[..., ::hop, :]
             out[start:stop] = (win.sum(1) == 0).all(-1).any(0)
-    return out
+        return torch.from_numpy(out)
+    out_t = torch.empty(frames, dtype=torch.bool, device=signals.device)
+    for start in range(0, frames, chunk):
+        stop = min(frames, start + chunk)
+        win_t = signals[..., start * hop : (stop - 1) * hop + width].unfold(-1, width, hop)
+        out_t[start:stop] = (win_t.sum(1) == 0).all(-1).any(0)
+    return out_t
 
 
 def _tiled_energies(
@@ -476,34 +460,36 @@ def _tiled_energies(
     weight[0] = 1.0 / n_fft
     if n_fft % 2 == 0:
         weight[-1] = 1.0 / n_fft  # the Nyquist bin counts once
-    a = torch.view_as_real(spectra).reshape(freq, spectra.shape[1], 2 * k2)[:, :frames]
+    # numpy from here: the parts run on worker threads (see _in_parallel)
+    a = torch.view_as_real(spectra).reshape(freq, spectra.shape[1], 2 * k2)[:, :frames].numpy()
+    all_np, own_np, weight_np = to_all.numpy(), to_own.numpy(), weight.numpy()
 
-    def part(f_start: int, f_stop: int, total: Tensor) -> None:
-        buf = torch.empty(7, chunk, frames, 2 * k, dtype=torch.float64)
+    def part(f_start: int, f_stop: int, total: np.ndarray) -> None:
+        buf = np.empty((7, chunk, frames, 2 * k))
         for f0 in range(f_start, f_stop, chunk):
             f1 = min(f_stop, f0 + chunk)
             s, e = a[f0:f1, :, : 2 * k], a[f0:f1, :, 2 * k :]
             d = buf[:, : f1 - f0]
             p_all, p_own = d[5], d[3]
-            torch.bmm(s, to_all[f0:f1], out=p_all)
-            torch.bmm(s, to_own[f0:f1], out=p_own)
+            np.matmul(s, all_np[f0:f1], out=p_all)
+            np.matmul(s, own_np[f0:f1], out=p_own)
             d[0] = s
-            torch.sub(e, s, out=d[1])
-            torch.sub(p_own, s, out=d[2])
-            torch.sub(p_all, p_own, out=d[4])
-            torch.sub(e, p_all, out=d[6])
-            d.square_()
-            total += weight[f0:f1] @ d.reshape(7, f1 - f0, -1)
+            np.subtract(e, s, out=d[1])
+            np.subtract(p_own, s, out=d[2])
+            np.subtract(p_all, p_own, out=d[4])
+            np.subtract(e, p_all, out=d[6])
+            np.square(d, out=d)
+            total += weight_np[f0:f1] @ d.reshape(7, f1 - f0, -1)
 
     # contiguous frequency ranges, whole chunks, one per thread
     chunks = -(-freq // chunk)
     parts = max(1, min(torch.get_num_threads(), chunks))
     per = -(-chunks // parts) * chunk
-    totals = [torch.zeros(7, frames * 2 * k, dtype=torch.float64) for _ in range(parts)]
+    totals = [np.zeros((7, frames * 2 * k)) for _ in range(parts)]
     _in_parallel([
         lambda i=i: part(i * per, min(freq, (i + 1) * per), totals[i]) for i in range(parts)
     ])  # fmt: skip
-    total = torch.stack(totals).sum(0)
+    total = torch.from_numpy(np.stack(totals).sum(0))
     return total.reshape(7, frames, nsrc, -1).sum(-1).transpose(1, 2)
 
 

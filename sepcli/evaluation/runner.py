@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from sepcli.errors import AudioError, DatasetError, SepcliError, UsageError
 from sepcli.evaluation.bsseval import bss_eval_v4, match_length
 from sepcli.evaluation.metrics import aggregate, global_sdr, si_sdr
 from sepcli.evaluation.oracles import ORACLES, oracle_separate
+from sepcli.progress import Progress, ProgressFn
 
 __all__ = [
     "METRIC_KINDS",
@@ -449,7 +450,7 @@ def evaluate_tracks(
     estimator: Estimator,
     out_dir: str | Path,
     config: EvalConfig = EvalConfig(),
-    on_track: Callable[[Track, str, str | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> RunResult:
     """Score every track, writing ``OUT/<subset>/<track>.json`` and ``OUT/summary.json``.
 
@@ -459,8 +460,9 @@ def evaluate_tracks(
     message and the others are still scored.
 
     Args:
-        on_track: called as ``on_track(track, status, message)`` with status
-            ``"scored"``, ``"resumed"`` or ``"skipped"`` (for progress output).
+        progress: gets an ``evaluate`` event (tracks) after each track, ``item``
+            its name, ``info`` its ``status`` (``"scored"``, ``"resumed"`` or
+            ``"skipped"``) and ``message`` (why it was skipped, else ``None``).
     """
     if config.metrics not in METRIC_KINDS:
         raise UsageError(
@@ -470,14 +472,19 @@ def evaluate_tracks(
     _claim_output(out, tracks, estimator, config)
     result = RunResult()
     per_track: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for track in tracks:
+
+    def report(i: int, track: Track, status: str, message: str | None = None) -> None:
+        if progress is not None:
+            info = {"status": status, "message": message}
+            progress(Progress("evaluate", i + 1, len(tracks), "tracks", track.name, info))
+
+    for i, track in enumerate(tracks):
         path = _json_path(out, track)
         if path.is_file():
             try:
                 per_track[track.name] = read_track_json(path)
                 result.resumed.append(track.name)
-                if on_track:
-                    on_track(track, "resumed", None)
+                report(i, track, "resumed")
                 continue
             except DatasetError:
                 logger.warning("re-scoring %s: unreadable %s", track.name, path)
@@ -492,13 +499,11 @@ def evaluate_tracks(
             _write_json(path, document)
         except SepcliError as exc:
             result.skipped[track.name] = str(exc)
-            if on_track:
-                on_track(track, "skipped", str(exc))
+            report(i, track, "skipped", str(exc))
             continue
         per_track[track.name] = read_track_json(path)
         result.scored.append(track.name)
-        if on_track:
-            on_track(track, "scored", None)
+        report(i, track, "scored")
     result.summary = {
         "estimator": estimator.label,
         "metrics": config.metrics,

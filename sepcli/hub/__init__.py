@@ -10,7 +10,7 @@ See ``docs/pretrained.md`` for the registry format and environment variables.
 from __future__ import annotations
 
 from sepcli.hub.cache import cache_root
-from sepcli.hub.download import Progress, download_file
+from sepcli.hub.download import download_file
 from sepcli.hub.load import (
     ModelStatus,
     VerifyResult,
@@ -32,6 +32,7 @@ from sepcli.hub.registry import (
     parse_manifest,
 )
 from sepcli.hub.transport import HttpSettings
+from sepcli.progress import Progress, ProgressFn  # re-exported: the events of progress=
 
 __all__ = [
     "resolve_model",
@@ -54,4 +55,5 @@ __all__ = [
     "Registry",
     "HttpSettings",
     "Progress",
+    "ProgressFn",
 ]

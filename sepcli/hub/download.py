@@ -13,23 +13,22 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
 from sepcli.errors import DownloadError, IntegrityError, RegistryError
-from sepcli.hub.cache import part_path, sha256_file
+from sepcli.hashing import sha256_file
+from sepcli.hub.cache import part_path
 from sepcli.hub.registry import FileSpec
 from sepcli.hub.transport import RETRYABLE_STATUS, HttpSettings, new_session, open_url, redact
+from sepcli.progress import Progress, ProgressFn
 
-__all__ = ["Progress", "download_file"]
+__all__ = ["download_file"]
 
 log = logging.getLogger(__name__)
-
-#: ``progress(downloaded_bytes, total_bytes)``, called as bytes arrive.
-Progress = Callable[[int, int], None]
 
 CHUNK = 1 << 16
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -56,6 +55,26 @@ def _describe(exc: BaseException, settings: HttpSettings) -> str:
     return f"{type(exc).__name__}"
 
 
+def _host_not_found(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a host name that could not be resolved.
+
+    requests wraps urllib3's ``NameResolutionError`` (itself raised from
+    ``socket.gaierror``) in a ``ConnectionError``; the chain is walked rather
+    than the message read.
+    """
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
+            return True
+        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+    return False
+
+
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
 
@@ -66,7 +85,8 @@ def _attempt(
     spec: FileSpec,
     part: Path,
     settings: HttpSettings,
-    progress: Progress | None,
+    progress: ProgressFn | None,
+    label: str,
 ) -> None:
     """One GET of ``url`` into ``part``; returns when ``part`` has ``spec.size`` bytes."""
     assert spec.size is not None
@@ -102,7 +122,7 @@ def _attempt(
                 f"server sends {offset + int(declared)} bytes but the registry says {size}"
             )
         if progress:
-            progress(offset, size)
+            progress(Progress("download", offset, size, "bytes", label))
         done = offset
         try:
             with open(part, mode) as fh:
@@ -112,7 +132,7 @@ def _attempt(
                         raise IntegrityError(f"server sent more than the registry's {size} bytes")
                     fh.write(chunk)
                     if progress:
-                        progress(done, size)
+                        progress(Progress("download", done, size, "bytes", label))
         except IntegrityError:
             _discard(part)
             raise
@@ -137,11 +157,12 @@ def download_file(
     spec: FileSpec,
     dest: Path,
     settings: HttpSettings | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     label: str | None = None,
 ) -> Path:
     """Download ``spec`` to ``dest``: resume, retry with back-off, try mirrors, verify.
 
+    ``progress`` gets ``download`` events in bytes of this file, ``item`` = ``label``.
     Returns ``dest``. Raises :class:`DownloadError` (one line, naming ``label``
     and the URL) when every URL failed, :class:`IntegrityError` when the bytes
     do not match the registry, :class:`RegistryError` for an entry without a
@@ -163,13 +184,18 @@ def download_file(
                 if attempt:
                     time.sleep(settings.delay(attempt))
                 try:
-                    _attempt(session, url, spec, part, settings, progress)
+                    _attempt(session, url, spec, part, settings, progress, label)
                 except _Transient as exc:
                     failure = DownloadError(f"{label}: {redact(url)}: {exc}")
                     log.info("%s (attempt %d of %d)", failure, attempt + 1, settings.retries + 1)
                     continue
                 except requests.RequestException as exc:
                     failure = DownloadError(f"{label}: {redact(url)}: {_describe(exc, settings)}")
+                    if _host_not_found(exc):  # no network, or a wrong host: waiting will not help
+                        failure = DownloadError(
+                            f"{label}: {redact(url)}: host not found (no network, or a wrong URL)"
+                        )
+                        break
                     log.info("%s (attempt %d of %d)", failure, attempt + 1, settings.retries + 1)
                     continue
                 except DownloadError as exc:  # permanent for this URL: try the next mirror

@@ -7,6 +7,7 @@ Public entry points (re-exported by :mod:`sepcli.hub`): :func:`resolve_model`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,18 +17,19 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sepcli.errors import ArchiveError, ModelNotFoundError, OfflineError, RegistryError
+from sepcli.errors import ModelNotFoundError, OfflineError, RegistryError
+from sepcli.hashing import sha256_file
 from sepcli.hub.cache import (
     cache_root,
     entry_dir,
     entry_path,
     file_lock,
     model_root,
-    sha256_file,
 )
-from sepcli.hub.download import Progress, download_file
+from sepcli.hub.download import download_file
 from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
 from sepcli.hub.transport import HttpSettings
+from sepcli.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
     from sepcli.models.archive import Archive
@@ -104,21 +106,11 @@ def _sidecar(path: Path) -> Path:
 def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
     """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
     (``{target: path}`` in output order) and the entry's preset."""
-    import torch
+    from sepcli.models.archive import save_archive  # torch loads only when a model does
+    from sepcli.models.openunmix_import import convert_files
 
-    from sepcli.models.archive import save_archive
-    from sepcli.models.openunmix_import import convert
-
-    state_dicts = {}
-    for target, path in files.items():
-        try:
-            state_dicts[target] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch's unpickler raises many types
-            raise ArchiveError(
-                f"{path}: not an Open-Unmix state dict ({type(exc).__name__})"
-            ) from None
-    module, metadata = convert(
-        state_dicts, dict(entry.preset), name=entry.name, licence=entry.licence,
+    module, metadata = convert_files(
+        files, dict(entry.preset), name=entry.name, licence=entry.licence,
         training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
         extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
     )  # fmt: skip
@@ -136,7 +128,7 @@ def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> No
 
     bag = entry.raw.get("bag") or {}
     if not isinstance(bag, dict) or set(bag) - {"weights", "segment"}:
-        raise ArchiveError(f"registry entry {entry.name!r}: 'bag' may hold weights and segment")
+        raise RegistryError(f"registry entry {entry.name!r}: 'bag' may hold weights and segment")
     if len(files) == 1 and not bag:
         source = next(iter(files.values()))
     else:
@@ -157,18 +149,39 @@ def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> No
     save_archive(module, metadata, dest)
 
 
-_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs}
+def _convert_msst(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from a verified MSST YAML (``config``) and
+    checkpoint (``checkpoint``), of the entry's ``model_type`` (or the YAML's)."""
+    from sepcli.models.archive import save_archive
+    from sepcli.models.msst_import import import_msst
+
+    module, metadata = import_msst(
+        files["config"], files["checkpoint"], model_type=entry.raw.get("model_type"),
+        name=entry.name, licence=entry.licence, training_data=entry.training_data,
+        description=entry.description or None, scores=dict(entry.scores),
+    )  # fmt: skip
+    registry = {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}
+    metadata = metadata.replace(extra={**metadata.extra, "registry": registry})
+    save_archive(module, metadata, dest)
 
 
-def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progress | None) -> Path:
+_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs, "msst": _convert_msst}
+
+
+def _fill(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
-    total = entry.size or 0
+    if entry.format == "bag":
+        return _fill_bag(entry, root, settings, progress)
+    total = entry.size or None
 
-    def files_progress(base: int) -> Progress | None:
+    def files_progress(base: int) -> ProgressFn | None:
         if progress is None:
             return None
-        return lambda done, _size: progress(base + done, total)
+        # bytes of the whole entry, named by the model (an entry may have several files)
+        return lambda p: progress(Progress("download", base + p.done, total, "bytes", entry.name))
 
     if entry.format == "sepcli":
         download_file(
@@ -192,13 +205,82 @@ def _fill(entry: ModelEntry, root: Path, settings: HttpSettings, progress: Progr
     return dest
 
 
+def _fill_bag(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
+    """Each part downloaded and converted once (into its own cache entry), then the
+    bag composed from them: every stem from the part that the entry names for it,
+    each member keeping its own chunking (:func:`sepcli.models.blend.compose_bag`)."""
+    from sepcli.models.archive import load_archive  # torch loads only when a model does
+    from sepcli.models.blend import export_bag
+
+    offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
+    parts = []
+    for part, stems in entry.parts:
+        path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        parts.append((load_archive(path), stems))
+    dest = entry_path(root, entry)
+    export_bag(
+        parts,
+        dest,
+        name=entry.name,
+        accompaniment=str(entry.raw.get("accompaniment", "auto")),
+        description=entry.description,
+        scores=dict(entry.scores),
+        registry={"format": "bag", "parts": [dict(p) for p in entry.raw["parts"]]},
+        part_names=[part.name for part, _ in entry.parts],
+        licences=[
+            part.licence if part.licence not in ("", "unknown") else archive.metadata.licence
+            for (part, _), (archive, _) in zip(entry.parts, parts, strict=True)
+        ],
+    )
+    _sidecar(dest).write_text(sha256_file(dest) + "\n")
+    return dest
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folder: Path, new_folders: list[Path]) -> None:
+    """After a failed download (lock held): leave the cache as it was found.
+
+    When ``folder`` holds nothing but its lock file (and an empty ``src/``), the
+    lock file is deleted, then ``folder`` and the parents this call created, as
+    long as they are empty. A partial download (``.part`` with bytes) is kept for
+    resuming, and with it the folder and the lock.
+    """
+    src = folder / "src"
+    with contextlib.suppress(OSError):
+        src.rmdir()
+    try:
+        left = {p.name for p in folder.iterdir()}
+    except OSError:
+        return
+    if left - {".lock"}:
+        return
+    (folder / ".lock").unlink(missing_ok=True)  # waiters see the unlinked file and retry
+    for path in [folder, *new_folders]:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: another model lives there
+            break
+
+
 def ensure_model(
     entry: ModelEntry,
     root: Path,
     *,
     offline: bool = False,
     settings: HttpSettings | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Local path of ``entry``, downloading it first when missing (unless offline)."""
     if entry.builtin is not None:
@@ -206,21 +288,31 @@ def ensure_model(
     dest = entry_path(root, entry)
     if _is_cached(entry, dest):
         return dest
-    if offline:
+    parts_local = entry.format == "bag" and all(
+        _local_path(part, root) is not None for part, _ in entry.parts
+    )
+    if offline and not parts_local:  # a bag of cached parts is composed offline
         raise OfflineError(
             f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
             f"run 'sepcli models download {entry.name}' while online"
         )
     if not entry.verifiable:
-        missing = ", ".join(f.filename for f in entry.files if not f.verifiable)
+        files = [f for part, _ in entry.parts for f in part.files] or list(entry.files)
+        missing = ", ".join(f.filename for f in files if not f.verifiable)
         raise RegistryError(
             f"model {entry.name!r}: the registry has no full SHA-256 for {missing}; refusing an "
             "unverifiable download (add the hashes with an extra registry, see docs/pretrained.md)"
         )
-    with file_lock(entry_dir(root, entry) / ".lock"):
+    folder = entry_dir(root, entry)
+    new_folders = _missing_folders(folder)
+    with file_lock(folder / ".lock"):
         if _is_cached(entry, dest):  # another process finished it while we waited
             return dest
-        return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        try:
+            return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        except BaseException:
+            _remove_if_empty(folder, new_folders)
+            raise
 
 
 def open_registry(
@@ -239,7 +331,7 @@ def resolve_model(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     timeout: float | None = None,
     retries: int | None = None,
 ) -> Path:
@@ -251,7 +343,9 @@ def resolve_model(
     * any other name is looked up in the registry and downloaded into the cache
       on first use (never when ``offline``, or ``SEPCLI_OFFLINE=1``).
 
-    ``progress(downloaded_bytes, total_bytes)`` is called while downloading;
+    ``progress`` gets :class:`~sepcli.progress.Progress` events (task ``download``,
+    bytes, ``item`` the model name) while downloading, none for a file that is
+    already local (a path, the packaged default, a cached model);
     ``timeout`` (seconds without data) and ``retries`` default to
     ``SEPCLI_TIMEOUT`` / ``SEPCLI_RETRIES``.
 
@@ -368,7 +462,7 @@ def verify_models(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     registry: str | Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[VerifyResult]:
     """Re-hash cached models (``names``, or every cached one) against the registry.
 

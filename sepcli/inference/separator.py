@@ -9,6 +9,7 @@ memory does not grow with the track length.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
 from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
 
-__all__ = ["Separator", "SeparatorConfig", "FileResult", "resolve_device", "track_name"]
+__all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,25 @@ class FileResult:
     sample_rate: int
     channels: int
     extra: dict = field(default_factory=dict)
+
+
+#: Phase steps that treat each source on its own: a subset of sources gives the same stems.
+_PER_SOURCE_PHASES = ("mixture", "griffin-lim")
+
+
+@dataclass(frozen=True)
+class StemPlan:
+    """What :meth:`Separator.plan` decided for a set of stems.
+
+    Attributes:
+        recipes: how each stem is made from the model's sources.
+        sources: indices of the sources whose networks run (``None``: all).
+        note: why every network runs although fewer would do (for the CLI).
+    """
+
+    recipes: list[StemRecipe]
+    sources: tuple[int, ...] | None
+    note: str | None
 
 
 @dataclass(frozen=True)
@@ -276,7 +296,8 @@ class Separator:
 
     def stems(self, requested: Sequence[str] | None = None) -> list[StemRecipe]:
         """Recipes for ``requested`` stems (raises ``UsageError`` for unknown ones)."""
-        return plan_stems(self.sources, requested)
+        rule = str(self.archive.metadata.extra.get("accompaniment", "auto"))
+        return plan_stems(self.sources, requested, rule)
 
     # -- the models and their recipes -------------------------------------
     def _plan_units(self) -> list[_Unit]:
@@ -286,10 +307,53 @@ class Separator:
             return [self._member_unit(i, m) for i, m in enumerate(members)]
         return [self._archive_unit()]
 
-    def _archive_unit(self) -> _Unit:
+    def plan(self, stems: Sequence[str] | None = None) -> StemPlan:
+        """How ``stems`` are made, and which source networks run for them.
+
+        A model with one network per source (Open-Unmix: ``forward_sources``)
+        run with a phase step that treats sources one by one (mixture phase,
+        Griffin-Lim) only runs the networks the stems need; a derived stem is
+        then made as the mixture minus the sources it leaves out when that needs
+        fewer networks (``accompaniment`` = mixture - vocals instead of drums +
+        bass + other). Wiener filtering and MISI need every source's estimate.
+        """
+        recipes = self.stems(stems)
+        everything = StemPlan(recipes, None, None)
+        meta = self.archive.metadata
+        if len(self.units) != 1 or not hasattr(self.archive.module, "forward_sources"):
+            return everything
+        direct = {i for r in recipes if r.kind != "sum" for i in r.indices}
+        chosen = []
+        for r in recipes:
+            if r.kind == "sum":
+                rest = tuple(i for i in range(meta.num_sources) if i not in r.indices)
+                if len(set(rest) - direct) < len(set(r.indices) - direct):
+                    r = StemRecipe(r.name, "mix_minus", rest)
+            chosen.append(r)
+        needed = sorted({i for r in chosen for i in r.indices})
+        if len(needed) == meta.num_sources:
+            return everything
+        if meta.output == "magnitude" and self.phase not in _PER_SOURCE_PHASES:
+            note = (
+                f"the {self.phase} phase step needs every source, so all {meta.num_sources} "
+                f"networks run; --phase mixture runs only the {len(needed)} these stems need"
+            )
+            return StemPlan(recipes, None, note)
+        return StemPlan(chosen, tuple(needed), None)
+
+    def _archive_unit(self, subset: tuple[int, ...] | None = None) -> _Unit:
+        """The archive as one unit; ``subset``: only these sources' networks run."""
         meta = self.archive.metadata
         module = self.archive.module
         cfg = self.config
+        blend = None
+        if subset is not None:
+            indices = list(subset)
+            blend = torch.zeros(meta.num_sources, len(indices))
+            blend[indices, range(len(indices))] = 1.0
+            run = functools.partial(module.forward_sources, indices=indices)
+        else:
+            run = module
         n_fft = meta.stft.n_fft if meta.stft else 0
         hop = meta.stft.hop_length if meta.stft else 0
         window = hann_window(n_fft, self.device) if meta.stft else None
@@ -298,7 +362,7 @@ class Separator:
             def fn(batch: Tensor) -> Tensor:
                 return to_waveform(
                     meta.output,
-                    module(batch),
+                    run(batch),
                     batch,
                     n_fft,
                     hop,
@@ -316,7 +380,8 @@ class Separator:
             return fn
 
         recipe = make_recipe(meta, cfg)
-        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, meta.num_sources)
+        count = meta.num_sources if subset is None else len(subset)
+        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, count, blend)
 
     def _member_unit(self, index: int, member: Any) -> _Unit:
         """A member of an ensemble archive, with the chunking it recommends."""
@@ -380,7 +445,12 @@ class Separator:
             has exactly as many samples as the input.
         """
         meta = self.archive.metadata
-        recipes = self.stems(stems)
+        plan = self.plan(stems)
+        recipes = plan.recipes
+        plan_units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
+        needed = sorted({i for r in recipes for i in r.indices})
+        # members of a bag that give none of the needed sources do not run
+        plan_units = [u for u in plan_units if u.blend is None or bool(u.blend[needed].any())]
         model_channels = meta.audio_channels
         if channels < 1:
             raise UsageError("input has no channels")
@@ -390,7 +460,6 @@ class Separator:
             )
         if out_channels is None:
             out_channels = channels if channels <= 2 else model_channels
-        needed = sorted({i for r in recipes for i in r.indices})
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
@@ -409,7 +478,7 @@ class Separator:
                 model_channels,
                 needed,
             )
-            for u in self.units
+            for u in plan_units
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
         mix_fifo = _Fifo(out_channels)

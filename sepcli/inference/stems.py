@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sepcli.errors import UsageError
 
-__all__ = ["StemRecipe", "available_stems", "plan_stems"]
+__all__ = ["ACCOMPANIMENT_RULES", "StemRecipe", "available_stems", "plan_stems"]
 
 _FOUR = ("drums", "bass", "other", "vocals")
 
@@ -36,12 +36,13 @@ class StemRecipe:
     indices: tuple[int, ...]
 
 
-def _recipe(name: str, sources: Sequence[str]) -> StemRecipe | None:
+def _recipe(name: str, sources: Sequence[str], accompaniment: str = "auto") -> StemRecipe | None:
     if name in sources:
         return StemRecipe(name, "source", (sources.index(name),))
     complete = all(s in sources for s in _FOUR)
     if name == "accompaniment" and "vocals" in sources:
-        if complete:  # every other source, guitar and piano too (htdemucs_6s)
+        if accompaniment != "mixture-minus-vocals" and complete:
+            # every source but vocals: guitar and piano too for htdemucs_6s (Demucs --two-stems)
             return StemRecipe(name, "sum", tuple(i for i, s in enumerate(sources) if s != "vocals"))
         return StemRecipe(name, "mix_minus", (sources.index("vocals"),))
     if name.startswith("no_") and name[3:] in sources:
@@ -61,8 +62,19 @@ def available_stems(sources: Sequence[str]) -> list[str]:
     return names
 
 
-def plan_stems(sources: Sequence[str], requested: Sequence[str] | None) -> list[StemRecipe]:
+#: How ``accompaniment`` is made: ``auto`` (the sum of drums, bass and other when
+#: the model outputs all three, else mixture - vocals) or ``mixture-minus-vocals``
+#: (a bag whose vocals come from a stronger vocal model than its instruments).
+ACCOMPANIMENT_RULES = ("auto", "mixture-minus-vocals")
+
+
+def plan_stems(
+    sources: Sequence[str], requested: Sequence[str] | None, accompaniment: str = "auto"
+) -> list[StemRecipe]:
     """Recipes for the requested stems (``None`` = every source of the model).
+
+    ``accompaniment`` is one of :data:`ACCOMPANIMENT_RULES` (an archive's
+    ``metadata.extra["accompaniment"]``).
 
     Raises:
         UsageError: a requested stem cannot be made from this model's sources.
@@ -75,7 +87,7 @@ def plan_stems(sources: Sequence[str], requested: Sequence[str] | None) -> list[
         name = name.strip().lower()
         if not name:
             continue
-        recipe = _recipe(name, sources)
+        recipe = _recipe(name, sources, accompaniment)
         if recipe is None:
             raise UsageError(
                 f"unknown stem {name!r} for a model with sources {', '.join(sources)}; "

@@ -35,12 +35,20 @@ import torch
 from torch import Tensor
 
 from sepcli.errors import ArchiveError, UsageError
+from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata
 from sepcli.models.build import export_archive, make_metadata
 from sepcli.models.configs import UMXConfig, bandwidth_to_max_bin
 from sepcli.models.umx import UMX
 
-__all__ = ["PRESETS", "OpenUnmixPreset", "import_openunmix", "import_openunmix_archive", "convert"]
+__all__ = [
+    "PRESETS",
+    "OpenUnmixPreset",
+    "import_openunmix",
+    "import_openunmix_archive",
+    "convert",
+    "convert_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +400,6 @@ def import_openunmix(
         targets.sort(key=lambda t: (known.index(t.name) if t.name in known else len(known), t.name))
     model = _build(targets, preset)
     p = PRESETS.get(preset) if preset else None
-    from sepcli.hub.cache import sha256_file
-
     files = {t.name: {"file": t.path.name, "sha256": sha256_file(t.path)} for t in targets}
     meta = make_metadata(
         model,
@@ -435,6 +441,25 @@ def convert(
         fields.setdefault("training_data", PRESETS[preset].training_data)
     fields.setdefault("description", "Open-Unmix model converted from its published weights")
     return model, make_metadata(model, name=name, **fields)
+
+
+def convert_files(
+    files: Mapping[str, str | os.PathLike[str]],
+    preset: str | Mapping[str, Any],
+    name: str = "openunmix",
+    **fields: Any,
+) -> tuple[UMX, ArchiveMetadata]:
+    """:func:`convert` for per-target state-dict files ``{target: path}`` in output order.
+
+    This is how the hub converts a registry entry of format ``openunmix`` after
+    downloading and verifying its files.
+
+    Raises:
+        ArchiveError: a file is not a state dict of tensors, or its weights do not
+            fit ``preset``.
+    """
+    states = {str(t): _load_state(Path(p)) for t, p in files.items()}
+    return convert(states, preset, name=name, **fields)
 
 
 def import_openunmix_archive(

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 
 from sepcli import atomic
 from sepcli.errors import DatasetError, SepcliError
+from sepcli.progress import Progress, ProgressFn
 
 __all__ = [
     "REST",
@@ -260,7 +261,7 @@ def cache_tracks(
     audio_channels: int,
     cache_dir: str | os.PathLike[str],
     with_mixture: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressFn | None = None,
     split_rest: bool = False,
 ) -> tuple[list[CachedTrack], tuple[str, ...]]:
     """Decode (or reuse) the cache entries of ``tracks``.
@@ -272,7 +273,7 @@ def cache_tracks(
         audio_channels: model channel count (mono tracks are widened).
         cache_dir: root of the cache.
         with_mixture: also cache the stored (or derived) mixture (validation).
-        progress: called as ``progress(done, total, track_name)``.
+        progress: gets ``decode`` events (tracks; ``item``: the track about to be read).
         split_rest: cache non-target stems one by one (see :func:`source_recipe`).
 
     Returns:
@@ -300,7 +301,7 @@ def cache_tracks(
     cached: list[CachedTrack] = []
     for i, track in enumerate(tracks):
         if progress is not None:
-            progress(i, len(tracks), track.name)
+            progress(Progress("decode", i, len(tracks), "tracks", track.name))
         recipe = source_recipe(track, targets, split_rest)
         if recipe is None:
             missing = [t for t in targets if t not in track.stems]
@@ -338,7 +339,7 @@ def cache_tracks(
                 raise DatasetError(f"cache entry {entry} could not be read back")
         cached.append(hit)
     if progress is not None:
-        progress(len(tracks), len(tracks), "")
+        progress(Progress("decode", len(tracks), len(tracks), "tracks"))
     if not cached:
         raise DatasetError(
             f"none of the {len(tracks)} tracks could be used (see the warnings above)"

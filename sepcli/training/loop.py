@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from sepcli import atomic
 from sepcli.errors import TrainingError
 from sepcli.models.archive import ArchiveMetadata
+from sepcli.progress import Progress, ProgressFn
 from sepcli.training import distributed
 from sepcli.training.cache import CachedTrack
 from sepcli.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -79,9 +80,6 @@ RESUME_KEYS = (
     "data_weights",
 )
 
-#: ``callback(event, info)``; events: ``"epoch_start"``, ``"step"``, ``"validate"``, ``"epoch_end"``.
-Callback = Callable[[str, dict[str, Any]], None]
-
 
 class Trainer:
     """Trains ``model`` on ``train_set`` and validates on ``valid_tracks``.
@@ -96,7 +94,10 @@ class Trainer:
         dist_info: this process's place in the DDP group.
         device: training device.
         metric: validation metric (default: :func:`sepcli.training.validate.sdr_metric`).
-        callback: progress hook, see :data:`Callback`.
+        progress: gets :class:`~sepcli.progress.Progress` events: ``train`` (steps,
+            ``done=0`` when an epoch starts, then after each step with ``info``
+            ``epoch`` and ``loss``), ``validate`` (tracks, ``info`` ``epoch``)
+            and ``epoch`` (epochs, ``info``: the epoch's log record).
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class Trainer:
         dist_info: DistInfo | None = None,
         device: str | torch.device = "cpu",
         metric: MetricFn | None = None,
-        callback: Callback | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.config = config
         self.metadata = metadata
@@ -119,7 +120,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.device = torch.device(device)
         self.metric = metric
-        self.callback = callback or (lambda event, info: None)
+        self.progress: ProgressFn = progress or (lambda event: None)
         self.valid_tracks = list(valid_tracks)
         stft = metadata.stft
         self.loss_name, self.loss_fn = make_loss(
@@ -296,12 +297,14 @@ class Trainer:
         self.net.train()
         total, count = 0.0, 0
         steps = len(self.loader)
-        self.callback("epoch_start", {"epoch": epoch, "steps": steps})
+        item = f"epoch {epoch}"
+        self.progress(Progress("train", 0, steps, "steps", item, {"epoch": epoch}))
         for step, (mixture, targets) in enumerate(self.loader, 1):
             loss = self.train_step(mixture, targets)
             total += loss
             count += 1
-            self.callback("step", {"epoch": epoch, "step": step, "steps": steps, "loss": loss})
+            info = {"epoch": epoch, "loss": loss}
+            self.progress(Progress("train", step, steps, "steps", item, info))
         distributed.sync_buffers(self.dist, self.model)
         if self.ema_model is not None:  # after the sync: every rank holds the same statistics
             with torch.no_grad():
@@ -348,7 +351,10 @@ class Trainer:
                 or epoch == self.config.epochs
                 or self._out_of_time(time.perf_counter() - start)  # the last epoch is scored
             ):
-                self.callback("validate", {"epoch": epoch, "tracks": len(self.valid_tracks)})
+                tracks = len(self.valid_tracks)
+                self.progress(
+                    Progress("validate", 0, tracks, "tracks", f"epoch {epoch}", {"epoch": epoch})
+                )
                 valid = self._validate()
                 finite = [v for v in valid.values() if math.isfinite(v)]
                 score = sum(finite) / len(finite) if finite else math.nan
@@ -391,7 +397,7 @@ class Trainer:
                 _write_log(self.history, self.run_dir / LOG)
                 write_curves(self.history, self.run_dir / CURVES)
             distributed.barrier(self.dist)
-            self.callback("epoch_end", record)
+            self.progress(Progress("epoch", epoch, self.config.epochs, "epochs", "", record))
             if self.config.patience and self.bad_epochs >= self.config.patience:
                 logger.info("early stopping at epoch %d (best epoch %d)", epoch, self.best_epoch)
                 record = {**record, "early_stop": True}

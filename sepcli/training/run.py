@@ -21,6 +21,7 @@ from torch import nn
 
 from sepcli.errors import DatasetError, SepcliError, TrainingError
 from sepcli.models.archive import ArchiveMetadata, count_parameters
+from sepcli.progress import ProgressFn
 from sepcli.training import distributed
 from sepcli.training.cache import (
     CachedTrack,
@@ -31,7 +32,7 @@ from sepcli.training.cache import (
 )
 from sepcli.training.config import TrainConfig, save_config
 from sepcli.training.export import export_best
-from sepcli.training.loop import CHECKPOINT, Callback, Trainer
+from sepcli.training.loop import CHECKPOINT, Trainer
 from sepcli.training.sampling import Augmentation, ChunkDataset
 from sepcli.training.validate import sdr_metric
 
@@ -178,7 +179,7 @@ def _cache_root(
     config: TrainConfig,
     cache_dir: Path,
     with_mixture: bool,
-    progress: Callable[[int, int, str], None] | None,
+    progress: ProgressFn | None,
 ) -> tuple[list[CachedTrack], tuple[str, ...]]:
     tracks = split.valid if with_mixture else split.train
     try:
@@ -201,7 +202,7 @@ def _cache_root(
 def prepare_data(
     config: TrainConfig,
     dist_info: distributed.DistInfo | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[str, ChunkDataset, list[CachedTrack], list[str], list[str]]:
     """Open the datasets, fill the cache (rank 0 first) and build the chunk dataset.
 
@@ -375,8 +376,7 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
-    callback: Callback | None = None,
-    data_progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressFn | None = None,
     model_factory: ModelFactory | None = None,
     export: bool = True,
 ) -> TrainResult:
@@ -385,8 +385,9 @@ def train(
     Args:
         config: the run (``data``, ``model``, ``targets``, ``out``...).
         resume: continue from ``OUT/checkpoint.pt`` bit for bit.
-        callback: progress hook of :class:`~sepcli.training.loop.Trainer`.
-        data_progress: ``(done, total, track)`` while the cache is filled.
+        progress: gets ``decode`` events while the cache is filled (see
+            :func:`~sepcli.training.cache.cache_tracks`), then the training loop's
+            (see :class:`~sepcli.training.loop.Trainer`).
         model_factory: ``config -> (model, metadata)`` (default: :func:`build_run_model`).
         export: write the best weights as ``OUT/<name>.sepcli`` at the end.
 
@@ -413,7 +414,7 @@ def train(
         if device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda asked for but CUDA is not available")
         layout, train_set, valid_cached, train_names, valid_names = prepare_data(
-            config, info, data_progress
+            config, info, progress
         )
         torch.manual_seed(config.seed)
         model, metadata = (model_factory or build_run_model)(config)
@@ -442,7 +443,7 @@ def train(
             dist_info=info,
             device=device,
             metric=metric_fn,
-            callback=callback,
+            progress=progress,
         )
         if resume:
             trainer.resume()
