@@ -172,7 +172,7 @@ def _real_song(shared_data: Path, seconds: int = 180) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.data
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("kind", ["single", "bag"])
 def test_real_three_minute_song_equals_apply_model(tmp_path: Path, shared_data: Path, kind: str):
     """A 3-minute song made of real MUSDB18 previews, single model or bag, 60 dB per stem."""
