@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from sepcli import audio
-from sepcli.dsp.phase import to_waveform
+from sepcli.dsp.phase import spectral_blend, to_waveform
 from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
+from sepcli.inference.chunking import StreamingOverlapAdd
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
@@ -181,20 +182,26 @@ class _UnitStream:
         self.channels = channels
         self.needed = needed
         self.sample_rate = sample_rate
-        self.blend = unit.blend[needed] if unit.blend is not None else None
+        # Which of the unit's sources is each needed source (0/1 rows), and its weight
+        # in the blend; the weighting happens in the _Combiner.
+        if unit.blend is None:
+            self.select = torch.eye(unit.num_sources)[needed]
+        else:
+            self.select = (unit.blend[needed] > 0).float()
+        self.gains = (
+            torch.ones(len(needed)) if unit.blend is None else unit.blend[needed].sum(dim=1)
+        )
         self.res_in = audio.StreamResampler(sample_rate, unit.sample_rate, channels)
         self.res_out = audio.StreamResampler(unit.sample_rate, sample_rate, len(needed) * channels)
         self.frames_out = 0
 
     def _through(self, est: Tensor) -> np.ndarray:
-        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate."""
+        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate:
+        the unit's own estimate of each needed source (zeros where it has none)."""
         k = len(self.needed)
         if est.shape[-1] == 0:
             return np.zeros((k * self.channels, 0), np.float32)
-        if self.blend is None:
-            sel = est[self.needed]
-        else:
-            sel = torch.matmul(self.blend, est.reshape(est.shape[0], -1))
+        sel = torch.matmul(self.select, est.reshape(est.shape[0], -1))
         out = self.res_out.process(sel.reshape(k * self.channels, -1).numpy())
         self.frames_out += out.shape[-1]
         return out
@@ -217,6 +224,80 @@ class _UnitStream:
             pad = np.zeros((rest.shape[0], want - rest.shape[-1]), np.float32)
             rest = np.concatenate([rest, pad], axis=-1)
         return rest
+
+
+#: STFT of the spectrogram-domain blend modes (at the track's rate).
+SPECTRAL_BLEND_FFT = 2048
+SPECTRAL_BLEND_HOP = 512
+
+
+class _Combiner:
+    """The units' estimates of the needed sources -> one waveform per needed source.
+
+    ``mean`` sources are the weighted sum (the weights of an ensemble sum to one
+    per source); ``max``/``min``/``median`` sources go through
+    :func:`~sepcli.dsp.phase.spectral_blend` in 10-s chunks with one STFT window
+    of context (a streaming overlap-add of its own, so their output lags).
+    """
+
+    def __init__(
+        self, units: list[_UnitStream], modes: list[str], channels: int, sample_rate: int
+    ) -> None:
+        self.units = units
+        self.modes = modes
+        self.channels = channels
+        self.ready = [_Fifo(channels) for _ in modes]
+        self.spectral: dict[int, tuple[list[int], StreamingOverlapAdd]] = {}
+        for k, mode in enumerate(modes):
+            if mode == "mean":
+                continue
+            members = [i for i, u in enumerate(units) if float(u.gains[k]) > 0]
+            width = len(members) * channels
+
+            def fn(batch: Tensor, mode: str = mode, m: int = len(members)) -> Tensor:
+                est = batch.reshape(batch.shape[0], m, channels, batch.shape[-1])
+                out = spectral_blend(est, mode, SPECTRAL_BLEND_FFT, SPECTRAL_BLEND_HOP)
+                return out.repeat(1, m, 1)[:, None]  # the engine keeps the input's width
+
+            engine = StreamingOverlapAdd(
+                fn,
+                channels=width,
+                num_sources=1,
+                segment=int(10 * sample_rate),
+                overlap=0.05,
+                context=SPECTRAL_BLEND_FFT,
+                min_length=SPECTRAL_BLEND_FFT,
+            )
+            self.spectral[k] = (members, engine)
+
+    def push(self, parts: list[np.ndarray]) -> None:
+        """One ``(K * C, n)`` block per unit, all of the same length."""
+        n = parts[0].shape[-1]
+        if n == 0:
+            return
+        per_unit = [p.reshape(len(self.modes), self.channels, n) for p in parts]
+        for k, mode in enumerate(self.modes):
+            if mode == "mean":
+                y = sum(
+                    float(u.gains[k]) * est[k] for u, est in zip(self.units, per_unit, strict=True)
+                )
+                self.ready[k].put(np.asarray(y, dtype=np.float32))
+            else:
+                members, engine = self.spectral[k]
+                stacked = np.concatenate([per_unit[i][k] for i in members], axis=0)
+                self.ready[k].put(engine.push(_as_tensor(stacked))[0, : self.channels].numpy())
+
+    def finish(self) -> None:
+        for k, (_, engine) in self.spectral.items():
+            self.ready[k].put(engine.finish()[0, : self.channels].numpy())
+
+    @property
+    def length(self) -> int:
+        return min(f.length for f in self.ready)
+
+    def take(self, n: int) -> np.ndarray:
+        """``(K, C, n)``."""
+        return np.stack([f.take(n) for f in self.ready])
 
 
 class Separator:
@@ -268,6 +349,13 @@ class Separator:
     @property
     def sample_rate(self) -> int:
         return self.archive.metadata.sample_rate
+
+    @property
+    def blend_modes(self) -> tuple[str, ...]:
+        """Per source, how an ensemble combines its members (``mean`` for other models)."""
+        config = self.archive.metadata.config
+        modes = config.get("modes") if self.archive.metadata.family == "ensemble" else None
+        return tuple(modes) if modes else ("mean",) * len(self.sources)
 
     @property
     def recipe(self) -> Recipe:
@@ -481,18 +569,22 @@ class Separator:
             for u in plan_units
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
+        combiner = _Combiner(
+            units, [self.blend_modes[i] for i in needed], model_channels, sample_rate
+        )
         mix_fifo = _Fifo(out_channels)
         frames_in = 0
         frames_out = 0
+
+        def combine(n: int) -> None:
+            if n > 0:
+                combiner.push([fifo.take(n) for fifo in pending])
 
         def finish_block(n: int) -> dict[str, np.ndarray] | None:
             nonlocal frames_out
             if n == 0:
                 return None
-            summed = pending[0].take(n)
-            for fifo in pending[1:]:
-                summed = summed + fifo.take(n)
-            per_source = summed.reshape(len(needed), model_channels, n)
+            per_source = combiner.take(n)
             src = {
                 idx: audio.convert_channels(per_source[k], out_channels)
                 for k, idx in enumerate(needed)
@@ -523,11 +615,14 @@ class Separator:
             x = audio.convert_channels(block, model_channels)
             for unit, fifo in zip(units, pending, strict=True):
                 fifo.put(unit.push(x))
-            done = finish_block(min(f.length for f in pending))
+            combine(min(f.length for f in pending))
+            done = finish_block(combiner.length)
             if done:
                 yield done
         for unit, fifo in zip(units, pending, strict=True):
             fifo.put(unit.finish(frames_in))
+        combine(min(f.length for f in pending))
+        combiner.finish()
         done = finish_block(frames_in - frames_out)
         if done:
             yield done
