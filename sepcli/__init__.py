@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "__version__",
     "Separator",
+    "SeparatorConfig",
     "load_model",
     "separate_file",
     "Archive",
@@ -27,12 +28,14 @@ __all__ = [
 if TYPE_CHECKING:
     from sepcli.errors import SepcliError
     from sepcli.hub import load_model
+    from sepcli.inference.config import SeparatorConfig
     from sepcli.inference.separator import Separator
     from sepcli.models.archive import Archive, ArchiveMetadata, load_archive, save_archive
 
 # Imported on first use, so that `import sepcli` (and `sepcli --help`) stay fast.
 _LAZY = {
     "Separator": "sepcli.inference.separator",
+    "SeparatorConfig": "sepcli.inference.config",
     "load_model": "sepcli.hub",
     "Archive": "sepcli.models.archive",
     "ArchiveMetadata": "sepcli.models.archive",
@@ -59,7 +62,11 @@ def separate_file(
     format: str = "wav",
     **separator_options: Any,
 ) -> dict[str, str]:
-    """Separate one file into ``out_dir/<track>/<stem>.<format>``; returns stem -> path."""
+    """Separate one file into ``out_dir/<track>/<stem>.<format>``; returns stem -> path.
+
+    ``separator_options`` are fields of :class:`sepcli.SeparatorConfig`
+    (``segment_seconds=``, ``shifts=``...).
+    """
     from pathlib import Path
 
     from sepcli.hub import load_model as _load

@@ -139,7 +139,7 @@ def test_separator_runs_every_method(tiny_mask_archive, method):
         wiener_iters=1,
         gl_iters=2,
         gl_init="random",
-        segment=0.25,
+        segment_seconds=0.25,
     )
     mix = sources()[0].sum(0)[:, :4000].contiguous()
     out = sep.separate(mix, 44100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from sepcli.cli import main
 from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import stft
+from sepcli.inference.separator import Separator
 from sepcli.models import UMXConfig, WaveformConfig, build_model, export_archive, load_verified
 from sepcli.models.archive import load_archive
 
@@ -107,12 +109,33 @@ def test_blend_errors_are_one_line_and_write_nothing(tmp_path, members, args, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sepcli", "b.sepcli", "u.sepcli"]
 
 
-def test_blend_refuses_members_of_other_rates(tmp_path, members):
-    config = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0, sample_rate=16000)
+def test_blend_runs_members_of_other_rates_each_at_its_own(tmp_path, members):
+    """A 16-kHz member blends with a 44.1-kHz one: the separator resamples the input
+    once per member, runs each with its own chunking, and blends the waveforms, so
+    the bag's stems are the weighted mean of each member separated alone."""
+    config = WaveformConfig(
+        channels=4, depth=2, lstm_layers=1, segment=0.5, sample_rate=16000, sources=("vocals",)
+    )
     other = export_archive(build_model("waveform", config), tmp_path / "16k.sepcli", name="k16")
+    bag_path = tmp_path / "bag.sepcli"
+    result = run(str(members[1]), str(other), "-o", str(bag_path))
+    assert result.exit_code == 0, result.output
+    bag = load_verified(bag_path)
+    x = np.random.default_rng(3).standard_normal((2, 30000)).astype(np.float32) * 0.1
+    got = Separator(bag, device="cpu").separate(x, 44100)["vocals"]
+    alone = [
+        Separator(load_verified(p), device="cpu").separate(x, 44100)["vocals"]
+        for p in (members[1], other)
+    ]
+    torch.testing.assert_close(got, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_blend_refuses_members_of_other_channel_counts(tmp_path, members):
+    config = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0, audio_channels=1)
+    other = export_archive(build_model("waveform", config), tmp_path / "mono.sepcli", name="mono")
     result = run(str(members[0]), str(other), "-o", str(tmp_path / "bag.sepcli"))
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2 and len(errors) == 1 and "16000" in errors[0], result.output
+    assert result.exit_code == 2 and len(errors) == 1 and "1 ch" in errors[0], result.output
     assert not (tmp_path / "bag.sepcli").exists()
 
 

@@ -188,7 +188,7 @@ def test_config_validation():
     with pytest.raises(UsageError, match="rows"):
         EnsembleConfig(SOURCES, members, ((1, 1, 1),))
     mono = EnsembleMember("waveform", {**WAVE.to_dict(), "audio_channels": 1})
-    with pytest.raises(UsageError, match="share sample_rate"):
+    with pytest.raises(UsageError, match="share audio_channels"):
         EnsembleConfig(("drums",), (members[2], mono), ((1, 1),))
     with pytest.raises(UsageError, match="unknown ensemble member family"):
         EnsembleMember("ensemble", {})

@@ -82,10 +82,10 @@ def _mix(batch: int, channels: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_families_listed():
-    assert FAMILIES == ("umx", "tfc-tdf", "waveform", "ensemble")
+    assert FAMILIES == ("umx", "tfc-tdf", "waveform", "htdemucs", "ensemble")
 
 
-@pytest.mark.parametrize("family", ["umx", "tfc-tdf", "waveform", "ensemble"])
+@pytest.mark.parametrize("family", ["umx", "tfc-tdf", "waveform", "htdemucs", "ensemble"])
 def test_config_json_round_trip(family):
     cfg = reference_config(family)
     text = json.dumps(cfg.to_dict())

@@ -266,3 +266,38 @@ def test_umxhq_size_bare_file_equals_openunmix(tmp_path):
         reference = separator(mix)
         estimate = _ours(ours, mix, 4096, 1024, 0)
     assert _snr_db(reference, estimate) >= 60.0
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_separate_cli_on_a_real_song_equals_openunmix_separator(tmp_path, shared_data):
+    """``sepcli separate`` of a whole real 7-s preview (shorter than one chunk, so it
+    runs once at its own length) equals ``openunmix``'s ``Separator`` on the same
+    decoded mixture (mixture phase): the pipeline adds no padding the BiLSTM sees."""
+    from sepcli import audio
+    from sepcli.cli import main
+
+    song = sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4"))[0]
+    max_bin = int(openunmix_utils.bandwidth_to_max_bin(44100.0, 4096, 16000))
+    theirs = _random_umx(2049, 2, 512, max_bin, seed=7)
+    torch.save(theirs.state_dict(), tmp_path / "vocals-b62c91ce.pth")
+    archive = import_openunmix_archive(
+        [f"vocals={tmp_path / 'vocals-b62c91ce.pth'}"], tmp_path / "umx.sepcli", preset="umxhq"
+    )
+    out = tmp_path / "out"
+    args = ["separate", str(song), "-m", str(archive), "-o", str(out), "--stems", "vocals"]
+    result = CliRunner().invoke(
+        main, [*args, "--phase", "mixture", "--bit-depth", "32", "--clip", "none"]
+    )
+    assert result.exit_code == 0, result.output
+    estimate, rate = audio.load_audio(next(out.rglob("vocals.wav")))
+    mix, mix_rate = audio.load_audio(song)
+    assert rate == mix_rate == 44100 and mix.shape[-1] < 10 * rate  # one chunk
+    with torch.no_grad():
+        reference = openunmix_model.Separator({"vocals": theirs}, niter=0).eval()(
+            torch.from_numpy(mix)[None]
+        )[0, 0]
+    assert estimate.shape == tuple(reference.shape)
+    snr = _snr_db(reference, torch.from_numpy(estimate))
+    print(f"pipeline SNR {snr:.1f} dB")
+    assert snr >= 60.0

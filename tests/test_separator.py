@@ -20,7 +20,9 @@ from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
 def test_identity_archive_returns_the_input(identity_archive, length, overlap, shifts):
     """An identity model through the chunker gives the input back (Asteroid's OLA test)."""
     x = np.random.default_rng(length).standard_normal((2, length)).astype(np.float32) * 0.3
-    sep = Separator(identity_archive, device="cpu", segment=0.5, overlap=overlap, shifts=shifts)
+    sep = Separator(
+        identity_archive, device="cpu", segment_seconds=0.5, overlap=overlap, shifts=shifts
+    )
     y = sep.separate(x, 44100)["vocals"].numpy()
     assert y.shape == x.shape
     np.testing.assert_allclose(y, x, atol=1e-5)
@@ -33,7 +35,7 @@ def test_other_sample_rates_keep_length_and_content(identity_archive, sample_rat
         np.float32
     )
     y = (
-        Separator(identity_archive, device="cpu", segment=0.5)
+        Separator(identity_archive, device="cpu", segment_seconds=0.5)
         .separate(x, sample_rate)["vocals"]
         .numpy()
     )
@@ -45,7 +47,7 @@ def test_other_sample_rates_keep_length_and_content(identity_archive, sample_rat
 
 def test_mono_input_gives_mono_stems_unless_asked(tiny_wave_archive):
     x = make_tone(0.7, channels=1)
-    sep = Separator(tiny_wave_archive, device="cpu", segment=0.5)
+    sep = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.5)
     out = sep.separate(x, 44100)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "vocals": (1, x.shape[1]),
@@ -57,7 +59,7 @@ def test_mono_input_gives_mono_stems_unless_asked(tiny_wave_archive):
 
 def test_more_than_two_channels_are_downmixed(identity_archive, caplog):
     x = np.tile(make_tone(0.5, channels=1), (6, 1))
-    out = Separator(identity_archive, device="cpu", segment=0.5).separate(x, 44100)
+    out = Separator(identity_archive, device="cpu", segment_seconds=0.5).separate(x, 44100)
     assert out["vocals"].shape == (2, x.shape[1])
     np.testing.assert_allclose(out["vocals"][0].numpy(), x[0], atol=1e-5)
     assert "downmixing" in caplog.text
@@ -65,11 +67,11 @@ def test_more_than_two_channels_are_downmixed(identity_archive, caplog):
 
 def test_derived_stems(tiny_mask_archive, identity_archive):
     x = make_tone(1.2)
-    four = Separator(tiny_mask_archive, device="cpu", segment=0.5)
+    four = Separator(tiny_mask_archive, device="cpu", segment_seconds=0.5)
     out = four.separate(x, 44100, ["drums", "bass", "other", "vocals", "accompaniment"])
     expected = out["drums"] + out["bass"] + out["other"]
     torch.testing.assert_close(out["accompaniment"], expected, atol=1e-5, rtol=0)
-    one = Separator(identity_archive, device="cpu", segment=0.5)
+    one = Separator(identity_archive, device="cpu", segment_seconds=0.5)
     out = one.separate(x, 44100, ["vocals", "accompaniment"])
     assert float(out["accompaniment"].abs().max()) < 1e-5  # mixture - vocals, vocals == mixture
 
@@ -77,7 +79,9 @@ def test_derived_stems(tiny_mask_archive, identity_archive):
 def test_magnitude_model_with_mixture_phase_sums_to_mixture(tiny_mask_archive):
     """Softmax masks sum to one, so with mixture phase the stems add up to the input."""
     x = make_tone(1.0)
-    out = Separator(tiny_mask_archive, device="cpu", segment=0.5, overlap=0.5).separate(x, 44100)
+    out = Separator(tiny_mask_archive, device="cpu", segment_seconds=0.5, overlap=0.5).separate(
+        x, 44100
+    )
     total = sum(out.values()).numpy()
     np.testing.assert_allclose(total, x, atol=1e-4)
 
@@ -85,7 +89,7 @@ def test_magnitude_model_with_mixture_phase_sums_to_mixture(tiny_mask_archive):
 @pytest.mark.parametrize("fixture", ["tiny_wave_archive", "tiny_mask_archive"])
 def test_silent_input_gives_silent_finite_stems(fixture, request):
     archive = request.getfixturevalue(fixture)
-    out = Separator(archive, device="cpu", segment=0.5).separate(
+    out = Separator(archive, device="cpu", segment_seconds=0.5).separate(
         np.zeros((2, 30000), np.float32), 44100
     )
     for y in out.values():
@@ -96,9 +100,15 @@ def test_silent_input_gives_silent_finite_stems(fixture, request):
 
 def test_shifts_are_reproducible_and_seeded(tiny_wave_archive):
     x = make_tone(1.0)
-    a = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=1).separate(x, 44100)
-    b = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=1).separate(x, 44100)
-    c = Separator(tiny_wave_archive, device="cpu", segment=0.3, shifts=2, seed=2).separate(x, 44100)
+    a = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.3, shifts=2, seed=1).separate(
+        x, 44100
+    )
+    b = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.3, shifts=2, seed=1).separate(
+        x, 44100
+    )
+    c = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.3, shifts=2, seed=2).separate(
+        x, 44100
+    )
     assert torch.equal(a["vocals"], b["vocals"])
     assert not torch.equal(a["vocals"], c["vocals"])
 
@@ -114,7 +124,7 @@ def test_overlap_defaults_to_the_archives(tmp_path, identity_archive):
     assert Separator(short, device="cpu").overlap == 0.05
     assert Separator(short, device="cpu", overlap=0.5).overlap == 0.5
     x = make_tone(1.3)
-    out = Separator(short, device="cpu", segment=0.4).separate(x, 44100)["vocals"]
+    out = Separator(short, device="cpu", segment_seconds=0.4).separate(x, 44100)["vocals"]
     assert torch.allclose(out, torch.as_tensor(x), atol=1e-5)
 
 
@@ -122,7 +132,7 @@ def test_bad_options(identity_archive):
     with pytest.raises(UsageError, match="overlap"):
         Separator(identity_archive, device="cpu", overlap=0.95)
     with pytest.raises(UsageError, match="segment"):
-        Separator(identity_archive, device="cpu", segment=0)
+        Separator(identity_archive, device="cpu", segment_seconds=0)
     with pytest.raises(UsageError, match="unknown stem 'piano'"):
         Separator(identity_archive, device="cpu").stems(["piano"])
     if not torch.cuda.is_available():
@@ -139,7 +149,9 @@ def test_separate_file_writes_same_length_and_rate(
         "vocals": tmp_path / "out" / "vocals.wav",
         "accompaniment": tmp_path / "out" / "acc.flac",
     }
-    result = Separator(tiny_wave_archive, device="cpu", segment=0.5).separate_file(src, outputs)
+    result = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.5).separate_file(
+        src, outputs
+    )
     for stem, path in outputs.items():
         info = sf.info(str(path))
         assert info.samplerate == sample_rate and info.channels == channels
@@ -154,17 +166,19 @@ def test_separate_file_failure_leaves_nothing(tmp_path, tiny_wave_archive, monke
     out_dir.mkdir()
     existing = out_dir / "vocals.wav"
     existing.write_bytes(b"keep me")
-    sep = Separator(tiny_wave_archive, device="cpu", segment=0.2)
+    sep = Separator(tiny_wave_archive, device="cpu", segment_seconds=0.2)
     calls = {"n": 0}
-    forward = sep._forward
+    import sepcli.inference.separator as separator_module
 
-    def interrupted(batch):
+    forward = separator_module.to_waveform
+
+    def interrupted(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return forward(batch)
+        return forward(*args, **kwargs)
 
-    monkeypatch.setattr(sep, "_forward", interrupted)
+    monkeypatch.setattr(separator_module, "to_waveform", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sep.separate_file(src, {"vocals": existing, "accompaniment": out_dir / "acc.wav"})
     assert sorted(p.name for p in out_dir.iterdir()) == ["vocals.wav"]
@@ -216,3 +230,42 @@ def test_single_source_magnitude_model_every_phase(tmp_path, phase):
         # ratio 0.499987 and at most 3e-4 per sample; with eps -> 0 it tends to x / 2.
         assert ratio == pytest.approx(0.5, rel=1e-4)
         np.testing.assert_allclose(vocals, x / 2, rtol=0, atol=5e-4)
+
+
+@pytest.fixture(scope="module")
+def four_source_umx(tmp_path_factory):
+    from sepcli.models import UMXConfig, build_model, export_archive, load_verified
+
+    torch.manual_seed(0)
+    config = UMXConfig(n_fft=256, hop_length=64, hidden_size=8, num_layers=1)
+    path = export_archive(
+        build_model("umx", config), tmp_path_factory.mktemp("umx") / "u.sepcli", name="u4"
+    )
+    return load_verified(path)
+
+
+def test_only_the_networks_of_the_requested_stems_run(four_source_umx):
+    """Open-Unmix has one network per source: with the mixture phase, vocals and
+    accompaniment need the vocals network only (accompaniment = mixture - vocals)."""
+    x = np.random.default_rng(1).standard_normal((2, 20000)).astype(np.float32) * 0.1
+    sep = Separator(four_source_umx, device="cpu", phase="mixture", segment_seconds=0.2)
+    vocals = sep.sources.index("vocals")
+    plan = sep.plan(["vocals", "accompaniment"])
+    assert plan.sources == (vocals,) and plan.note is None
+    assert [r.kind for r in plan.recipes] == ["source", "mix_minus"]
+    mix = torch.from_numpy(x)[None]
+    assert four_source_umx.module.forward_sources(mix, [vocals]).shape[1] == 1
+    fewer = sep.separate(x, 44100, ["vocals", "accompaniment"])
+    full = sep.separate(x, 44100, list(sep.sources))
+    torch.testing.assert_close(fewer["vocals"], full["vocals"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        fewer["accompaniment"], torch.from_numpy(x) - fewer["vocals"], rtol=0, atol=1e-6
+    )
+    assert sep.plan(list(sep.sources)).sources is None  # every source asked: one forward
+
+
+def test_wiener_needs_every_network_and_says_so(four_source_umx):
+    sep = Separator(four_source_umx, device="cpu", phase="wiener", segment_seconds=0.2)
+    plan = sep.plan(["vocals"])
+    assert plan.sources is None and "wiener" in plan.note and "--phase mixture" in plan.note
+    assert [r.kind for r in plan.recipes] == ["source"]

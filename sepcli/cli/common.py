@@ -40,6 +40,15 @@ def refuse_existing(output: Path, force: bool) -> None:
         raise UsageError(f"{output}: already exists (use --force to overwrite)")
 
 
+def bars_shown(quiet: bool = False) -> bool:
+    """Whether to draw progress bars: not with ``--quiet``, and only on a terminal.
+
+    On a pipe or a log file a bar is noise, and rich ends a stopped transient
+    bar there with a bare newline (every run's stderr began with an empty line).
+    """
+    return not quiet and err_console.is_terminal
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one error line on stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
@@ -49,14 +58,20 @@ def fail(message: str, code: int = 1) -> None:
 def handle_errors(func: F) -> F:
     """Decorator for click commands: typed errors become one line + exit code.
 
-    ``KeyboardInterrupt`` exits 130 after one line; unexpected exceptions keep
-    their traceback only when ``SEPCLI_DEBUG`` is set.
+    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 (after the same
+    clean-up: :mod:`sepcli.cli.termination`); unexpected exceptions keep their
+    traceback only when ``SEPCLI_DEBUG`` is set.
     """
+    from sepcli.cli.termination import EXIT_TERMINATED, Terminated, sigterm_raises
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_raises():
+                return func(*args, **kwargs)
+        except Terminated:
+            err_console.print("terminated", style="yellow")
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
             sys.exit(130)
@@ -81,27 +96,30 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
 
 
-#: The Separator's knobs, shared by ``separate`` and ``evaluate`` (one spelling, one range).
+#: The Separator's knobs, shared by ``separate`` and ``evaluate``: one spelling each;
+#: their values are checked once, by :class:`~sepcli.inference.config.SeparatorConfig`.
 _SEPARATOR_OPTIONS = [
     click.option(
         "--segment",
+        "segment_seconds",
         type=float,
         default=None,
         help="Chunk length in seconds (default: the model's).",
     ),
     click.option(
         "--overlap",
-        type=click.FloatRange(0.0, 0.9),
+        type=float,
         default=None,
-        help="Fraction of a chunk shared with the next (default: the model's; 0.25 for most, "
-        "a 0.25-s crossfade for Open-Unmix, whose chunks see 2 s of real audio each side).",
+        help="Fraction of a chunk shared with the next, 0 to 0.9 (default: the model's; 0.25 "
+        "for most, a 0.25-s crossfade for Open-Unmix, whose chunks see 2 s of real audio "
+        "each side).",
     ),
     click.option(
         "--shifts",
-        type=click.IntRange(0, 100),
+        type=int,
         default=0,
         show_default=True,
-        help="Random time-shift passes averaged (better quality, N times slower).",
+        help="Random time-shift passes averaged (better quality, N times slower; up to 100).",
     ),
     click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed for shifts and random phase."
@@ -112,16 +130,41 @@ _SEPARATOR_OPTIONS = [
         default=None,
         help="Phase for spectrogram models (default: the model's).",
     ),
-    click.option("--wiener-iters", type=click.IntRange(0, 10), default=1, show_default=True),
-    click.option("--gl-iters", type=click.IntRange(1, 1000), default=32, show_default=True),
+    click.option("--wiener-iters", type=int, default=1, show_default=True, help="0 to 10."),
+    click.option("--gl-iters", type=int, default=32, show_default=True, help="1 to 1000."),
     click.option(
         "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
     ),
+    click.option(
+        "--batch-size", type=int, default=1, show_default=True, help="Chunks per forward pass."
+    ),
 ]
+_SEPARATOR_FIELDS = (
+    "segment_seconds", "overlap", "shifts", "seed", "phase", "wiener_iters", "gl_iters", "gl_init",
+    "batch_size",
+)  # fmt: skip
 
 
 def separator_options(func: F) -> F:
-    """Add ``--segment --overlap --shifts --seed --phase --wiener-iters --gl-iters --gl-init``."""
+    """Add the separator's options; the command receives one ``separator_config``.
+
+    ``--segment --overlap --shifts --seed --phase --wiener-iters --gl-iters
+    --gl-init --batch-size`` become a validated
+    :class:`~sepcli.inference.config.SeparatorConfig` (a bad value is one error
+    line and exit 2).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sepcli.inference.config import SeparatorConfig
+
+        values = {name: kwargs.pop(name) for name in _SEPARATOR_FIELDS}
+        try:
+            kwargs["separator_config"] = SeparatorConfig(**values)
+        except SepcliError as exc:
+            fail(str(exc), exit_code_for(exc))
+        return func(*args, **kwargs)
+
     for option in reversed(_SEPARATOR_OPTIONS):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]

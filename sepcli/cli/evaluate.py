@@ -29,6 +29,7 @@ from sepcli.evaluation.runner import (
     evaluate_tracks,
     summary_from_dir,
 )
+from sepcli.inference.config import SeparatorConfig
 from sepcli.progress import Progress
 
 _STEM_ORDER = ("vocals", "accompaniment", "drums", "bass", "other")
@@ -82,18 +83,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     from sepcli.inference.separator import Separator
 
     archive = load_model(model, device=options["device"])
-    separator = Separator(
-        archive,
-        device=options["device"],
-        segment=options["segment"],
-        overlap=options["overlap"],
-        shifts=options["shifts"],
-        seed=options["seed"],
-        phase=options["phase"],
-        wiener_iters=options["wiener_iters"],
-        gl_iters=options["gl_iters"],
-        gl_init=options["gl_init"],
-    )
+    separator = Separator(archive, options["separator_config"], device=options["device"])
     return SeparatorEstimator(separator, label=model)
 
 
@@ -175,8 +165,7 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
 def evaluate(
     data: Path, subset: str, track_names: tuple[str, ...], model: str | None, estimates: Path | None,
     stems: str | None, out_dir: Path, metrics: str, filters_len: int, write_estimates: bool, samples: float | None,
-    device: str, segment: float | None, overlap: float | None, shifts: int, seed: int, phase: str | None,
-    wiener_iters: int, gl_iters: int, gl_init: str, as_json: bool, quiet: bool,
+    device: str, separator_config: SeparatorConfig, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Score separations of a dataset with BSSEval v4 (the numbers of museval v4).
 
@@ -194,8 +183,7 @@ def evaluate(
             )
         tracks = [t for t in tracks if t.name in track_names]
     stem_list = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
-    options = dict(device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed, phase=phase,
-                   wiener_iters=wiener_iters, gl_iters=gl_iters, gl_init=gl_init)  # fmt: skip
+    options = dict(device=device, separator_config=separator_config)
     estimator = _make_estimator(model, estimates, options)
     config = EvalConfig(metrics=metrics, stems=stem_list, filters_len=filters_len, samples=samples, write_estimates=write_estimates,
                         device=device if device != "auto" else "cpu")  # fmt: skip

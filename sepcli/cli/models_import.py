@@ -14,6 +14,7 @@ from sepcli.cli.common import (
     refuse_existing,
     setup_logging,
 )
+from sepcli.errors import UsageError
 
 __all__ = ["import_command", "import_"]
 
@@ -22,8 +23,9 @@ _PRESETS = ("umx", "umxhq", "umxl", "umxse")
 
 @click.command("import")
 @click.option(
-    "--format", "fmt", type=click.Choice(["openunmix"]), required=True,
-    help="Format of the SOURCES (only 'openunmix' for now).",
+    "--format", "fmt", type=click.Choice(["openunmix", "demucs"]), required=True,
+    help="Format of the SOURCES: 'openunmix' (model folders or TARGET=FILE.pth) or "
+    "'demucs' (one HT-Demucs FILE.th, or a bag BAG.yaml with its members beside it).",
 )  # fmt: skip
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @archive_output_options
@@ -43,11 +45,15 @@ def import_command(
     name: str | None,
     force: bool,
 ) -> None:
-    """Import Open-Unmix weights as one sepcli archive.
+    """Import Open-Unmix or Demucs v4 weights as one sepcli archive.
 
-    A SOURCE is an Open-Unmix model folder (<target>.json + <target>.pth, and
+    Open-Unmix: a SOURCE is a model folder (<target>.json + <target>.pth, and
     optionally separator.json, as its training writes them) or TARGET=FILE.pth,
     a bare state dict of one target (with --preset umxhq|umx|umxl|umxse).
+
+    Demucs: one SOURCE, an HT-Demucs checkpoint SIG-HASH.th (read without
+    running code from it) or a bag YAML (models, weights, segment) with its
+    members' .th files beside it. The archive keeps Demucs' own chunking.
 
     \b
     Examples:
@@ -55,12 +61,23 @@ def import_command(
       sepcli models import --format openunmix --preset umxhq \\
           vocals=vocals-b62c91ce.pth drums=drums-9619578f.pth \\
           bass=bass-8d85a5bd.pth other=other-b52fbbf7.pth -o umxhq.sepcli
+      sepcli models import --format demucs 955717e8-8726e21a.th -o htdemucs.sepcli
+      sepcli models import --format demucs htdemucs_ft.yaml -o htdemucs_ft.sepcli
     """
     setup_logging()
     refuse_existing(output, force)
-    from sepcli.models.openunmix_import import import_openunmix_archive
+    if fmt == "demucs":
+        if len(sources) != 1:
+            raise UsageError("--format demucs takes one SOURCE (FILE.th or BAG.yaml)")
+        if preset is not None:
+            raise UsageError("--preset applies to --format openunmix only")
+        from sepcli.models.demucs_import import import_demucs_archive
 
-    path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
+        path = import_demucs_archive(sources[0], output, name=name)
+    else:
+        from sepcli.models.openunmix_import import import_openunmix_archive
+
+        path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
     from sepcli.models.archive import read_metadata
 
     meta = read_metadata(path)

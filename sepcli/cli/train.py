@@ -12,9 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as Bars
 
 from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.models.families import TRAINABLE_FAMILIES
 from sepcli.progress import Progress
-
-FAMILIES = ("umx", "tfc-tdf", "waveform")
 
 
 @click.command("train")
@@ -26,7 +25,11 @@ FAMILIES = ("umx", "tfc-tdf", "waveform")
     "repeat to train on several (numbered 0, 1, ... for --valid-roots, --data-weights).",
 )
 @click.option(
-    "--model", "family", type=click.Choice(FAMILIES), default=None, help="Model family [umx]."
+    "--model",
+    "family",
+    type=click.Choice(TRAINABLE_FAMILIES),
+    default=None,
+    help="Model family [umx].",
 )
 @click.option("--targets", default=None, help="Comma-separated stems to estimate [vocals].")
 @click.option(

@@ -3,3 +3,9 @@
 #: Phase methods for magnitude models (see :mod:`sepcli.dsp.phase`); defined here,
 #: free of torch, so that the CLI can list them without importing torch.
 PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
+
+#: Chunking recipes (see :mod:`sepcli.inference.recipes`): how a track is cut into
+#: the chunks a model sees and blended back. ``overlap-add`` is sepcli's own
+#: (real context on both sides, trapezoid crossfade); ``demucs`` and ``mdxc``
+#: reproduce the chunking the published Demucs and MDX-C/RoFormer models use.
+CHUNKING_RECIPES = ("overlap-add", "demucs", "mdxc")

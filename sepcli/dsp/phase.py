@@ -19,11 +19,22 @@ import torch
 from torch import Tensor
 
 from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
-from sepcli.dsp.stft import hann_window, istft
+from sepcli.dsp.stft import hann_window, istft, stft
 from sepcli.dsp.wiener import DEFAULT_EPS, wiener
 from sepcli.errors import UsageError
 
-__all__ = ["PHASE_METHODS", "GL_INITS", "reconstruct"]
+__all__ = [
+    "PHASE_METHODS",
+    "GL_INITS",
+    "OUTPUT_KINDS",
+    "reconstruct",
+    "to_waveform",
+    "waveform_from_output",
+]
+
+#: What a model's ``forward`` returns (:mod:`sepcli.models.archive`), and the code
+#: :func:`waveform_from_output` takes for each (TorchScript has no string enums).
+OUTPUT_KINDS = {"waveform": 0, "magnitude": 1, "complex": 2}
 
 from sepcli.dsp import PHASE_METHODS  # noqa: E402  (re-exported)
 
@@ -74,10 +85,7 @@ def reconstruct(
         inputs are float64).
     """
     if method == "mixture":
-        # |S| * X / |X| as a real ratio times X (no complex division); bins where the
-        # mixture is exactly zero stay zero.
-        ratio = magnitudes / mix_spec.abs().clamp_min(1e-30).unsqueeze(1)
-        return istft(ratio * mix_spec.unsqueeze(1), n_fft, hop_length, length)
+        return istft(mixture_phase(magnitudes, mix_spec), n_fft, hop_length, length)
     if method == "wiener":
         if wiener_iters < 0:
             raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")
@@ -116,3 +124,100 @@ def reconstruct(
             mix_wave = istft(mix_spec, n_fft, hop_length, length, window)
         return misi(magnitudes, mix_wave, n_fft, hop_length, gl_iters, gl_init, mix_spec, generator)
     raise UsageError(f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}")
+
+
+def mixture_phase(magnitudes: Tensor, mix_spec: Tensor) -> Tensor:
+    """Magnitudes ``(B, S, C, F, N)`` with the phase of ``mix_spec`` ``(B, C, F, N)``.
+
+    ``|S| * X / |X|`` as a real ratio times ``X`` (no complex division); bins
+    where the mixture is exactly zero stay zero.
+    """
+    ratio = magnitudes / mix_spec.abs().clamp_min(1e-30).unsqueeze(1)
+    return ratio * mix_spec.unsqueeze(1)
+
+
+def waveform_from_output(
+    kind: int,
+    out: Tensor,
+    mix: Tensor,
+    n_fft: int,
+    hop_length: int,
+    wiener_iters: int = 0,
+    wiener_residual: bool = False,
+    window: Tensor | None = None,
+) -> Tensor:
+    """The scriptable step from a model's output to waveforms.
+
+    Args:
+        kind: :data:`OUTPUT_KINDS` code of ``out``.
+        out: the model output for ``mix``: ``(B, S, C, T)`` waveforms, or
+            ``(B, S, C, F, N)`` magnitudes (real) or complex spectrograms.
+        mix: ``(B, C, T)`` the mixture the model saw.
+        n_fft, hop_length: the model's STFT (ignored for waveforms).
+        wiener_iters: ``0`` = mixture phase for magnitudes and the complex output
+            as it is; ``> 0`` = multichannel Wiener EM on the magnitudes (of the
+            complex output too), as in Open-Unmix and the MDX 2021 blends.
+        wiener_residual: model ``mixture - sum of sources`` as an extra source
+            during the EM (needed when a model estimates one source only).
+        window: optional precomputed :func:`~sepcli.dsp.stft.hann_window`.
+
+    Returns:
+        ``(B, S, C, T)`` real waveforms.
+    """
+    if kind == 0:
+        return out
+    length = mix.shape[-1]
+    if kind == 2 and wiener_iters == 0:
+        return istft(out, n_fft, hop_length, length, window)
+    mix_spec = stft(mix, n_fft, hop_length, window)
+    magnitudes = out if kind == 1 else out.abs()
+    if wiener_iters == 0:
+        return istft(mixture_phase(magnitudes, mix_spec), n_fft, hop_length, length, window)
+    spec = wiener(magnitudes, mix_spec, wiener_iters, False, wiener_residual)
+    return istft(spec[:, : magnitudes.shape[1]], n_fft, hop_length, length, window)
+
+
+def to_waveform(
+    output: str,
+    out: Tensor,
+    mix: Tensor,
+    n_fft: int = 0,
+    hop_length: int = 0,
+    *,
+    phase: str = "mixture",
+    wiener_iters: int = 1,
+    wiener_residual: bool = False,
+    gl_iters: int = 32,
+    gl_init: str = "mixture",
+    generator: torch.Generator | None = None,
+    window: Tensor | None = None,
+) -> Tensor:
+    """The one step from any model output to waveforms (separator, training, ensembles).
+
+    ``output`` is the archive's output kind; for ``"magnitude"`` the ``phase``
+    method (:data:`PHASE_METHODS`) builds the phase, ``"complex"`` is inverted
+    as it is, ``"waveform"`` is returned unchanged. Shapes as in
+    :func:`waveform_from_output`; ``mix`` is ``(B, C, T)``.
+    """
+    if output not in OUTPUT_KINDS:
+        raise UsageError(f"unknown model output kind {output!r}")
+    if output != "magnitude" or phase in ("mixture", "wiener"):
+        iters = wiener_iters if (output == "magnitude" and phase == "wiener") else 0
+        return waveform_from_output(
+            OUTPUT_KINDS[output], out, mix, n_fft, hop_length, iters, wiener_residual, window
+        )
+    if window is None:
+        window = hann_window(n_fft, mix.device)
+    mix_spec = stft(mix, n_fft, hop_length, window)
+    return reconstruct(
+        phase,
+        out,
+        mix_spec,
+        n_fft,
+        hop_length,
+        mix.shape[-1],
+        gl_iters=gl_iters,
+        gl_init=gl_init,
+        generator=generator,
+        mix_wave=mix,
+    )

@@ -116,15 +116,7 @@ class SeparatorEstimator:
         self.identity = {
             "kind": "model",
             "weights": _weights_digest(separator.archive),
-            "segment_samples": separator.segment_samples,
-            "context_samples": separator.context_samples,
-            "overlap": separator.overlap,
-            "shifts": separator.shifts,
-            "seed": separator.seed,
-            "phase": separator.phase,
-            "wiener_iters": separator.wiener_iters,
-            "gl_iters": separator.gl_iters,
-            "gl_init": separator.gl_init,
+            **separator.identity(),
         }
 
     def available(self, track: Track) -> Sequence[str] | None:

@@ -103,6 +103,55 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
+    (``{target: path}`` in output order) and the entry's preset."""
+    from sepcli.models.archive import save_archive  # torch loads only when a model does
+    from sepcli.models.openunmix_import import convert_files
+
+    module, metadata = convert_files(
+        files, dict(entry.preset), name=entry.name, licence=entry.licence,
+        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
+        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
+
+
+def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from verified Demucs checkpoints (``{signature:
+    path}`` in bag order): one file is one model, several a bag with the entry's
+    ``bag.weights`` / ``bag.segment``."""
+    import json
+
+    from sepcli.models.archive import save_archive
+    from sepcli.models.demucs_import import import_demucs
+
+    bag = entry.raw.get("bag") or {}
+    if not isinstance(bag, dict) or set(bag) - {"weights", "segment"}:
+        raise RegistryError(f"registry entry {entry.name!r}: 'bag' may hold weights and segment")
+    if len(files) == 1 and not bag:
+        source = next(iter(files.values()))
+    else:
+        folder = next(iter(files.values())).parent
+        lines = [f"models: {json.dumps(list(files))}"]
+        for key in ("weights", "segment"):
+            if bag.get(key) is not None:
+                lines.append(f"{key}: {json.dumps(bag[key])}")
+        source = folder / f"{entry.name}.yaml"
+        source.write_text("\n".join(lines) + "\n")
+    module, metadata = import_demucs(source, name=entry.name)
+    registry = {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}
+    metadata = metadata.replace(
+        licence=entry.licence, training_data=entry.training_data,
+        description=entry.description or metadata.description, scores=dict(entry.scores),
+        extra={**metadata.extra, "registry": registry},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
+
+
+_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs}
+
+
 def _fill(
     entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
 ) -> Path:
@@ -131,15 +180,7 @@ def _fill(
         base += spec.size or 0
         assert spec.target is not None
         paths[spec.target] = path
-    from sepcli.models.archive import save_archive  # torch loads only when a model does
-    from sepcli.models.openunmix_import import convert_files
-
-    module, metadata = convert_files(
-        paths, dict(entry.preset), name=entry.name, licence=entry.licence,
-        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
-        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
-    )  # fmt: skip
-    save_archive(module, metadata, dest)
+    _CONVERTERS[entry.format](entry, paths, dest)
     sidecar = _sidecar(dest)
     sidecar.write_text(sha256_file(dest) + "\n")
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep

@@ -13,8 +13,15 @@ Manifest layout::
        "sha256": "<64 hex>", "size": 1234, "description": "...", ...},
       {"name": "umxhq", "format": "openunmix", "preset": {...},
        "files": [{"target": "vocals", "urls": [...], "sha256": "...", "size": ...}, ...]},
-      {"name": "default", "format": "sepcli", "builtin": "default.sepcli"}
+      {"name": "default", "format": "sepcli", "builtin": "default.sepcli"},
+      {"name": "htdemucs_ft", "format": "demucs", "bag": {"weights": [[...], ...]},
+       "files": [{"target": "<signature>", "urls": [".../f7e0c4bc-ba3fe64a.th"], ...}, ...]}
     ]}
+
+A ``demucs`` entry lists Demucs checkpoints (``target`` = the model signature,
+in bag order) and optionally the bag's ``weights`` (one row per file) and
+``segment``; the files are converted once into an archive
+(:mod:`sepcli.models.demucs_import`).
 
 Every entry is validated before use (:func:`parse_entry`): safe names, https
 URLs (http only on loopback), full SHA-256 and positive sizes.
@@ -56,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-FORMATS = ("sepcli", "openunmix")
+FORMATS = ("sepcli", "openunmix", "demucs")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")

@@ -134,6 +134,11 @@ class StreamingOverlapAdd:
         batch_size: chunks per call of ``fn``.
         device: device the chunks are sent to; outputs come back on the CPU.
         on_chunk: called with the number of chunks just processed.
+        min_length: shortest input ``fn`` accepts (e.g. an STFT window).
+
+    A track no longer than one ``segment`` is run once at its own length
+    (zero-padded to ``min_length`` at most): padding it to a whole chunk would
+    cost up to a chunk of work and change what a recurrent model sees.
 
     Use :meth:`push` for each input block ``(channel, n)`` and :meth:`finish` at
     the end; both return the output samples that are final, ``(source, channel, m)``,
@@ -152,6 +157,7 @@ class StreamingOverlapAdd:
         batch_size: int = 1,
         device: torch.device | str = "cpu",
         on_chunk: Callable[[int], None] | None = None,
+        min_length: int = 1,
     ) -> None:
         if context < 0:
             raise ValueError("context must be >= 0")
@@ -164,6 +170,8 @@ class StreamingOverlapAdd:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.on_chunk = on_chunk
+        self.min_length = max(1, min_length)
+        self._ran = False
         self.window = blend_window(segment, overlap)
         for o in offsets:
             if not 0 <= o < segment:
@@ -213,8 +221,8 @@ class StreamingOverlapAdd:
             self._acc, self._wsum = acc, wsum
         self._acc_len = max(self._acc_len, need)
 
-    def _run(self, starts: list[int], total: int | None) -> None:
-        batch = torch.stack([self._chunk_input(s, total) for s in starts]).to(self.device)
+    def _call(self, batch: Tensor) -> Tensor:
+        batch = batch.to(self.device)
         with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
             y = self.fn(batch)
         if y.dim() != 4 or y.shape[1] != self.num_sources or y.shape[-1] != batch.shape[-1]:
@@ -222,6 +230,24 @@ class StreamingOverlapAdd:
                 f"model returned shape {tuple(y.shape)} for input {tuple(batch.shape)}; expected "
                 f"(batch, {self.num_sources}, channel, {batch.shape[-1]})"
             )
+        self._ran = True
+        return y
+
+    def _run_whole(self, total: int) -> Tensor:
+        """The whole (short) track as one chunk at its own length."""
+        x = self._inp[:, :total]
+        if total < self.min_length:
+            x = torch.nn.functional.pad(x, (0, self.min_length - total))
+        y = self._call(x[None])[0, ..., :total].float().cpu()
+        if self.on_chunk is not None:
+            self.on_chunk(1)
+        self._heap.clear()
+        self._out_start = total
+        return y
+
+    def _run(self, starts: list[int], total: int | None) -> None:
+        batch = torch.stack([self._chunk_input(s, total) for s in starts])
+        y = self._call(batch)
         y = y[..., self.context : self.context + self.segment].float().cpu()
         for i, start in enumerate(starts):
             lo = max(start, self._out_start)
@@ -306,7 +332,10 @@ class StreamingOverlapAdd:
     def finish(self) -> Tensor:
         """Process the last chunks (zero-padded past the end) and return the remaining output."""
         self._finished = True
-        return self._process(self._pushed)
+        total = self._pushed
+        if 0 < total <= self.segment and not self._ran and self._inp_start == 0:
+            return self._run_whole(total)
+        return self._process(total)
 
     def run(self, blocks: Iterator[Tensor]) -> Iterator[Tensor]:
         """Convenience: yield outputs for each block, then the tail."""

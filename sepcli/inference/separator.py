@@ -9,6 +9,8 @@ memory does not grow with the track length.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import os
@@ -17,31 +19,27 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sepcli import audio
-from sepcli.dsp.phase import PHASE_METHODS, reconstruct
-from sepcli.dsp.stft import hann_window, istft, stft
+from sepcli.dsp.phase import to_waveform
+from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
-from sepcli.inference.chunking import (
-    StreamingOverlapAdd,
-    plan_chunks,
-    shift_offsets,
-)
+from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
-from sepcli.models.archive import Archive, load_archive
+from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
 
-__all__ = ["Separator", "FileResult", "resolve_device", "track_name"]
+__all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
 log = logging.getLogger(__name__)
 
 #: Input is decoded and fed to the pipeline in blocks of this many seconds.
 BLOCK_SECONDS = 10.0
-#: Largest random time shift, as in Demucs (seconds).
-MAX_SHIFT_SECONDS = 0.5
 
 ProgressFn = Callable[[int, int], None]
 
@@ -83,6 +81,39 @@ def track_name(path: str | os.PathLike[str]) -> str:
     return Path(name).stem if Path(name).suffix else name
 
 
+class _Fifo:
+    """Samples ``(channels, n)`` waiting to be taken in order."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.parts: deque[np.ndarray] = deque()
+        self.length = 0
+
+    def put(self, x: np.ndarray) -> None:
+        if x.shape[-1]:
+            self.parts.append(x)
+            self.length += x.shape[-1]
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` samples (zeros past what was put: resampler rounding at the end)."""
+        parts = []
+        need = n
+        while need > 0 and self.parts:
+            head = self.parts[0]
+            if head.shape[-1] <= need:
+                parts.append(self.parts.popleft())
+                need -= head.shape[-1]
+            else:
+                parts.append(head[:, :need])
+                self.parts[0] = head[:, need:]
+                need = 0
+        got = np.concatenate(parts, axis=-1) if parts else np.zeros((self.channels, 0), np.float32)
+        self.length -= got.shape[-1]
+        if need > 0:
+            got = np.concatenate([got, np.zeros((self.channels, need), np.float32)], axis=-1)
+        return got
+
+
 @dataclass
 class FileResult:
     """What :meth:`Separator.separate_file` did for one input."""
@@ -96,42 +127,124 @@ class FileResult:
     extra: dict = field(default_factory=dict)
 
 
+#: Phase steps that treat each source on its own: a subset of sources gives the same stems.
+_PER_SOURCE_PHASES = ("mixture", "griffin-lim")
+
+
+@dataclass(frozen=True)
+class StemPlan:
+    """What :meth:`Separator.plan` decided for a set of stems.
+
+    Attributes:
+        recipes: how each stem is made from the model's sources.
+        sources: indices of the sources whose networks run (``None``: all).
+        note: why every network runs although fewer would do (for the CLI).
+    """
+
+    recipes: list[StemRecipe]
+    sources: tuple[int, ...] | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One model run through its own chunking recipe: a whole archive, or one
+    member of an ensemble (Demucs' ``BagOfModels``: each member keeps its own
+    chunking and sample rate, and the bag blends waveforms per stem).
+
+    ``make_fn(generator)`` gives ``(B, C, L) -> (B, S_unit, C, L)`` waveforms at
+    ``sample_rate``; ``blend`` is the ``(S, S_unit)`` share of the model's
+    sources (``None``: the unit's sources are the model's).
+    """
+
+    name: str
+    make_fn: Callable[[torch.Generator], Callable[[Tensor], Tensor]]
+    recipe: Recipe
+    sample_rate: int
+    num_sources: int
+    blend: Tensor | None = None
+
+
+class _UnitStream:
+    """Input blocks at the track's rate -> the unit's share of the needed sources,
+    back at the track's rate: resample in, chunked inference, blend, resample out."""
+
+    def __init__(
+        self,
+        unit: _Unit,
+        engine: ChunkEngine,
+        sample_rate: int,
+        channels: int,
+        needed: list[int],
+    ) -> None:
+        self.engine = engine
+        self.channels = channels
+        self.needed = needed
+        self.sample_rate = sample_rate
+        self.blend = unit.blend[needed] if unit.blend is not None else None
+        self.res_in = audio.StreamResampler(sample_rate, unit.sample_rate, channels)
+        self.res_out = audio.StreamResampler(unit.sample_rate, sample_rate, len(needed) * channels)
+        self.frames_out = 0
+
+    def _through(self, est: Tensor) -> np.ndarray:
+        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate."""
+        k = len(self.needed)
+        if est.shape[-1] == 0:
+            return np.zeros((k * self.channels, 0), np.float32)
+        if self.blend is None:
+            sel = est[self.needed]
+        else:
+            sel = torch.matmul(self.blend, est.reshape(est.shape[0], -1))
+        out = self.res_out.process(sel.reshape(k * self.channels, -1).numpy())
+        self.frames_out += out.shape[-1]
+        return out
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        return self._through(self.engine.push(_as_tensor(self.res_in.process(block))))
+
+    def finish(self, frames_in: int) -> np.ndarray:
+        """The rest of the output; in all, exactly ``frames_in`` samples (soxr rounds)."""
+        tail_in = self.res_in.flush()
+        parts = [self.engine.push(_as_tensor(tail_in))] if tail_in.shape[-1] else []
+        parts.append(self.engine.finish())
+        rest = self._through(torch.cat(parts, dim=-1))
+        flushed = self.res_out.flush()
+        rest = np.concatenate([rest, flushed], axis=-1)
+        want = frames_in - (self.frames_out - rest.shape[-1] + flushed.shape[-1])
+        if rest.shape[-1] > want:
+            rest = rest[:, : max(want, 0)]
+        elif rest.shape[-1] < want:
+            pad = np.zeros((rest.shape[0], want - rest.shape[-1]), np.float32)
+            rest = np.concatenate([rest, pad], axis=-1)
+        return rest
+
+
 class Separator:
     """Separate audio with a model archive.
 
     Args:
         model: a loaded :class:`~sepcli.models.archive.Archive` or the path of an
             archive file (model names are resolved by :func:`sepcli.hub.load_model`).
+        config: how to run it (:class:`~sepcli.inference.config.SeparatorConfig`;
+            default: the archive's recommendations).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        segment: chunk length in seconds (default: the archive's recommendation).
-        overlap: fraction of a chunk shared with the next, in [0, 0.9] (default:
-            the archive's recommendation, ``metadata.overlap``).
-        shifts: number of random time-shift passes averaged (0 = none).
-        seed: seed of the shifts and of random phase initialisation.
-        context: seconds of real neighbouring audio given to each chunk on both
-            sides (default: the archive's ``context_seconds``, at least ``n_fft``
-            samples for spectrogram models).
-        batch_size: chunks per forward pass.
-        phase: phase method for ``magnitude`` archives (default: the archive's).
-        wiener_iters, gl_iters, gl_init: parameters of the phase methods.
+        **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
+            ``shifts=``...), applied over ``config``.
+
+    A ``Separator`` holds no per-call state: several threads may call
+    :meth:`stream`, :meth:`separate` or :meth:`separate_file` on one instance.
     """
 
     def __init__(
         self,
         model: Archive | str | os.PathLike[str],
+        config: SeparatorConfig | None = None,
         *,
         device: str | torch.device = "auto",
-        segment: float | None = None,
-        overlap: float | None = None,
-        shifts: int = 0,
-        seed: int = 0,
-        context: float | None = None,
-        batch_size: int = 1,
-        phase: str | None = None,
-        wiener_iters: int = 1,
-        gl_iters: int = 32,
-        gl_init: str = "mixture",
+        **options: Any,
     ) -> None:
+        config = config or SeparatorConfig()
+        self.config = config.replace(**options) if options else config
         self.device = resolve_device(device)
         if isinstance(model, Archive):
             archive = model
@@ -140,49 +253,12 @@ class Separator:
         else:
             archive = load_archive(model, device=self.device)
         self.archive = archive
-        meta = archive.metadata
-        if overlap is None:
-            overlap = meta.overlap
-        if not 0.0 <= overlap <= 0.9:
-            raise UsageError(f"overlap must be between 0 and 0.9, got {overlap}")
-        if shifts < 0:
-            raise UsageError(f"shifts must be >= 0, got {shifts}")
-        seg = meta.segment_seconds if segment is None else segment
-        if seg <= 0:
-            raise UsageError(f"segment must be positive, got {seg}")
-        self.segment_samples = max(1, int(round(seg * meta.sample_rate)))
-        if meta.stft is not None and self.segment_samples < meta.stft.n_fft:
-            raise UsageError(
-                f"segment {seg:g}s is shorter than the model's STFT window "
-                f"({meta.stft.n_fft / meta.sample_rate:.3f}s)"
-            )
-        ctx = meta.context_seconds if context is None else context
-        if ctx < 0:
-            raise UsageError("context must be >= 0")
-        ctx_samples = int(round(ctx * meta.sample_rate))
-        if context is None and meta.stft is not None:
-            ctx_samples = max(ctx_samples, meta.stft.n_fft)
-        self.context_samples = ctx_samples
-        self.overlap = overlap
-        self.shifts = shifts
-        self.seed = seed
-        self.batch_size = max(1, batch_size)
-        self.phase = phase or meta.phase
-        if self.phase not in PHASE_METHODS:
-            raise UsageError(
-                f"unknown phase method {self.phase!r}; choose from {', '.join(PHASE_METHODS)}"
-            )
-        if gl_init not in ("mixture", "random"):
-            raise UsageError(f"gl_init must be 'mixture' or 'random', got {gl_init!r}")
-        self.wiener_iters = wiener_iters
-        self.gl_iters = gl_iters
-        self.gl_init = gl_init
-        self._window = hann_window(meta.stft.n_fft, self.device) if meta.stft else None
-        self._generator: torch.Generator | None = None
+        self.phase = self.config.phase or archive.metadata.phase
+        self.units = self._plan_units()
 
     # -- properties -------------------------------------------------------
     @property
-    def metadata(self):
+    def metadata(self) -> ArchiveMetadata:
         return self.archive.metadata
 
     @property
@@ -193,49 +269,153 @@ class Separator:
     def sample_rate(self) -> int:
         return self.archive.metadata.sample_rate
 
+    @property
+    def recipe(self) -> Recipe:
+        """The chunking recipe of the model (of the first member, for an ensemble)."""
+        return self.units[0].recipe
+
+    @property
+    def overlap(self) -> float:
+        return float(getattr(self.recipe, "overlap", 0.0))
+
+    @property
+    def segment_samples(self) -> int:
+        return int(getattr(self.recipe, "segment", 0))
+
+    @property
+    def context_samples(self) -> int:
+        return int(getattr(self.recipe, "context", 0))
+
+    def identity(self) -> dict[str, Any]:
+        """What determines this separator's output besides the weights (run records)."""
+        return {
+            **self.config.to_dict(),
+            "phase": self.phase,
+            "units": [{"name": u.name, **u.recipe.describe()} for u in self.units],
+        }
+
     def stems(self, requested: Sequence[str] | None = None) -> list[StemRecipe]:
         """Recipes for ``requested`` stems (raises ``UsageError`` for unknown ones)."""
         return plan_stems(self.sources, requested)
 
-    # -- model on one batch of chunks ---------------------------------------
-    def _forward(self, batch: Tensor) -> Tensor:
-        """``(B, C, L)`` -> ``(B, S, C, L)`` waveforms."""
+    # -- the models and their recipes -------------------------------------
+    def _plan_units(self) -> list[_Unit]:
         meta = self.archive.metadata
-        out = self.archive.module(batch)
-        if meta.output == "waveform":
-            return out
-        assert meta.stft is not None
-        n_fft, hop = meta.stft.n_fft, meta.stft.hop_length
-        length = batch.shape[-1]
-        if meta.output == "complex":
-            return istft(out, n_fft, hop, length, self._window)
-        mix_spec = stft(batch, n_fft, hop, self._window)
-        return reconstruct(
-            self.phase,
-            out,
-            mix_spec,
-            n_fft,
-            hop,
-            length,
-            wiener_iters=self.wiener_iters,
-            gl_iters=self.gl_iters,
-            gl_init=self.gl_init,
-            generator=self._generator,
-            # One estimated source: Wiener needs the rest of the mixture as a residual
-            # source, or its single mask would be 1 everywhere.
-            wiener_residual=meta.num_sources == 1,
-            mix_wave=batch,
+        if meta.family == "ensemble" and hasattr(self.archive.module, "members"):
+            members = list(self.archive.module.members.children())
+            return [self._member_unit(i, m) for i, m in enumerate(members)]
+        return [self._archive_unit()]
+
+    def plan(self, stems: Sequence[str] | None = None) -> StemPlan:
+        """How ``stems`` are made, and which source networks run for them.
+
+        A model with one network per source (Open-Unmix: ``forward_sources``)
+        run with a phase step that treats sources one by one (mixture phase,
+        Griffin-Lim) only runs the networks the stems need; a derived stem is
+        then made as the mixture minus the sources it leaves out when that needs
+        fewer networks (``accompaniment`` = mixture - vocals instead of drums +
+        bass + other). Wiener filtering and MISI need every source's estimate.
+        """
+        recipes = self.stems(stems)
+        everything = StemPlan(recipes, None, None)
+        meta = self.archive.metadata
+        if len(self.units) != 1 or not hasattr(self.archive.module, "forward_sources"):
+            return everything
+        direct = {i for r in recipes if r.kind != "sum" for i in r.indices}
+        chosen = []
+        for r in recipes:
+            if r.kind == "sum":
+                rest = tuple(i for i in range(meta.num_sources) if i not in r.indices)
+                if len(set(rest) - direct) < len(set(r.indices) - direct):
+                    r = StemRecipe(r.name, "mix_minus", rest)
+            chosen.append(r)
+        needed = sorted({i for r in chosen for i in r.indices})
+        if len(needed) == meta.num_sources:
+            return everything
+        if meta.output == "magnitude" and self.phase not in _PER_SOURCE_PHASES:
+            note = (
+                f"the {self.phase} phase step needs every source, so all {meta.num_sources} "
+                f"networks run; --phase mixture runs only the {len(needed)} these stems need"
+            )
+            return StemPlan(recipes, None, note)
+        return StemPlan(chosen, tuple(needed), None)
+
+    def _archive_unit(self, subset: tuple[int, ...] | None = None) -> _Unit:
+        """The archive as one unit; ``subset``: only these sources' networks run."""
+        meta = self.archive.metadata
+        module = self.archive.module
+        cfg = self.config
+        blend = None
+        if subset is not None:
+            indices = list(subset)
+            blend = torch.zeros(meta.num_sources, len(indices))
+            blend[indices, range(len(indices))] = 1.0
+            run = functools.partial(module.forward_sources, indices=indices)
+        else:
+            run = module
+        n_fft = meta.stft.n_fft if meta.stft else 0
+        hop = meta.stft.hop_length if meta.stft else 0
+        window = hann_window(n_fft, self.device) if meta.stft else None
+
+        def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+            def fn(batch: Tensor) -> Tensor:
+                return to_waveform(
+                    meta.output,
+                    run(batch),
+                    batch,
+                    n_fft,
+                    hop,
+                    phase=self.phase,
+                    wiener_iters=cfg.wiener_iters,
+                    # One estimated source: Wiener needs the rest of the mixture as a
+                    # residual source, or its single mask would be 1 everywhere.
+                    wiener_residual=meta.num_sources == 1,
+                    gl_iters=cfg.gl_iters,
+                    gl_init=cfg.gl_init,
+                    generator=generator,
+                    window=window,
+                )
+
+            return fn
+
+        recipe = make_recipe(meta, cfg)
+        count = meta.num_sources if subset is None else len(subset)
+        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, count, blend)
+
+    def _member_unit(self, index: int, member: Any) -> _Unit:
+        """A member of an ensemble archive, with the chunking it recommends."""
+        meta = self.archive.metadata
+        kind = int(member.kind)
+        rate = int(member.model.sample_rate)
+        stft_params = None if kind == 0 else StftParams(int(member.n_fft), int(member.hop_length))
+        blend = member.blend.detach().float().cpu()
+        member_meta = ArchiveMetadata(
+            name=f"{meta.name}.member{index}",
+            sources=tuple(f"s{j}" for j in range(blend.shape[1])),
+            sample_rate=rate,
+            audio_channels=meta.audio_channels,
+            output="waveform",
+            family="member",
+            stft=stft_params,
+            segment_seconds=float(member.segment),
+            context_seconds=float(member.context),
+            # archives written before members recorded their own overlap and recipe
+            overlap=float(getattr(member, "overlap", meta.overlap)),
+            recipe=str(getattr(member, "recipe", "overlap-add")),
+            extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
-    def _offsets(self) -> list[int]:
-        max_shift = min(int(MAX_SHIFT_SECONDS * self.sample_rate), self.segment_samples)
-        return shift_offsets(self.shifts, max_shift, self.seed)
+        def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+            return member
+
+        recipe = make_recipe(member_meta, self.config)
+        return _Unit(member_meta.name, make_fn, recipe, rate, blend.shape[1], blend)
 
     def count_chunks(self, frames: int, sample_rate: int) -> int:
-        """Number of chunks the model will run for ``frames`` input samples."""
-        n = int(math.ceil(frames * self.sample_rate / sample_rate))
+        """Number of chunks the models will run for ``frames`` input samples."""
         return sum(
-            len(plan_chunks(n, self.segment_samples, self.overlap, o)) for o in self._offsets()
+            u.recipe.count_chunks(int(math.ceil(frames * u.sample_rate / sample_rate)))
+            for u in self.units
         )
 
     # -- streaming core -----------------------------------------------------
@@ -264,7 +444,9 @@ class Separator:
             has exactly as many samples as the input.
         """
         meta = self.archive.metadata
-        recipes = self.stems(stems)
+        plan = self.plan(stems)
+        recipes = plan.recipes
+        plan_units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
         model_channels = meta.audio_channels
         if channels < 1:
             raise UsageError("input has no channels")
@@ -277,58 +459,42 @@ class Separator:
         needed = sorted({i for r in recipes for i in r.indices})
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
-
-        engine = StreamingOverlapAdd(
-            self._forward,
-            channels=model_channels,
-            num_sources=meta.num_sources,
-            segment=self.segment_samples,
-            overlap=self.overlap,
-            context=self.context_samples,
-            offsets=self._offsets(),
-            batch_size=self.batch_size,
-            device=self.device,
-            on_chunk=on_chunk,
-        )
-        res_in = audio.StreamResampler(sample_rate, meta.sample_rate, model_channels)
-        res_out = audio.StreamResampler(meta.sample_rate, sample_rate, len(needed) * model_channels)
-        mix_fifo: deque[np.ndarray] = deque()
-        fifo_len = 0
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        units = [
+            _UnitStream(
+                u,
+                u.recipe.engine(
+                    u.make_fn(generator),
+                    model_channels,
+                    u.num_sources,
+                    batch_size=self.config.batch_size,
+                    device=self.device,
+                    on_chunk=on_chunk,
+                ),
+                sample_rate,
+                model_channels,
+                needed,
+            )
+            for u in plan_units
+        ]
+        pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
+        mix_fifo = _Fifo(out_channels)
         frames_in = 0
         frames_out = 0
 
-        def take_mix(n: int) -> np.ndarray:
-            nonlocal fifo_len
-            parts = []
-            while n > 0 and mix_fifo:
-                head = mix_fifo[0]
-                if head.shape[-1] <= n:
-                    parts.append(mix_fifo.popleft())
-                    n -= head.shape[-1]
-                else:
-                    parts.append(head[:, :n])
-                    mix_fifo[0] = head[:, n:]
-                    n = 0
-            got = (
-                np.concatenate(parts, axis=-1) if parts else np.zeros((out_channels, 0), np.float32)
-            )
-            fifo_len -= got.shape[-1]
-            if n > 0:  # resampler rounding at the very end
-                got = np.concatenate([got, np.zeros((out_channels, n), np.float32)], axis=-1)
-            return got
-
-        def finish_block(model_out: Tensor, resampled: np.ndarray) -> dict[str, np.ndarray] | None:
+        def finish_block(n: int) -> dict[str, np.ndarray] | None:
             nonlocal frames_out
-            n = resampled.shape[-1]
             if n == 0:
                 return None
-            per_source = resampled.reshape(len(needed), model_channels, n)
+            summed = pending[0].take(n)
+            for fifo in pending[1:]:
+                summed = summed + fifo.take(n)
+            per_source = summed.reshape(len(needed), model_channels, n)
             src = {
                 idx: audio.convert_channels(per_source[k], out_channels)
                 for k, idx in enumerate(needed)
             }
-            mix = take_mix(n) if use_mix else None
+            mix = mix_fifo.take(n) if use_mix else None
             result: dict[str, np.ndarray] = {}
             for r in recipes:
                 if r.kind == "source":
@@ -342,12 +508,6 @@ class Separator:
             frames_out += n
             return result
 
-        def through(model_out: Tensor) -> np.ndarray:
-            if model_out.shape[-1] == 0:
-                return np.zeros((len(needed) * model_channels, 0), np.float32)
-            sel = model_out[needed].reshape(len(needed) * model_channels, -1).numpy()
-            return res_out.process(sel)
-
         for block in blocks:
             block = np.asarray(block, dtype=np.float32)
             if block.ndim != 2 or block.shape[0] != channels:
@@ -356,26 +516,16 @@ class Separator:
                 continue
             frames_in += block.shape[-1]
             if use_mix:
-                mix_fifo.append(audio.convert_channels(block, out_channels))
-                fifo_len += block.shape[-1]
-            x = res_in.process(audio.convert_channels(block, model_channels))
-            out = engine.push(_as_tensor(x))
-            done = finish_block(out, through(out))
+                mix_fifo.put(audio.convert_channels(block, out_channels))
+            x = audio.convert_channels(block, model_channels)
+            for unit, fifo in zip(units, pending, strict=True):
+                fifo.put(unit.push(x))
+            done = finish_block(min(f.length for f in pending))
             if done:
                 yield done
-        tail_in = res_in.flush()
-        parts = [engine.push(_as_tensor(tail_in))] if tail_in.shape[-1] else []
-        parts.append(engine.finish())
-        tail = torch.cat(parts, dim=-1)
-        resampled = np.concatenate([through(tail), res_out.flush()], axis=-1)
-        # soxr rounds lengths; the output has exactly the input's length.
-        want = frames_in - frames_out
-        if resampled.shape[-1] > want:
-            resampled = resampled[:, :want]
-        elif resampled.shape[-1] < want:
-            pad = np.zeros((resampled.shape[0], want - resampled.shape[-1]), np.float32)
-            resampled = np.concatenate([resampled, pad], axis=-1)
-        done = finish_block(tail, resampled)
+        for unit, fifo in zip(units, pending, strict=True):
+            fifo.put(unit.finish(frames_in))
+        done = finish_block(frames_in - frames_out)
         if done:
             yield done
         if frames_out != frames_in:

@@ -25,6 +25,7 @@ from sepcli.models.configs import (
     config_from_dict,
     reference_config,
 )
+from sepcli.models.families import FAMILY_TABLE, Family, family
 
 __all__ = [
     "Archive",
@@ -34,6 +35,9 @@ __all__ = [
     "read_metadata",
     "save_archive",
     "FAMILIES",
+    "FAMILY_TABLE",
+    "Family",
+    "family",
     "build_model",
     "export_archive",
     "load_verified",

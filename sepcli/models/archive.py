@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from sepcli import atomic
-from sepcli.dsp.phase import PHASE_METHODS
+from sepcli.dsp import CHUNKING_RECIPES, PHASE_METHODS
 from sepcli.errors import ArchiveError
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "probe_archive",
     "count_parameters",
     "check_module",
+    "check_integrity",
 ]
 
 ARCHIVE_FORMAT = "sepcli-archive"
@@ -99,6 +100,10 @@ class ArchiveMetadata:
         scores: claimed scores, e.g. ``{"musdb18-valid": {"vocals": {"SDR": 5.1}}}``.
         phase: default phase method the separator should use for spectrogram
             output (``"mixture"``, ``"wiener"``, ``"griffin-lim"``).
+        recipe: chunking recipe (:mod:`sepcli.inference.recipes`): how the
+            separator cuts a track into the chunks this module sees and blends
+            them back (``"overlap-add"``; ``"demucs"`` and ``"mdxc"`` reproduce
+            the published models' own chunking).
         extra: free-form JSON for anything else (training run, versions...).
         format_version: archive format version.
     """
@@ -120,6 +125,7 @@ class ArchiveMetadata:
     config: Mapping[str, Any] = field(default_factory=dict)
     scores: Mapping[str, Any] = field(default_factory=dict)
     phase: str = "mixture"
+    recipe: str = "overlap-add"
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -157,6 +163,11 @@ class ArchiveMetadata:
             out.append(f"overlap must be between 0 and 0.9, got {self.overlap}")
         if self.phase not in PHASE_METHODS:
             out.append(f"unknown phase method {self.phase!r}")
+        if self.recipe not in CHUNKING_RECIPES:
+            out.append(
+                f"unknown chunking recipe {self.recipe!r} (this sepcli knows "
+                f"{', '.join(CHUNKING_RECIPES)}; a newer sepcli may read this archive)"
+            )
         if self.format_version > FORMAT_VERSION:
             out.append(
                 f"format version {self.format_version} is newer than this sepcli understands "
@@ -253,16 +264,34 @@ def check_module(module: torch.nn.Module, metadata: ArchiveMetadata, where: str)
 def probe_archive(archive: Archive, seconds: float = 0.25) -> None:
     """Run the module on a short silent input and check its output layout.
 
+    Models whose recipe fixes the chunk length (``demucs``, ``mdxc``; they may be
+    traced at it) are probed at ``segment_seconds``; an ensemble is probed member
+    by member, each at its own rate (the separator never runs it whole).
+
     Raises :class:`ArchiveError` when the output shape or kind does not match
     the metadata.
     """
     meta = archive.metadata
-    length = max(int(seconds * meta.sample_rate), 1)
+    where = str(archive.path) if archive.path else meta.name
     device = next((p.device for p in archive.module.parameters()), torch.device("cpu"))
+    members = getattr(archive.module, "members", None) if meta.family == "ensemble" else None
+    if members is not None:
+        for i, member in enumerate(members.children()):
+            rate = int(member.sample_rate) if hasattr(member, "sample_rate") else meta.sample_rate
+            fixed = str(getattr(member, "recipe", "overlap-add")) != "overlap-add"
+            n = max(int((float(member.segment) if fixed else seconds) * rate), 1)
+            with torch.no_grad():
+                y = member(torch.zeros(1, meta.audio_channels, n, device=device))
+            want = (1, int(member.blend.shape[1]), meta.audio_channels, n)
+            if tuple(y.shape) != want:
+                raise ArchiveError(f"{where}: member {i} output shape {tuple(y.shape)} != {want}")
+        return
+    if meta.recipe != "overlap-add":
+        seconds = meta.segment_seconds
+    length = max(int(round(seconds * meta.sample_rate)), 1)
     mix = torch.zeros(1, meta.audio_channels, length, device=device)
     with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
         out = archive.module(mix)
-    where = str(archive.path) if archive.path else meta.name
     if not isinstance(out, torch.Tensor):
         raise ArchiveError(f"{where}: module returned {type(out).__name__}, not a tensor")
     if meta.output == "waveform":
@@ -330,16 +359,43 @@ def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
         raise ArchiveError(f"{path}: {exc}") from None
 
 
+def check_integrity(path: str | os.PathLike[str]) -> None:
+    """Check every zip member of an archive against its CRC-32.
+
+    ``torch.jit.save`` stores weights uncompressed with a CRC per member, but
+    ``torch.jit.load`` never checks them: an archive with flipped bytes in its
+    weights loads and silently gives other stems. Reading every member costs
+    about 2 ms per 5 MB.
+
+    Raises:
+        ArchiveError: a member's bytes do not match its CRC, or the zip is unreadable.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ArchiveError(f"{path}: damaged archive ({exc})") from None
+    if bad is not None:
+        member = bad.split("/", 1)[-1]
+        raise ArchiveError(
+            f"{path}: damaged archive (member {member} fails its CRC check); "
+            "download or copy it again"
+        )
+
+
 def load_archive(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", probe: bool = False
 ) -> Archive:
     """Load an archive written by :func:`save_archive`.
 
-    Raises :class:`ArchiveError` for a file that is not an archive, metadata that
-    is invalid, or a module that does not match its metadata.
+    Raises :class:`ArchiveError` for a file that is not an archive, a damaged
+    one (a zip member that fails its CRC), metadata that is invalid, or a module
+    that does not match its metadata.
     """
     path = Path(path)
     metadata = read_metadata(path)
+    check_integrity(path)
     extra = {METADATA_FILE: ""}
     ctx = _quiet_jit()
     try:

@@ -53,7 +53,7 @@ def blend_archives(
     """An :class:`Ensemble` of loaded archives.
 
     Args:
-        archives: two or more members (any family; same rate and channels).
+        archives: two or more members (any family and sample rate; same channels).
         sources: blended stems; default every member stem, in first-seen order.
         weights: per stem, one weight per member (missing stems: equal weights
             over the members that output them).
@@ -62,13 +62,9 @@ def blend_archives(
     """
     if len(archives) < 2:
         raise UsageError("a blend needs at least two member archives")
-    formats = {(a.metadata.sample_rate, a.metadata.audio_channels) for a in archives}
-    if len(formats) > 1:
-        each = ", ".join(
-            f"{a.metadata.name} ({a.metadata.sample_rate} Hz, {a.metadata.audio_channels} ch)"
-            for a in archives
-        )
-        raise UsageError(f"members must share sample rate and channels: {each}")
+    if len({a.metadata.audio_channels for a in archives}) > 1:
+        each = ", ".join(f"{a.metadata.name} ({a.metadata.audio_channels} ch)" for a in archives)
+        raise UsageError(f"members must share their channel count: {each}")
     if sources is None:
         sources = list(dict.fromkeys(s for a in archives for s in a.metadata.sources))
     sources = list(sources)

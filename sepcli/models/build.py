@@ -29,11 +29,11 @@ from sepcli.models.archive import (
     load_archive,
     save_archive,
 )
-from sepcli.models.configs import config_from_dict
+from sepcli.models.families import FAMILIES, config_from_dict
+from sepcli.models.families import family as family_row
 
 __all__ = [
     "FAMILIES",
-    "FAMILY_OUTPUT",
     "build_model",
     "model_family",
     "model_config",
@@ -43,46 +43,13 @@ __all__ = [
     "load_verified",
 ]
 
-FAMILIES = ("umx", "tfc-tdf", "waveform", "ensemble")
-
-#: archive ``output`` kind of each family.
-FAMILY_OUTPUT = {
-    "umx": "magnitude",
-    "tfc-tdf": "complex",
-    "waveform": "waveform",
-    "ensemble": "waveform",
-}
-
-#: default phase step the separator applies to each family's spectrogram output.
-_FAMILY_PHASE = {
-    "umx": "wiener",
-    "tfc-tdf": "mixture",
-    "waveform": "mixture",
-    "ensemble": "mixture",
-}
-
 
 def build_model(family: str, config: Mapping[str, Any] | Any) -> nn.Module:
     """A randomly initialised model of ``family`` from ``config`` (dict or dataclass).
 
     Raises :class:`UsageError` for an unknown family or an invalid config.
     """
-    cfg = config_from_dict(family, config)
-    if family == "umx":
-        from sepcli.models.umx import UMX
-
-        return UMX(cfg)
-    if family == "tfc-tdf":
-        from sepcli.models.tfc_tdf import TFCTDF
-
-        return TFCTDF(cfg)
-    if family == "waveform":
-        from sepcli.models.waveform import WaveformUNet
-
-        return WaveformUNet(cfg)
-    from sepcli.models.ensemble import Ensemble
-
-    return Ensemble.from_config(cfg)
+    return family_row(family).build(config_from_dict(family, config))
 
 
 def model_family(model: nn.Module) -> str:
@@ -116,6 +83,7 @@ def make_metadata(
     and may only rename them (same count).
     """
     family = model_family(model)
+    row = family_row(family)
     config = model_config(model)
     if sources is None:
         sources = tuple(config["sources"])
@@ -129,13 +97,14 @@ def make_metadata(
         "sources": sources,
         "sample_rate": int(model.sample_rate),
         "audio_channels": int(model.audio_channels),
-        "output": FAMILY_OUTPUT[family],
+        "output": row.output,
         "family": family,
         "config": config,
         "num_parameters": count_parameters(model),
-        "phase": _FAMILY_PHASE[family],
+        "phase": row.phase,
+        "recipe": row.recipe,
     }
-    if FAMILY_OUTPUT[family] != "waveform":
+    if row.output != "waveform":
         values["stft"] = StftParams(int(model.n_fft), int(model.hop_length))
     segment, context = model.archive_timing()
     values["segment_seconds"] = float(segment)
@@ -186,10 +155,12 @@ def verify_archive(archive: Archive) -> Archive:
     where = str(archive.path) if archive.path else meta.name
     check_module(module, meta, where)  # attributes, family, config, STFT
     family = getattr(module, "family", None)
-    if family is not None and FAMILY_OUTPUT.get(str(family)) != meta.output:
-        raise ArchiveError(
-            f"{where}: family {family!r} outputs {FAMILY_OUTPUT.get(str(family))!r}, metadata says {meta.output!r}"
-        )
+    if family is not None:
+        expected = family_row(str(family)).output if str(family) in FAMILIES else None
+        if expected != meta.output:
+            raise ArchiveError(
+                f"{where}: family {family!r} outputs {expected!r}, metadata says {meta.output!r}"
+            )
     return archive
 
 

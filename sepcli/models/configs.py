@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from sepcli.errors import UsageError
+from sepcli.models.families import FAMILIES, config_class, config_from_dict, reference_config
 
 __all__ = [
     "UMXConfig",
@@ -22,9 +23,9 @@ __all__ = [
     "WaveformConfig",
     "EnsembleMember",
     "EnsembleConfig",
-    "CONFIG_CLASSES",
     "config_from_dict",
     "reference_config",
+    "reference_ensemble",
     "bandwidth_to_max_bin",
 ]
 
@@ -307,15 +308,15 @@ class EnsembleMember(_Config):
     wiener_iterations: int = 0
 
     def __post_init__(self) -> None:
-        if self.member_family not in CONFIG_CLASSES or self.member_family == "ensemble":
+        if self.member_family not in FAMILIES or self.member_family == "ensemble":
             raise UsageError(f"unknown ensemble member family {self.member_family!r}")
         if self.wiener_iterations < 0:
             raise UsageError("wiener_iterations must be >= 0")
-        cfg = CONFIG_CLASSES[self.member_family].from_dict(self.config)
+        cfg = config_class(self.member_family).from_dict(self.config)
         object.__setattr__(self, "config", cfg.to_dict())
 
     def member_config(self) -> Any:
-        return CONFIG_CLASSES[self.member_family].from_dict(self.config)
+        return config_class(self.member_family).from_dict(self.config)
 
 
 @dataclass(frozen=True)
@@ -349,8 +350,8 @@ class EnsembleConfig(_Config):
         if not members:
             p.append("an ensemble needs at least one member")
         cfgs = [m.member_config() for m in members]
-        if len({(c.sample_rate, c.audio_channels) for c in cfgs}) > 1:
-            p.append("members must share sample_rate and audio_channels")
+        if len({c.audio_channels for c in cfgs}) > 1:
+            p.append("members must share audio_channels")
         if len(self.weights) != len(self.sources) or any(
             len(r) != len(members) for r in self.weights
         ):
@@ -389,50 +390,14 @@ class EnsembleConfig(_Config):
         }
 
 
-CONFIG_CLASSES: dict[str, type] = {
-    "umx": UMXConfig,
-    "tfc-tdf": TFCTDFConfig,
-    "waveform": WaveformConfig,
-    "ensemble": EnsembleConfig,
-}
-
-
-def config_from_dict(family: str, data: Mapping[str, Any] | Any) -> Any:
-    """The config dataclass of ``family`` from a dict (or the dataclass itself)."""
-    cls = CONFIG_CLASSES.get(family)
-    if cls is None:
-        raise UsageError(
-            f"unknown model family {family!r}; expected one of {sorted(CONFIG_CLASSES)}"
-        )
-    if isinstance(data, _Config) and not isinstance(data, cls):
-        raise UsageError(f"a {type(data).__name__} is not a config of family {family!r}")
-    return cls.from_dict(data)
-
-
-def reference_config(family: str) -> Any:
-    """The reference size of ``family`` (reported in ``docs/models.md``).
-
-    * ``umx``: Open-Unmix "umxhq" (n_fft 4096, hop 1024, hidden 512, 3 BiLSTM
-      layers, 16 kHz bandwidth), four targets.
-    * ``tfc-tdf``: n_fft 4096, 1536 bins (16.5 kHz), 4 levels, 32 channels (+32 per
-      level), 2 layers per TFC (MDX 2021 used 3; 2 is about 2-3x faster on CPU).
-    * ``waveform``: Demucs-v2-like encoder/decoder, 5 layers from 48 channels,
-      BiLSTM bottleneck, shared decoder.
-    * ``ensemble``: the three above blended with the MDX 2021 vocals weights
-      0.2/0.4/0.4 (UMX / TFC-TDF / waveform) and equal weights elsewhere.
-    """
-    if family == "umx":
-        return UMXConfig()
-    if family == "tfc-tdf":
-        return TFCTDFConfig()
-    if family == "waveform":
-        return WaveformConfig()
-    if family == "ensemble":
-        members = (
-            EnsembleMember("umx", UMXConfig().to_dict(), wiener_iterations=1),
-            EnsembleMember("tfc-tdf", TFCTDFConfig().to_dict()),
-            EnsembleMember("waveform", WaveformConfig().to_dict()),
-        )
-        weights = ((0.2, 0.4, 0.4), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
-        return EnsembleConfig(FOUR_STEMS, members, weights)
-    raise UsageError(f"unknown model family {family!r}; expected one of {sorted(CONFIG_CLASSES)}")
+def reference_ensemble() -> EnsembleConfig:
+    """The ``ensemble`` family's reference: the three trainable families at their
+    reference sizes, blended with the MDX 2021 vocals weights 0.2/0.4/0.4
+    (UMX / TFC-TDF / waveform) and equal weights elsewhere."""
+    members = (
+        EnsembleMember("umx", UMXConfig().to_dict(), wiener_iterations=1),
+        EnsembleMember("tfc-tdf", TFCTDFConfig().to_dict()),
+        EnsembleMember("waveform", WaveformConfig().to_dict()),
+    )
+    weights = ((0.2, 0.4, 0.4), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    return EnsembleConfig(FOUR_STEMS, members, weights)

@@ -17,22 +17,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sepcli.dsp.stft import istft, stft
-from sepcli.dsp.wiener import wiener
+from sepcli.dsp.phase import OUTPUT_KINDS, waveform_from_output
 from sepcli.errors import UsageError
 from sepcli.models.archive import Archive
 from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
 
 __all__ = ["MemberModule", "Ensemble"]
 
-_KINDS = {"waveform": 0, "magnitude": 1, "complex": 2}
-
 
 class MemberModule(nn.Module):
     """Wraps one member: ``mix (B, C, T) -> (B, S_m, C, T)`` waveforms.
 
     ``blend`` is this member's ``(S_out, S_m)`` share of the ensemble's
-    (normalised) weight matrix.
+    (normalised) weight matrix. ``segment``, ``context`` (seconds), ``overlap``,
+    ``recipe`` and ``extra_json`` (the member archive's ``extra``, where a recipe
+    keeps its own parameters) are the member's chunking: the separator runs each
+    member with its own (archives written before members recorded their overlap
+    and recipe get the ensemble's overlap and ``overlap-add``).
     """
 
     def __init__(
@@ -45,34 +46,31 @@ class MemberModule(nn.Module):
         blend: Tensor,
         segment: float,
         context: float,
+        overlap: float = 0.25,
+        recipe: str = "overlap-add",
+        extra_json: str = "{}",
     ) -> None:
         super().__init__()
-        if output not in _KINDS:
+        if output not in OUTPUT_KINDS:
             raise UsageError(f"unknown member output {output!r}")
         self.model = model
-        self.kind = _KINDS[output]
+        self.kind = OUTPUT_KINDS[output]
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.wiener_iterations = int(wiener_iterations)
         self.register_buffer("blend", blend.float())
         self.segment = float(segment)
         self.context = float(context)
+        # The member's own chunking: the separator runs each member with it.
+        self.overlap = float(overlap)
+        self.recipe = str(recipe)
+        self.extra_json = str(extra_json)
+        self.sample_rate = int(model.sample_rate)
 
     def forward(self, mix: Tensor) -> Tensor:
-        out = self.model(mix)
-        if self.kind == 0:
-            return out
-        spec = stft(mix, self.n_fft, self.hop_length)
-        if self.kind == 1:
-            if self.wiener_iterations > 0:
-                y = wiener(out, spec, self.wiener_iterations)
-            else:
-                y = torch.polar(out, torch.angle(spec).unsqueeze(1).expand_as(out))
-        elif self.wiener_iterations > 0:
-            y = wiener(out.abs(), spec, self.wiener_iterations)
-        else:
-            y = out
-        return istft(y, self.n_fft, self.hop_length, mix.shape[-1])
+        return waveform_from_output(
+            self.kind, self.model(mix), mix, self.n_fft, self.hop_length, self.wiener_iterations
+        )
 
 
 class Ensemble(nn.Module):
@@ -88,11 +86,11 @@ class Ensemble(nn.Module):
         self.audio_channels = int(first.audio_channels)
         self.num_sources = config.num_sources
         for m in members:
-            if (int(m.model.sample_rate), int(m.model.audio_channels)) != (
-                self.sample_rate,
-                self.audio_channels,
-            ):
-                raise UsageError("ensemble members must share sample_rate and audio_channels")
+            if int(m.model.audio_channels) != self.audio_channels:
+                raise UsageError("ensemble members must share audio_channels")
+        # Members of other rates are resampled by the separator, once per member;
+        # forward() (the whole input through every member) needs one rate.
+        self.single_rate = all(int(m.model.sample_rate) == self.sample_rate for m in members)
         self.members = nn.ModuleList(members)
 
     @staticmethod
@@ -115,22 +113,26 @@ class Ensemble(nn.Module):
     @classmethod
     def from_config(cls, config: EnsembleConfig) -> Ensemble:
         """Members built (random weights) from their configs."""
-        from sepcli.models.build import FAMILY_OUTPUT, build_model
+        from sepcli.models.build import build_model
+        from sepcli.models.families import family
 
         members = []
         for spec, blend in zip(config.members, cls.blend_matrices(config), strict=True):
             model = build_model(spec.member_family, spec.config)
             segment, context = model.archive_timing()
+            overlap = model.archive_overlap() if hasattr(model, "archive_overlap") else 0.25
             members.append(
                 MemberModule(
                     model,
-                    FAMILY_OUTPUT[spec.member_family],
+                    family(spec.member_family).output,
                     int(getattr(model, "n_fft", 0)),
                     int(getattr(model, "hop_length", 0)),
                     spec.wiener_iterations,
                     blend,
                     segment,
                     context,
+                    overlap,
+                    family(spec.member_family).recipe,
                 )
             )
         return cls(members, config)
@@ -179,12 +181,21 @@ class Ensemble(nn.Module):
                     blend,
                     meta.segment_seconds,
                     meta.context_seconds,
+                    meta.overlap,
+                    meta.recipe,
+                    json.dumps(dict(meta.extra), sort_keys=True),
                 )
             )
         return cls(members, config)
 
     def forward(self, mix: Tensor) -> Tensor:
-        """``mix (B, C, T)`` -> ``(B, S, C, T)``."""
+        """``mix (B, C, T)`` -> ``(B, S, C, T)``: every member on the whole input.
+
+        The separator does not call this: it runs each member with its own
+        chunking (and rate) and blends the waveforms.
+        """
+        if not self.single_rate:
+            raise RuntimeError("members of other sample rates: run this ensemble with a Separator")
         b, c, t = mix.shape
         out = torch.zeros(b, self.num_sources, c * t, dtype=mix.dtype, device=mix.device)
         for member in self.members:

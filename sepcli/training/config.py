@@ -29,6 +29,7 @@ else:  # Python 3.10: the same parser, published as tomli
 
 from sepcli import atomic
 from sepcli.errors import TrainingError
+from sepcli.models.families import TRAINABLE_FAMILIES
 
 __all__ = [
     "FAMILIES",
@@ -43,7 +44,7 @@ __all__ = [
     "load_config",
 ]
 
-FAMILIES = ("umx", "tfc-tdf", "waveform")
+FAMILIES = TRAINABLE_FAMILIES
 LR_SCHEDULES = ("plateau", "cosine")
 LOSSES = ("auto", "mse", "mse-complex", "sdr", "l1-complex", "l1-time", "mrstft", "l1-time+mrstft")
 

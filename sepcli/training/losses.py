@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sepcli.dsp.phase import reconstruct
-from sepcli.dsp.stft import hann_window, istft, stft, unit_phase
+from sepcli.dsp.phase import to_waveform
+from sepcli.dsp.stft import hann_window, stft, unit_phase
 from sepcli.errors import TrainingError
 
 __all__ = [
@@ -168,15 +168,12 @@ def complex_mse(
 
 def _waveforms(output: str, out: Tensor, mixture: Tensor, n_fft: int, hop_length: int) -> Tensor:
     """What the separator makes of a model output: ``(batch, source, channel, time)``
-    (magnitudes go through the separator's own mixture-phase step)."""
-    if output == "waveform":
-        return out
-    length = mixture.shape[-1]
-    window = hann_window(n_fft, mixture.device)
+    (magnitudes with the mixture phase)."""
     if output == "complex":
-        return istft(out.to(torch.complex64), n_fft, hop_length, length, window)
-    mix_spec = stft(mixture, n_fft, hop_length, window)
-    return reconstruct("mixture", out.float(), mix_spec, n_fft, hop_length, length)
+        out = out.to(torch.complex64)
+    elif output == "magnitude":
+        out = out.float()
+    return to_waveform(output, out, mixture, n_fft, hop_length, phase="mixture")
 
 
 def make_loss(

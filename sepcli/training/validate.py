@@ -122,7 +122,7 @@ def validate(
     was_training = model.training
     model.eval()
     try:
-        separator = Separator(Archive(model, metadata), device=device, segment=segment)
+        separator = Separator(Archive(model, metadata), device=device, segment_seconds=segment)
         scores: dict[str, list[float]] = {t: [] for t in targets}
         for track in tracks:
             mixture = np.array(
