@@ -136,6 +136,7 @@ def _real_song(shared_data: Path, seconds: int) -> np.ndarray:
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 87 chunks of 8 s through both pipelines: minutes on 2 busy CPUs
 def test_bs_roformer_separate_equals_audio_separator_on_a_real_3_minute_song(tmp_path, shared_data):
     # the published chunking: 801 frames (8 s), 4 chunks over each sample
     mix = _real_song(shared_data, 180)
