@@ -173,6 +173,8 @@ def _fill(
 ) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
+    if entry.format == "bag":
+        return _fill_bag(entry, root, settings, progress)
     total = entry.size or None
 
     def files_progress(base: int) -> ProgressFn | None:
@@ -200,6 +202,39 @@ def _fill(
     sidecar = _sidecar(dest)
     sidecar.write_text(sha256_file(dest) + "\n")
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
+    return dest
+
+
+def _fill_bag(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
+    """Each part downloaded and converted once (into its own cache entry), then the
+    bag composed from them: every stem from the part that the entry names for it,
+    each member keeping its own chunking (:func:`sepcli.models.blend.compose_bag`)."""
+    from sepcli.models.archive import load_archive  # torch loads only when a model does
+    from sepcli.models.blend import export_bag
+
+    offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
+    parts = []
+    for part, stems in entry.parts:
+        path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        parts.append((load_archive(path), stems))
+    dest = entry_path(root, entry)
+    export_bag(
+        parts,
+        dest,
+        name=entry.name,
+        accompaniment=str(entry.raw.get("accompaniment", "auto")),
+        description=entry.description,
+        scores=dict(entry.scores),
+        registry={"format": "bag", "parts": [dict(p) for p in entry.raw["parts"]]},
+        part_names=[part.name for part, _ in entry.parts],
+        licences=[
+            part.licence if part.licence not in ("", "unknown") else archive.metadata.licence
+            for (part, _), (archive, _) in zip(entry.parts, parts, strict=True)
+        ],
+    )
+    _sidecar(dest).write_text(sha256_file(dest) + "\n")
     return dest
 
 
@@ -253,13 +288,17 @@ def ensure_model(
     dest = entry_path(root, entry)
     if _is_cached(entry, dest):
         return dest
-    if offline:
+    parts_local = entry.format == "bag" and all(
+        _local_path(part, root) is not None for part, _ in entry.parts
+    )
+    if offline and not parts_local:  # a bag of cached parts is composed offline
         raise OfflineError(
             f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
             f"run 'sepcli models download {entry.name}' while online"
         )
     if not entry.verifiable:
-        missing = ", ".join(f.filename for f in entry.files if not f.verifiable)
+        files = [f for part, _ in entry.parts for f in part.files] or list(entry.files)
+        missing = ", ".join(f.filename for f in files if not f.verifiable)
         raise RegistryError(
             f"model {entry.name!r}: the registry has no full SHA-256 for {missing}; refusing an "
             "unverifiable download (add the hashes with an extra registry, see docs/pretrained.md)"

@@ -296,7 +296,8 @@ class Separator:
 
     def stems(self, requested: Sequence[str] | None = None) -> list[StemRecipe]:
         """Recipes for ``requested`` stems (raises ``UsageError`` for unknown ones)."""
-        return plan_stems(self.sources, requested)
+        rule = str(self.archive.metadata.extra.get("accompaniment", "auto"))
+        return plan_stems(self.sources, requested, rule)
 
     # -- the models and their recipes -------------------------------------
     def _plan_units(self) -> list[_Unit]:
@@ -447,6 +448,9 @@ class Separator:
         plan = self.plan(stems)
         recipes = plan.recipes
         plan_units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
+        needed = sorted({i for r in recipes for i in r.indices})
+        # members of a bag that give none of the needed sources do not run
+        plan_units = [u for u in plan_units if u.blend is None or bool(u.blend[needed].any())]
         model_channels = meta.audio_channels
         if channels < 1:
             raise UsageError("input has no channels")
@@ -456,7 +460,6 @@ class Separator:
             )
         if out_channels is None:
             out_channels = channels if channels <= 2 else model_channels
-        needed = sorted({i for r in recipes for i in r.indices})
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
