@@ -103,6 +103,7 @@ def _check(tmp_path, model_type, song, mix, dim_t=None, num_overlap=None) -> dic
     for ours, theirs in pairs.items():
         assert got[ours].shape == expected[theirs].shape == mix.shape
         scores[ours] = snr_db(expected[theirs], got[ours])
+    print(f"{model_type}: {mix.shape[-1] / 44100:.1f} s, SNR vs audio-separator {scores}")
     return scores
 
 
