@@ -430,3 +430,26 @@ def test_concurrent_runs_on_one_folder_write_each_file_once(tmp_path, tiny_wave_
         "accompaniment.wav",
         "vocals.wav",
     ]
+
+
+def test_too_little_free_space_is_said_up_front(tmp_path, tiny_wave_archive, monkeypatch):
+    import shutil as shutil_module
+
+    import sepcli.cli.outputs as outputs
+
+    # 2 stems x 2 s stereo staged as f32 (1.41 MB) + one float WAV stem (0.71 MB)
+    src = write_wav(tmp_path / "song.wav", make_tone(2.0))
+    real = shutil_module.disk_usage
+
+    def tiny(path):
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 1_000_000, 1_000_000)
+
+    monkeypatch.setattr(outputs.shutil, "disk_usage", tiny)
+    out = tmp_path / "o"
+    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive))
+    assert r.exit_code == 1
+    text = r.output.replace("\n", " ")
+    assert r.output.count("error:") == 1 and "needs at least 2.1 MB free" in text, r.output
+    assert "only 1.0 MB free" in text
+    assert not out.exists() or list(out.rglob("*")) == []

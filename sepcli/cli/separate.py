@@ -410,6 +410,14 @@ def _process_track(
     if not plan.todo:
         record["status"] = "skipped"
         return
+    try:
+        planning.check_free_space(
+            path, plan.todo, encoding["format"], encoding["bit_depth"], encoding["out_channels"]
+        )
+    except SepcliError as exc:
+        record.update(status="failed", error=str(exc))
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return
     chunk_task = progress.add_task(f"  {path.name}", total=None)
 
     def on_progress(done: int, total: int, _task=chunk_task) -> None:
