@@ -479,7 +479,7 @@ def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _track_identity(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """``identity`` plus the input (absolute path, size, modification time)."""
+    """``identity`` plus the input (resolved path, size, modification time)."""
     try:
         st = path.stat()
         size, mtime = st.st_size, st.st_mtime_ns
@@ -487,7 +487,7 @@ def _track_identity(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         size = mtime = None
     return {
         **identity,
-        "input": str(path.absolute()),
+        "input": str(path.resolve()),
         "input_size": size,
         "input_mtime_ns": mtime,
     }
