@@ -678,22 +678,30 @@ class Separator:
         outputs: Mapping[str, str | os.PathLike[str]],
         *,
         format: str | None = None,
-        bit_depth: int = 16,
+        bit_depth: int | None = 16,
         clip: str = "rescale",
         out_channels: int | None = None,
         on_progress: ProgressFn | None = None,
+        allow_truncated: bool = False,
+        mp3_bitrate: int | None = None,
+        mp3_vbr: int | None = None,
     ) -> FileResult:
         """Separate one file and write each stem to ``outputs[stem]``.
 
         Outputs are written to temporary files and renamed only when every stem
         is complete; on any error (or Ctrl-C) no output file is left behind and
-        existing files are untouched.
+        existing files are untouched. ``bit_depth=None`` follows the input
+        (24-bit in, 24-bit out; 16 for lossy input). With ``allow_truncated`` an
+        input cut short is separated as far as it decodes, and
+        ``result.extra["missing_seconds"]`` says how much was missing.
+        ``mp3_bitrate`` (constant, kb/s) or ``mp3_vbr`` (LAME ``-V`` 0-9) set
+        the MP3 encoder.
         """
         path = Path(path)
         started = time.perf_counter()
         stems = list(outputs)
         self.stems(stems)  # unknown stems fail before decoding
-        with audio.open_audio(path) as reader:
+        with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
             info = reader.info
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
             total_chunks = self.count_chunks(info.frames, info.sample_rate) if info.frames else 0
@@ -717,8 +725,12 @@ class Separator:
                         info.sample_rate,
                         oc,
                         format=format,
-                        bit_depth=bit_depth,
+                        bit_depth=audio.output_bit_depth(
+                            bit_depth, info.bit_depth, audio.output_format(outputs[stem], format)
+                        ),
                         clip=clip,
+                        mp3_bitrate=mp3_bitrate,
+                        mp3_vbr=mp3_vbr,
                     )
                 for out in self.stream(
                     reader.blocks(block), info.sample_rate, info.channels, stems, oc, on_chunk
@@ -735,6 +747,9 @@ class Separator:
                 for w in writers.values():
                     w.abort()
                 raise
+        extra: dict[str, float] = {}
+        if reader.missing_frames:
+            extra["missing_seconds"] = reader.missing_frames / info.sample_rate
         return FileResult(
             input=path,
             outputs=written,
@@ -742,4 +757,5 @@ class Separator:
             seconds=time.perf_counter() - started,
             sample_rate=info.sample_rate,
             channels=oc,
+            extra=extra,
         )
