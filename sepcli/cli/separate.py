@@ -116,7 +116,12 @@ def load_model_for_cli(
     show_default=True,
     help="Registry name or path of a .sepcli archive.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.",
+)
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
 @separator_options
 @click.option(
