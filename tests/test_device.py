@@ -98,6 +98,17 @@ def test_cli_device_mps_without_mps(tmp_path, identity_archive, monkeypatch):
     assert "MPS backend is not available" in result.output
     result = CliRunner().invoke(main, ["separate", str(src), "--batch-size", "0"])
     assert result.exit_code == 2 and "at least 1" in result.output
+    result = CliRunner().invoke(main, ["separate", str(src), "--precision", "fp8"])
+    assert result.exit_code == 2 and "fp8" in result.output
+
+
+def test_cli_precision_and_batch_size_auto(tmp_path, identity_archive):
+    src = write_wav(tmp_path / "a.wav", make_tone(0.6))
+    args = ["separate", str(src), "-m", str(identity_archive), "-o", str(tmp_path / "out"), "-q",
+            "--device", "cpu", "--precision", "bf16", "--batch-size", "auto"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").rglob("*.wav"))) == 1
 
 
 # -- the MPS fallback -----------------------------------------------------------
@@ -206,6 +217,29 @@ def test_oom_halves_the_batch_and_remembers(caplog):
     assert calls == [2, 2, 1]
 
 
+def test_oom_rethrown_by_the_torchscript_interpreter_counts():
+    from sepcli.inference.device import is_oom
+
+    wrapped = RuntimeError(
+        "The following operation failed in the TorchScript interpreter.\nTraceback of "
+        "TorchScript (most recent call last):\nRuntimeError: CUDA out of memory. Tried to "
+        "allocate 20.00 GiB"
+    )
+    assert is_oom(wrapped) and is_oom(OOM("x"))
+    assert not is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not is_oom(ValueError("CUDA out of memory"))
+    calls: list[int] = []
+
+    def fn(batch):
+        calls.append(batch.shape[0])
+        if batch.shape[0] > 1:
+            raise wrapped
+        return batch
+
+    assert OomSafeFn(fn, BatchLimit(4))(torch.zeros(4, 1)).shape == (4, 1)
+    assert calls == [4, 2, 1, 1, 1, 1]
+
+
 def test_oom_at_batch_one_and_other_errors_are_raised():
     def always(batch):
         raise OOM("CUDA out of memory")
@@ -267,3 +301,19 @@ def test_bf16_autocast_changes_only_the_network(tmp_path):
     assert Separator(path, device="cpu", precision="bf16").identity()["precision"] == "bf16"
     assert "batch_size" not in Separator(path, device="cpu").identity()
     assert np.isfinite(np.concatenate([v.numpy() for v in bf16.values()])).all()
+
+
+def test_fp32_on_cuda_turns_tf32_off_inside_only():
+    from sepcli.inference.device import autocast
+
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32
+    try:
+        cudnn.allow_tf32 = True
+        with autocast(torch.device("cuda"), "fp32"):
+            assert cudnn.allow_tf32 is False
+        assert cudnn.allow_tf32 is True
+        with autocast(CPU, "fp32"):
+            assert cudnn.allow_tf32 is True
+    finally:
+        cudnn.allow_tf32 = saved

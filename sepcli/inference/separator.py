@@ -363,7 +363,7 @@ class Separator:
         model_dev, precision = self.plan.model, self.config.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
-            if precision == "fp32":
+            if precision == "fp32" and model_dev.type != "cuda":
                 return member
 
             def fn(batch: Tensor) -> Tensor:
