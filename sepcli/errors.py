@@ -41,7 +41,8 @@ class UsageError(SepcliError):
 
 class DeviceError(UsageError):
     """A device that this machine does not have (``--device cuda`` without CUDA,
-    ``mps`` off Apple silicon) or an unknown device name."""
+    ``mps`` off Apple silicon), an unknown device name, or a model that does not
+    fit the device's memory even one chunk at a time."""
 
 
 class ConfigError(SepcliError, ValueError):

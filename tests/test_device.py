@@ -244,8 +244,9 @@ def test_oom_at_batch_one_and_other_errors_are_raised():
     def always(batch):
         raise OOM("CUDA out of memory")
 
-    with pytest.raises(OOM):
+    with pytest.raises(DeviceError, match="out of memory on cpu at one chunk") as info:
         OomSafeFn(always, BatchLimit(4))(torch.zeros(4, 1))
+    assert isinstance(info.value.__cause__, OOM)
 
     def broken(batch):
         raise RuntimeError("shape mismatch")

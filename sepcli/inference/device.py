@@ -248,7 +248,8 @@ class OomSafeFn:
     device cache is emptied and the batch is run in halves (recursively, down to
     one chunk); the size that worked is remembered in ``limit``.
 
-    Only an out-of-memory error at batch size 1 is raised. The forward is pure,
+    An out-of-memory error at batch size 1 raises
+    :class:`~sepcli.errors.DeviceError`. The forward is pure,
     so rerunning part of a batch gives the same result.
     """
 
@@ -266,8 +267,13 @@ class OomSafeFn:
         try:
             return self.fn(batch)
         except Exception as e:
-            if not is_oom(e) or batch.shape[0] <= 1:
+            if not is_oom(e):
                 raise
+            if batch.shape[0] <= 1:  # typed, so that a batch of files goes on to the next
+                raise DeviceError(
+                    f"out of memory on {batch.device} at one chunk per batch; use a shorter "
+                    "--segment, --precision bf16 or another device"
+                ) from e
         # out of the except block, so that the error and its frames are freed
         _empty_cache(batch.device)
         half = max(1, batch.shape[0] // 2)
