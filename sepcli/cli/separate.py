@@ -124,7 +124,12 @@ def load_model_for_cli(
     help="Registry name or path of a .sepcli archive; '-m best' is the best published "
     "models per stem (a 1.2 GB download, once), 'sepcli models list' shows the others.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.",
+)
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
 @separator_options
 @click.option(

@@ -31,6 +31,15 @@ from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
 from sepcli.inference.chunking import StreamingOverlapAdd
 from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.device import (
+    BatchLimit,
+    OomSafeFn,
+    auto_batch_size,
+    autocast,
+    plan_devices,
+    resolve_device,
+)
+from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
 from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
@@ -42,28 +51,19 @@ log = logging.getLogger(__name__)
 #: Input is decoded and fed to the pipeline in blocks of this many seconds.
 BLOCK_SECONDS = 10.0
 
+#: Blocks decoded ahead (and stem blocks waiting to be written) when threads are on.
+PREFETCH_BLOCKS = 2
+
 ProgressFn = Callable[[int, int], None]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
-    if isinstance(device, torch.device):
-        return device
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"device {device!r} asked for, but CUDA is not available on this machine"
-            )
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+def _stft_needs(archive: Archive) -> tuple[bool, bool]:
+    """``(network computes an STFT, output step outside the network)`` of an archive."""
+    meta = archive.metadata
+    if meta.family == "ensemble" and hasattr(archive.module, "members"):
+        kinds = [int(m.kind) for m in archive.module.members.children()]
+        return any(k != 0 for k in kinds), False
+    return meta.output != "waveform", meta.output != "waveform"
 
 
 def _as_tensor(array: np.ndarray) -> Tensor:
@@ -308,7 +308,10 @@ class Separator:
             archive file (model names are resolved by :func:`sepcli.hub.load_model`).
         config: how to run it (:class:`~sepcli.inference.config.SeparatorConfig`;
             default: the archive's recommendations).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
+            (:func:`~sepcli.inference.device.resolve_device`). On MPS, a step
+            whose complex ops are missing there runs on the CPU
+            (:func:`~sepcli.inference.device.plan_devices`; see ``plan``).
         **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
             ``shifts=``...), applied over ``config``.
 
@@ -327,15 +330,22 @@ class Separator:
         config = config or SeparatorConfig()
         self.config = config.replace(**options) if options else config
         self.device = resolve_device(device)
-        if isinstance(model, Archive):
-            archive = model
-            if next(archive.module.parameters(), torch.zeros(0)).device != self.device:
-                archive = Archive(archive.module.to(self.device), archive.metadata, archive.path)
-        else:
-            archive = load_archive(model, device=self.device)
+        # MPS: load on the CPU first; whether the network can go there depends on it.
+        load_on = self.device if self.device.type != "mps" else torch.device("cpu")
+        if not isinstance(model, Archive):
+            model = load_archive(model, device=load_on)
+        self.devices = plan_devices(self.device, *_stft_needs(model))
+        archive = model
+        if next(archive.module.parameters(), torch.zeros(0)).device != self.devices.model:
+            archive = Archive(archive.module.to(self.devices.model), archive.metadata, archive.path)
         self.archive = archive
         self.phase = self.config.phase or archive.metadata.phase
         self.units = self._plan_units()
+        batch = self.config.batch_size or auto_batch_size(self.devices.model)
+        #: per unit, the largest batch known to fit (lowered on out-of-memory errors)
+        self.batch_limits = {u.name: BatchLimit(batch) for u in self.units}
+        #: decode ahead and write behind in threads (on by default when a GPU computes)
+        self.threads = self.devices.model.type != "cpu"
 
     # -- properties -------------------------------------------------------
     @property
@@ -376,8 +386,10 @@ class Separator:
 
     def identity(self) -> dict[str, Any]:
         """What determines this separator's output besides the weights (run records)."""
+        config = self.config.to_dict()
+        del config["batch_size"]  # chunks per forward pass: speed, not output
         return {
-            **self.config.to_dict(),
+            **config,
             "phase": self.phase,
             "units": [{"name": u.name, **u.recipe.describe()} for u in self.units],
         }
@@ -444,13 +456,20 @@ class Separator:
             run = module
         n_fft = meta.stft.n_fft if meta.stft else 0
         hop = meta.stft.hop_length if meta.stft else 0
-        window = hann_window(n_fft, self.device) if meta.stft else None
+        out_dev = self.devices.output
+        window = hann_window(n_fft, out_dev) if meta.stft else None
+        model_dev, precision = self.devices.model, cfg.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             def fn(batch: Tensor) -> Tensor:
+                with autocast(model_dev, precision):
+                    y = run(batch)
+                # the output step (phase, inverse STFT) in float32, on the CPU where
+                # its complex ops are missing on the device (MPS)
+                y, batch = y.to(out_dev), batch.to(out_dev)
                 return to_waveform(
                     meta.output,
-                    run(batch),
+                    y.to(torch.complex64) if y.is_complex() else y.float(),
                     batch,
                     n_fft,
                     hop,
@@ -494,8 +513,17 @@ class Separator:
             extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
+        model_dev, precision = self.devices.model, self.config.precision
+
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
-            return member
+            if precision == "fp32" and model_dev.type != "cuda":
+                return member
+
+            def fn(batch: Tensor) -> Tensor:
+                with autocast(model_dev, precision):
+                    return member(batch).float()
+
+            return fn
 
         recipe = make_recipe(member_meta, self.config)
         return _Unit(member_meta.name, make_fn, recipe, rate, blend.shape[1], blend)
@@ -550,16 +578,16 @@ class Separator:
             out_channels = channels if channels <= 2 else model_channels
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        generator = torch.Generator(device=self.devices.output).manual_seed(self.config.seed)
         units = [
             _UnitStream(
                 u,
                 u.recipe.engine(
-                    u.make_fn(generator),
+                    OomSafeFn(u.make_fn(generator), limit),
                     model_channels,
                     u.num_sources,
-                    batch_size=self.config.batch_size,
-                    device=self.device,
+                    batch_size=limit.size,
+                    device=self.devices.model,
                     on_chunk=on_chunk,
                 ),
                 sample_rate,
@@ -567,6 +595,7 @@ class Separator:
                 needed,
             )
             for u in plan_units
+            for limit in (self.batch_limits[u.name],)
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
         combiner = _Combiner(
@@ -718,6 +747,15 @@ class Separator:
             )
             writers: dict[str, audio.AudioWriter] = {}
             frames = 0
+
+            def write(out: dict[str, np.ndarray]) -> None:
+                for stem, y in out.items():
+                    writers[stem].write(y)
+
+            # With a GPU computing, decoding and writing run in threads beside it.
+            blocks: Iterable[np.ndarray] = reader.blocks(block)
+            prefetch = Prefetch(blocks, PREFETCH_BLOCKS) if self.threads else None
+            behind = WriteBehind(write, PREFETCH_BLOCKS) if self.threads else None
             try:
                 for stem in stems:
                     writers[stem] = audio.AudioWriter(
@@ -733,20 +771,36 @@ class Separator:
                         mp3_vbr=mp3_vbr,
                     )
                 for out in self.stream(
-                    reader.blocks(block), info.sample_rate, info.channels, stems, oc, on_chunk
+                    prefetch if prefetch is not None else blocks,
+                    info.sample_rate,
+                    info.channels,
+                    stems,
+                    oc,
+                    on_chunk,
                 ):
-                    for stem, y in out.items():
-                        writers[stem].write(y)
+                    if behind is not None:
+                        behind.put(out)
+                    else:
+                        write(out)
                     frames += next(iter(out.values())).shape[-1]
+                if behind is not None:
+                    behind.finish()
                 if frames == 0:
                     raise AudioDecodeError(f"{path}: no audio samples")
                 for w in writers.values():  # encode every stem first, so the renames
                     w.prepare()  # publish all of them or (on error) none
                 written = {stem: writers[stem].commit() for stem in stems}
             except BaseException:
+                # stop the threads first: nothing may write into an aborted output
+                for thread in (behind, prefetch):
+                    if thread is not None:
+                        thread.close()
                 for w in writers.values():
                     w.abort()
                 raise
+            finally:
+                if prefetch is not None:
+                    prefetch.close()  # before the reader closes
         extra: dict[str, float] = {}
         if reader.missing_frames:
             extra["missing_seconds"] = reader.missing_frames / info.sample_rate
