@@ -16,7 +16,7 @@ from conftest import make_tone, write_wav
 import sepcli.inference.device as device_mod
 import sepcli.inference.separator as separator_module
 from sepcli.cli import main
-from sepcli.errors import DeviceError, UsageError, exit_code_for
+from sepcli.errors import ConfigError, DeviceError, UsageError, exit_code_for
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.device import (
     BatchLimit,
@@ -184,9 +184,9 @@ def _plan_with_failing_probe(device, needs_stft, has_step):
 def test_batch_size_auto_and_validation():
     assert SeparatorConfig().batch_size == 0  # auto
     assert auto_batch_size(CPU) == 1 and auto_batch_size(torch.device("cuda")) == 16
-    with pytest.raises(UsageError, match="batch size"):
+    with pytest.raises(ConfigError, match="batch size"):
         SeparatorConfig(batch_size=-1)
-    with pytest.raises(UsageError, match="precision"):
+    with pytest.raises(ConfigError, match="precision"):
         SeparatorConfig(precision="fp8")
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tone, write_wav
 
 from sepcli.dsp.stft import stft
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError, UsageError
 from sepcli.inference.separator import Separator
 from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
 
@@ -130,9 +130,9 @@ def test_overlap_defaults_to_the_archives(tmp_path, identity_archive):
 
 
 def test_bad_options(identity_archive):
-    with pytest.raises(UsageError, match="overlap"):
+    with pytest.raises(ConfigError, match="overlap"):
         Separator(identity_archive, device="cpu", overlap=0.95)
-    with pytest.raises(UsageError, match="segment"):
+    with pytest.raises(ConfigError, match="segment"):
         Separator(identity_archive, device="cpu", segment_seconds=0)
     with pytest.raises(UsageError, match="unknown stem 'piano'"):
         Separator(identity_archive, device="cpu").stems(["piano"])

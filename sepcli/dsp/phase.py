@@ -21,7 +21,7 @@ from torch import Tensor
 from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
 from sepcli.dsp.stft import hann_window, istft, stft
 from sepcli.dsp.wiener import DEFAULT_EPS, wiener
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 __all__ = [
     "PHASE_METHODS",
@@ -89,7 +89,7 @@ def reconstruct(
         return istft(mixture_phase(magnitudes, mix_spec), n_fft, hop_length, length)
     if method == "wiener":
         if wiener_iters < 0:
-            raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")
+            raise ConfigError(f"Wiener iterations must be >= 0, got {wiener_iters}")
         sources = magnitudes.shape[1]
         spec = wiener(
             magnitudes,
@@ -103,9 +103,9 @@ def reconstruct(
         return istft(spec[:, :sources], n_fft, hop_length, length)
     if method in ("griffin-lim", "misi"):
         if gl_iters < 0:
-            raise UsageError(f"Griffin-Lim iterations must be >= 0, got {gl_iters}")
+            raise ConfigError(f"Griffin-Lim iterations must be >= 0, got {gl_iters}")
         if gl_init not in GL_INITS:
-            raise UsageError(
+            raise ConfigError(
                 f"unknown Griffin-Lim init {gl_init!r}; expected one of {', '.join(GL_INITS)}"
             )
         if method == "griffin-lim":
@@ -124,7 +124,9 @@ def reconstruct(
             window = hann_window(n_fft, mix_spec.device)
             mix_wave = istft(mix_spec, n_fft, hop_length, length, window)
         return misi(magnitudes, mix_wave, n_fft, hop_length, gl_iters, gl_init, mix_spec, generator)
-    raise UsageError(f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}")
+    raise ConfigError(
+        f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}"
+    )
 
 
 def mixture_phase(magnitudes: Tensor, mix_spec: Tensor) -> Tensor:
@@ -201,7 +203,7 @@ def to_waveform(
     :func:`waveform_from_output`; ``mix`` is ``(B, C, T)``.
     """
     if output not in OUTPUT_KINDS:
-        raise UsageError(f"unknown model output kind {output!r}")
+        raise ConfigError(f"unknown model output kind {output!r}")
     if output != "magnitude" or phase in ("mixture", "wiener"):
         iters = wiener_iters if (output == "magnitude" and phase == "wiener") else 0
         return waveform_from_output(
@@ -243,7 +245,7 @@ def spectral_blend(
         ``(batch, channel, time)``.
     """
     if mode not in ("max", "min", "median"):
-        raise UsageError(f"unknown spectral blend mode {mode!r}; use max, min or median")
+        raise ConfigError(f"unknown spectral blend mode {mode!r}; use max, min or median")
     length = estimates.shape[-1]
     window = hann_window(n_fft, estimates.device)
     spec = stft(estimates, n_fft, hop_length, window)  # (B, M, C, F, N)

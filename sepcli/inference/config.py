@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sepcli.dsp import PHASE_METHODS
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 __all__ = [
     "SeparatorConfig",
@@ -116,7 +116,7 @@ class SeparatorConfig:
                 f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
             )
         if problems:
-            raise UsageError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
     def replace(self, **changes: Any) -> SeparatorConfig:
         """A copy with ``changes`` (validated again)."""

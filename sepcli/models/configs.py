@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models.families import FAMILIES, config_class, config_from_dict, reference_config
 
 __all__ = [
@@ -65,20 +65,20 @@ class _Config:
         if isinstance(data, cls):
             return data
         if not isinstance(data, Mapping):
-            raise UsageError(
+            raise ConfigError(
                 f"{cls.family} config must be a JSON object, got {type(data).__name__}"
             )
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UsageError(f"{cls.family} config has unknown keys {unknown}")
+            raise ConfigError(f"{cls.family} config has unknown keys {unknown}")
         kwargs = dict(data)
         if "sources" in kwargs:
             kwargs["sources"] = tuple(kwargs["sources"])
         try:
             return cls(**kwargs)
         except TypeError as exc:
-            raise UsageError(f"{cls.family} config is incomplete: {exc}") from None
+            raise ConfigError(f"{cls.family} config is incomplete: {exc}") from None
 
     def _check_common(self) -> list[str]:
         out: list[str] = []
@@ -93,7 +93,7 @@ class _Config:
 
     def _raise(self, problems: list[str]) -> None:
         if problems:
-            raise UsageError(f"invalid {self.family} config: " + "; ".join(problems))
+            raise ConfigError(f"invalid {self.family} config: " + "; ".join(problems))
 
 
 def _to_json(value: Any) -> Any:
@@ -312,9 +312,9 @@ class EnsembleMember(_Config):
 
     def __post_init__(self) -> None:
         if self.member_family not in FAMILIES or self.member_family == "ensemble":
-            raise UsageError(f"unknown ensemble member family {self.member_family!r}")
+            raise ConfigError(f"unknown ensemble member family {self.member_family!r}")
         if self.wiener_iterations < 0:
-            raise UsageError("wiener_iterations must be >= 0")
+            raise ConfigError("wiener_iterations must be >= 0")
         cfg = config_class(self.member_family).from_dict(self.config)
         object.__setattr__(self, "config", cfg.to_dict())
 

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata, save_archive
 from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
@@ -316,7 +316,7 @@ def config_from_kwargs(
         fields[key] = float(fields[key])
     try:
         return HTDemucsConfig(**fields)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"{where}: {exc}") from None
 
 
@@ -553,7 +553,7 @@ def bag_model(models: Sequence[HTDemucs], weights: Tensor) -> nn.Module:
     rows = tuple(tuple(float(w) for w in row) for row in weights.t().tolist())
     try:
         config = EnsembleConfig(sources, specs, rows)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"bag weights: {exc}") from None
     members = []
     for model, blend in zip(models, Ensemble.blend_matrices(config), strict=True):
