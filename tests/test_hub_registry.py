@@ -147,7 +147,7 @@ def test_unknown_name_lists_close_matches_and_known_names(hub_env):
     message = str(info.value)
     assert "did you mean umxhq" in message
     assert (
-        "known models: bs-roformer-viperx, default, htdemucs, htdemucs_6s, htdemucs_ft, "
+        "known models: best, bs-roformer-viperx, default, htdemucs, htdemucs_6s, htdemucs_ft, "
         "mdx23c-instvoc-hq, mel-roformer-kim, umxhq, umxl"
     ) in message
     with pytest.raises(ModelNotFoundError, match="did you mean umxhq"):

@@ -222,7 +222,11 @@ class StreamingOverlapAdd:
         self._acc_len = max(self._acc_len, need)
 
     def _call(self, batch: Tensor) -> Tensor:
-        batch = batch.to(self.device)
+        if self.device.type == "cuda":
+            # page-locked host memory: the copy is queued and overlaps GPU work
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
         with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
             y = self.fn(batch)
         if y.dim() != 4 or y.shape[1] != self.num_sources or y.shape[-1] != batch.shape[-1]:
