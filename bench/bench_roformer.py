@@ -39,7 +39,7 @@ Needs the test-only reference (tests/audio_separator_reference.py).
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import statistics
 import subprocess
 import sys
@@ -53,13 +53,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 MODEL_TYPE = {"bs-roformer": "bs_roformer", "mel-roformer": "mel_band_roformer", "mdx23c": "mdx23c"}
 
 PEER_SONG = r"""
-import json, logging, sys, time
+import logging, sys, time
 sys.path.insert(0, sys.argv[5])
 import numpy as np, soundfile as sf, torch
 torch.set_num_threads(int(sys.argv[4]))
 from ml_collections import ConfigDict
 from audio_separator_reference import reference_model, reference_module
-cfg = json.loads(open(sys.argv[1]).read())
+from sepcli.models.msst_import import read_msst_yaml
+cfg = read_msst_yaml(sys.argv[1])
 model_type = sys.argv[6]
 ref = reference_model(model_type, cfg)
 ref.load_state_dict(torch.load(sys.argv[2], weights_only=True))
@@ -135,7 +136,7 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> No
         ref.load_state_dict(torch.load(ckpt, weights_only=True))
         variants = {"reference": ref, "ours": ours, "ours-script": scripted}
         if model_type != "mdx23c":
-            einsum_cfg = json.loads(json.dumps(cfg, default=list))
+            einsum_cfg = copy.deepcopy(cfg)
             einsum_cfg["model"]["flash_attn"] = False
             slow = reference_model(model_type, einsum_cfg)
             slow.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -222,15 +223,14 @@ def _real_song(seconds: int, path: Path) -> None:
 def bench_song(family: str, threads: int, rounds: int, seconds: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg, ckpt, _, archive = _setup(family, tmp)
-        (tmp / "cfg.json").write_text(json.dumps(cfg, default=list))
+        cfg, ckpt, yaml_path, archive = _setup(family, tmp)
         song = tmp / "song.wav"
         _real_song(seconds, song)
         sepcli = str(Path(sys.executable).with_name("sepcli"))
         ours_cmd = [sepcli, "separate", str(song), "-m", str(archive), "-o", str(tmp / "out"),
                     "--threads", str(threads), "--bit-depth", "32", "--clip", "none",
                     "--force", "--quiet"]  # fmt: skip
-        peer_cmd = [sys.executable, "-c", PEER_SONG, str(tmp / "cfg.json"), str(ckpt), str(song),
+        peer_cmd = [sys.executable, "-c", PEER_SONG, str(yaml_path), str(ckpt), str(song),
                     str(threads), str(ROOT / "tests"), MODEL_TYPE[family]]  # fmt: skip
         times: dict[str, list[float]] = {"ours": [], "peer": []}
         for _ in range(rounds):

@@ -149,6 +149,7 @@ def test_bs_roformer_separate_equals_audio_separator_on_a_real_3_minute_song(tmp
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_mdx23c_separate_equals_audio_separator_on_real_music(tmp_path, shared_data):
     # 30 s: the tiny U-Net still costs ~0.5 s per chunk on 2 CPUs; 64-frame chunks, 2 per sample
     mix = _real_song(shared_data, 30)
