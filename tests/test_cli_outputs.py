@@ -104,6 +104,14 @@ def test_another_models_stems_are_named_as_such(tmp_path, tiny_wave_archive, ide
     shifted = run(*args, "-m", str(tiny_wave_archive), "--shifts", "1")
     assert "settings differ: shifts 0 -> 1" in shifted.output.replace("\n", "")
 
+    # a setting added by a newer sepcli (absent from the record) is no difference
+    provenance = out / "song" / PROVENANCE_FILE
+    data = json.loads(provenance.read_text())
+    del data["outputs"]["vocals.wav"]["settings"]["seed"]
+    provenance.write_text(json.dumps(data))
+    again = run(*args, "-m", str(tiny_wave_archive))
+    assert "1 file(s) done earlier with this model and settings" in again.output
+
 
 # ---------------------------------------------------------------- item 3: SIGTERM, leftovers
 
