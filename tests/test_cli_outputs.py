@@ -366,6 +366,9 @@ def test_models_list_and_info_show_the_defaults_sources_and_licence():
     assert "non-commercial" in default["licence"]
     info = run("models", "info", "default")
     assert "vocals" in info.output and "non-commercial" in info.output
+    table = run("models", "list").output.splitlines()  # one line each at 80 columns
+    row = next(line for line in table if line.split("│")[0].strip() == "default")
+    assert "vocals" in row and "research only" in row
 
 
 def test_unknown_stems_name_the_models_that_have_them(tmp_path):
