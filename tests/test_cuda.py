@@ -137,7 +137,7 @@ def _archive(name: str, family_archives: dict[str, Path]) -> Path:
 def test_fp32_on_the_device_equals_the_cpu(name, family_archives, cpu_stems):
     mix = make_tone(4.0, seed=3)
     sep = Separator(_archive(name, family_archives), device=DEVICE, batch_size=4)
-    assert sep.plan.model.type == torch.device(DEVICE).type or DEVICE == "mps"
+    assert sep.devices.model.type == torch.device(DEVICE).type or DEVICE == "mps"
     got = sep.separate(mix, 44100)
     for stem, ref in cpu_stems[name].items():
         snr = _snr(ref, got[stem])

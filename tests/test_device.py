@@ -166,7 +166,7 @@ def test_separator_on_mps_without_complex_ops_runs_on_the_cpu(
     monkeypatch.setattr(device_mod, "complex_ops_work", lambda device, what="istft": False)
     monkeypatch.setattr(separator_module, "plan_devices", _plan_with_failing_probe)
     sep = Separator(tiny_mask_archive, device="mps", segment_seconds=0.3)
-    assert sep.device == MPS and sep.plan == DevicePlan(CPU, CPU)
+    assert sep.device == MPS and sep.devices == DevicePlan(CPU, CPU)
     mix = make_tone(0.8)
     ref = Separator(tiny_mask_archive, device="cpu", segment_seconds=0.3).separate(mix, 44100)
     got = sep.separate(mix, 44100)

@@ -343,7 +343,7 @@ class Separator:
         self.units = self._plan_units()
         batch = self.config.batch_size or auto_batch_size(self.devices.model)
         #: per unit, the largest batch known to fit (lowered on out-of-memory errors)
-        self.batch_limits = {u.name: BatchLimit(batch) for u in self.units}
+        self.batch_limits = [BatchLimit(batch) for _ in self.units]
         #: decode ahead and write behind in threads (on by default when a GPU computes)
         self.threads = self.devices.model.type != "cpu"
 
@@ -579,6 +579,8 @@ class Separator:
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
         generator = torch.Generator(device=self.devices.output).manual_seed(self.config.seed)
+        # a subset of an archive's networks shares the archive's batch limit (same name)
+        limits = {u.name: lim for u, lim in zip(self.units, self.batch_limits, strict=True)}
         units = [
             _UnitStream(
                 u,
@@ -595,7 +597,7 @@ class Separator:
                 needed,
             )
             for u in plan_units
-            for limit in (self.batch_limits[u.name],)
+            for limit in (limits[u.name],)
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
         combiner = _Combiner(
