@@ -104,6 +104,14 @@ def test_another_models_stems_are_named_as_such(tmp_path, tiny_wave_archive, ide
     shifted = run(*args, "-m", str(tiny_wave_archive), "--shifts", "1")
     assert "settings differ: shifts 0 -> 1" in shifted.output.replace("\n", "")
 
+    # a setting added by a newer sepcli (absent from the record) is no difference
+    provenance = out / "song" / PROVENANCE_FILE
+    data = json.loads(provenance.read_text())
+    del data["outputs"]["vocals.wav"]["settings"]["seed"]
+    provenance.write_text(json.dumps(data))
+    again = run(*args, "-m", str(tiny_wave_archive))
+    assert "1 file(s) done earlier with this model and settings" in again.output
+
 
 # ---------------------------------------------------------------- item 3: SIGTERM, leftovers
 
@@ -117,7 +125,10 @@ def _wait_for_temp(out: Path, proc: subprocess.Popen, seconds: float = 60) -> No
     pytest.fail("no temp file appeared while the separation ran")
 
 
-def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path, tiny_wave_archive):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_exit_128_plus_n_and_leave_no_temp_file(
+    tmp_path, tiny_wave_archive, sig, code
+):
     src = write_wav(tmp_path / "long.wav", make_tone(60.0))
     out = tmp_path / "o"
     proc = subprocess.Popen(
@@ -126,9 +137,9 @@ def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path, tiny_wave_archive):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     _wait_for_temp(out, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "terminated" in stderr
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
@@ -256,7 +267,7 @@ def _documented_exit_codes() -> dict[int, str]:
 
 def test_one_exit_code_table_referenced_from_the_other_docs():
     codes = _documented_exit_codes()
-    assert set(codes) == {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}
+    assert set(codes) == {0, 1, 2, 3, 4, 5, 6, 7, 129, 130, 143}
     for doc in ("audio-formats.md", "evaluation.md"):
         assert "usage.md#exit-status" in (DOCS / doc).read_text(), doc
     from sepcli.errors import EXIT_CODES
@@ -358,6 +369,9 @@ def test_models_list_and_info_show_the_defaults_sources_and_licence():
     assert "non-commercial" in default["licence"]
     info = run("models", "info", "default")
     assert "vocals" in info.output and "non-commercial" in info.output
+    table = run("models", "list").output.splitlines()  # one line each at 80 columns
+    row = next(line for line in table if line.split("│")[0].strip() == "default")
+    assert "vocals" in row and "research only" in row
 
 
 def test_unknown_stems_name_the_models_that_have_them(tmp_path):

@@ -59,20 +59,20 @@ def fail(message: str, code: int = 1) -> None:
 def handle_errors(func: F) -> F:
     """Decorator for click commands: typed errors become one line + exit code.
 
-    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 (after the same
-    clean-up: :mod:`sepcli.cli.termination`); unexpected exceptions keep their
-    traceback only when ``SEPCLI_DEBUG`` is set.
+    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 and SIGHUP 129
+    (after the same clean-up: :mod:`sepcli.cli.termination`); unexpected
+    exceptions keep their traceback only when ``SEPCLI_DEBUG`` is set.
     """
-    from sepcli.cli.termination import EXIT_TERMINATED, Terminated, sigterm_raises
+    from sepcli.cli.termination import Terminated, sigterm_raises
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with sigterm_raises():
                 return func(*args, **kwargs)
-        except Terminated:
+        except Terminated as exc:
             err_console.print("terminated", style="yellow")
-            sys.exit(EXIT_TERMINATED)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
             sys.exit(130)

@@ -236,9 +236,11 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     elif old.get("archive_sha256") != new.get("archive_sha256"):
         diffs.append(f"made by another archive of model {old.get('model')!r}")
     old_s, new_s = old.get("settings") or {}, new.get("settings") or {}
+    # A setting the old record lacks came with a newer sepcli: the old run had
+    # no choice there, so it is not a difference.
     changed = [
         f"{k} {old_s.get(k)!r} -> {new_s.get(k)!r}"
-        for k in sorted(set(old_s) | set(new_s))
+        for k in sorted(old_s)
         if old_s.get(k) != new_s.get(k)
     ]
     if changed:
