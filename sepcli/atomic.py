@@ -8,7 +8,7 @@ audio writer (:class:`sepcli.audio.AudioWriter`), which must hold its temp files
 open across many calls, uses the same pieces: :func:`create_temp`,
 :func:`publish` and :func:`remove_quietly`.
 
-Temp files are hidden and named ``.NAME.XXXXXXXX<suffix>`` (8 random hex digits),
+Temp files are hidden and named ``.NAME.sepcli-XXXXXXXX<suffix>`` (8 random hex digits),
 so folder scans skip them and a leftover one says what it was for.
 """
 
@@ -49,10 +49,15 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: In every temp name, so that a leftover is recognisably ours (``sepcli separate``
+#: removes those of its outputs on the next run: :mod:`sepcli.cli.outputs`).
+TEMP_MARK = "sepcli-"
+
+
 def create_temp(
     target: str | os.PathLike[str], *, suffix: str = ".tmp", mode: int = 0o666
 ) -> tuple[Path, int]:
-    """Create ``.NAME.XXXXXXXX<suffix>`` beside ``target`` exclusively; return ``(path, fd)``.
+    """Create ``.NAME.sepcli-XXXXXXXX<suffix>`` beside ``target`` exclusively; return ``(path, fd)``.
 
     The file is created with ``O_EXCL`` (never an existing file) and ``mode``
     (less the umask); the caller owns the open descriptor. The folder must exist.
@@ -63,7 +68,7 @@ def create_temp(
     target = Path(target)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{suffix}"
+        tmp = target.parent / f".{target.name}.{TEMP_MARK}{secrets.token_hex(4)}{suffix}"
         try:
             fd = os.open(tmp, flags, mode)
         except FileExistsError:

@@ -25,8 +25,13 @@ def run(*args: str):
 
 
 def _files(folder: Path) -> list[str]:
+    """Files under ``folder``, less the provenance files (.sepcli-run.json) beside stems."""
     return (
-        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        sorted(
+            str(p.relative_to(folder))
+            for p in folder.rglob("*")
+            if p.is_file() and p.name != ".sepcli-run.json"
+        )
         if folder.exists()
         else []
     )
@@ -252,7 +257,7 @@ def test_ctrl_c_during_a_batch_exits_130_and_leaves_no_partial_file(tmp_path, ti
     """A real SIGINT to the console script while it works on a long batch."""
     album = tmp_path / "album"
     for i in range(4):
-        write_wav(album / f"t{i}.wav", make_tone(4.0, seed=i))
+        write_wav(album / f"t{i}.wav", make_tone(20.0, seed=i))  # long enough to be interrupted
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [
@@ -275,14 +280,15 @@ def test_ctrl_c_during_a_batch_exits_130_and_leaves_no_partial_file(tmp_path, ti
         text=True,
     )
     deadline = time.time() + 60
-    while time.time() < deadline and not (out.exists() and any(out.rglob("*"))):
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while time.time() < deadline and not (
+        out.exists() and any(p.name.endswith(".tmp") for p in out.rglob(".*"))
+    ):
+        time.sleep(0.01)  # until a track is being written
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    leftovers = [p for p in out.rglob("*") if p.is_file()]
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name != ".sepcli-run.json"]
     for p in leftovers:  # only complete outputs of finished tracks remain
         assert not p.name.startswith(".") and p.suffix == ".flac"
         sf.read(str(p))

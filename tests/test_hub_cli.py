@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,45 @@ def test_blend_downloads_a_member_named_in_a_registry(file_server, hub_env, tmp_
         and "wave" in offline.output
         and file_server.gets["/wave.sepcli"] == 1
     )
+
+
+def test_unresolvable_host_is_one_error_line_without_a_bar(hub_env, tmp_path, monkeypatch):
+    monkeypatch.delenv("SEPCLI_RETRIES")
+    data = payload(1_000)
+    reg = write_registry(
+        tmp_path / "reg.json",
+        [sepcli_entry("nowhere", "https://nonexistent.invalid/m.sepcli", data)],
+    )
+    result = run("download", "nowhere", "--registry", str(reg))
+    assert result.exit_code == 5
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "host not found" in lines[0], result.stderr
+    assert "downloading" not in result.stderr
+    assert not (hub_env / "models").exists()
+
+
+def test_the_packaged_default_shows_no_download_bar(tmp_path, monkeypatch, tone_wav):
+    # before: "downloading default ━━━ 0/? bytes" was drawn while the archive loaded
+    from sepcli.cli import common
+    from sepcli.models import archive
+
+    monkeypatch.setenv("SEPCLI_OFFLINE", "1")
+    monkeypatch.setenv("SEPCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEPCLI_DEFAULT_MODEL", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    screen = io.StringIO()  # a terminal, so that rich draws live bars
+    monkeypatch.setattr(common.err_console, "file", screen)
+    monkeypatch.setattr(common.err_console, "_force_terminal", True)
+    monkeypatch.setattr(common.err_console, "is_interactive", True)
+    real_load = archive.load_archive
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.4)  # a cold disk: long enough for the bar to be drawn
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "load_archive", slow_load)
+    args = ["separate", str(tone_wav), "-o", str(tmp_path / "out"), "--stems", "vocals"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "downloading" not in screen.getvalue()
+    assert "separated" in screen.getvalue()  # the console was the one drawn on

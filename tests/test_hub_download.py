@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,52 @@ def test_two_processes_downloading_the_same_model_share_one_download(
     assert _sha(path) == hashlib.sha256(data).hexdigest()
     assert file_server.gets["/big.sepcli"] == 1  # the second process waited and reused it
     assert cached_files(hub_env) == [str(path.relative_to(hub_env / "models"))]
+
+
+UNRESOLVABLE = "https://nonexistent.invalid/m.sepcli"  # RFC 6761: .invalid never resolves
+
+
+def _everything_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_unresolvable_host_fails_fast_in_one_line_and_leaves_no_trace(
+    hub_env, tmp_path, monkeypatch
+):
+    # the default retry policy (4 retries, back-off from 1 s) took 31 s before
+    monkeypatch.delenv("SEPCLI_RETRIES")
+    monkeypatch.delenv("SEPCLI_BACKOFF")
+    data = payload(1_000)
+    reg = _registry(tmp_path, sepcli_entry("nowhere", UNRESOLVABLE, data))
+    events: list[Progress] = []
+    start = time.perf_counter()
+    with pytest.raises(
+        DownloadError, match="'nowhere'.*nonexistent.invalid.*host not found"
+    ) as err:
+        resolve_model("nowhere", registry=reg, progress=events.append)
+    assert time.perf_counter() - start < 5.0
+    assert "\n" not in str(err.value) and events == []
+    assert _everything_under(hub_env) == []  # no empty cache folder, no stray .lock
+
+
+def test_unresolvable_mirror_falls_through_to_the_next_url(file_server, hub_env, tmp_path):
+    data = payload(20_000)
+    url = file_server.add("/m.sepcli", data)
+    reg = _registry(tmp_path, sepcli_entry("mirrored", [UNRESOLVABLE, url], data))
+    path = resolve_model("mirrored", registry=reg)
+    assert _sha(path) == hashlib.sha256(data).hexdigest() and file_server.gets["/m.sepcli"] == 1
+
+
+def test_a_failed_download_keeps_other_cached_models(file_server, hub_env, tmp_path):
+    data = payload(20_000)
+    url = file_server.add("/m.sepcli", data)
+    reg = _registry(
+        tmp_path,
+        sepcli_entry("here", url, data),
+        sepcli_entry("gone", UNRESOLVABLE, payload(1_000)),
+    )
+    kept = resolve_model("here", registry=reg)
+    before = _everything_under(hub_env)
+    with pytest.raises(DownloadError, match="host not found"):
+        resolve_model("gone", registry=reg)
+    assert _everything_under(hub_env) == before and kept.is_file()

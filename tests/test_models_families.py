@@ -82,10 +82,22 @@ def _mix(batch: int, channels: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_families_listed():
-    assert FAMILIES == ("umx", "tfc-tdf", "waveform", "ensemble")
+    assert FAMILIES == (
+        "umx",
+        "tfc-tdf",
+        "waveform",
+        "htdemucs",
+        "bs-roformer",
+        "mel-roformer",
+        "mdx23c",
+        "ensemble",
+    )
 
 
-@pytest.mark.parametrize("family", ["umx", "tfc-tdf", "waveform", "ensemble"])
+@pytest.mark.parametrize(
+    "family",
+    ["umx", "tfc-tdf", "waveform", "htdemucs", "bs-roformer", "mel-roformer", "mdx23c", "ensemble"],
+)
 def test_config_json_round_trip(family):
     cfg = reference_config(family)
     text = json.dumps(cfg.to_dict())

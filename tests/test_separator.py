@@ -221,3 +221,42 @@ def test_single_source_magnitude_model_every_phase(tmp_path, phase):
         assert ratio == pytest.approx(1.0, abs=0.02)
     else:
         assert 0.35 < ratio < 0.65, ratio
+
+
+@pytest.fixture(scope="module")
+def four_source_umx(tmp_path_factory):
+    from sepcli.models import UMXConfig, build_model, export_archive, load_verified
+
+    torch.manual_seed(0)
+    config = UMXConfig(n_fft=256, hop_length=64, hidden_size=8, num_layers=1)
+    path = export_archive(
+        build_model("umx", config), tmp_path_factory.mktemp("umx") / "u.sepcli", name="u4"
+    )
+    return load_verified(path)
+
+
+def test_only_the_networks_of_the_requested_stems_run(four_source_umx):
+    """Open-Unmix has one network per source: with the mixture phase, vocals and
+    accompaniment need the vocals network only (accompaniment = mixture - vocals)."""
+    x = np.random.default_rng(1).standard_normal((2, 20000)).astype(np.float32) * 0.1
+    sep = Separator(four_source_umx, device="cpu", phase="mixture", segment_seconds=0.2)
+    vocals = sep.sources.index("vocals")
+    plan = sep.plan(["vocals", "accompaniment"])
+    assert plan.sources == (vocals,) and plan.note is None
+    assert [r.kind for r in plan.recipes] == ["source", "mix_minus"]
+    mix = torch.from_numpy(x)[None]
+    assert four_source_umx.module.forward_sources(mix, [vocals]).shape[1] == 1
+    fewer = sep.separate(x, 44100, ["vocals", "accompaniment"])
+    full = sep.separate(x, 44100, list(sep.sources))
+    torch.testing.assert_close(fewer["vocals"], full["vocals"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        fewer["accompaniment"], torch.from_numpy(x) - fewer["vocals"], rtol=0, atol=1e-6
+    )
+    assert sep.plan(list(sep.sources)).sources is None  # every source asked: one forward
+
+
+def test_wiener_needs_every_network_and_says_so(four_source_umx):
+    sep = Separator(four_source_umx, device="cpu", phase="wiener", segment_seconds=0.2)
+    plan = sep.plan(["vocals"])
+    assert plan.sources is None and "wiener" in plan.note and "--phase mixture" in plan.note
+    assert [r.kind for r in plan.recipes] == ["source"]

@@ -29,7 +29,7 @@ What counts as corrupt (an :class:`~sepcli.errors.AudioDecodeError`):
   ``max(0.1 s, 1 %)`` (lossy streams only estimate their length);
 - a file that decodes to zero frames.
 
-Writing goes to a hidden temp file beside the target (``.name.XXXXXXXX.tmp``)
+Writing goes to a hidden temp file beside the target (``.name.sepcli-XXXXXXXX.tmp``)
 and is renamed over the target only when complete, so an existing file is
 never damaged. See ``docs/audio-formats.md`` for the format and clip tables.
 """

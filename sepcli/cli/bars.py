@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 from rich.progress import Progress as Bars
 
-from sepcli.cli.common import err_console
+from sepcli.cli.common import bars_shown, err_console
 from sepcli.progress import Progress, ProgressFn
 
 __all__ = ["download_bar"]
@@ -25,7 +25,7 @@ def download_bar(quiet: bool = False) -> Iterator[ProgressFn]:
     """
     with Bars(
         TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=err_console, disable=quiet, transient=True,
+        console=err_console, disable=not bars_shown(quiet), transient=True,
     ) as bars:  # fmt: skip
         tasks: dict[str, int] = {}
 

@@ -41,6 +41,15 @@ def refuse_existing(output: Path, force: bool) -> None:
         raise UsageError(f"{output}: already exists (use --force to overwrite)")
 
 
+def bars_shown(quiet: bool = False) -> bool:
+    """Whether to draw progress bars: not with ``--quiet``, and only on a terminal.
+
+    On a pipe or a log file a bar is noise, and rich ends a stopped transient
+    bar there with a bare newline (every run's stderr began with an empty line).
+    """
+    return not quiet and err_console.is_terminal
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one error line on stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
@@ -50,14 +59,20 @@ def fail(message: str, code: int = 1) -> None:
 def handle_errors(func: F) -> F:
     """Decorator for click commands: typed errors become one line + exit code.
 
-    ``KeyboardInterrupt`` exits 130 after one line; unexpected exceptions keep
-    their traceback only when ``SEPCLI_DEBUG`` is set.
+    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 (after the same
+    clean-up: :mod:`sepcli.cli.termination`); unexpected exceptions keep their
+    traceback only when ``SEPCLI_DEBUG`` is set.
     """
+    from sepcli.cli.termination import EXIT_TERMINATED, Terminated, sigterm_raises
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_raises():
+                return func(*args, **kwargs)
+        except Terminated:
+            err_console.print("terminated", style="yellow")
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
             sys.exit(130)

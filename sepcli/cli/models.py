@@ -68,6 +68,44 @@ def _size(num: int | None) -> str:
     return "-" if num is None else f"{num / 1e6:.1f} MB"
 
 
+def _card(status: Any) -> dict[str, Any]:
+    """A registry entry as JSON, with sources, licence and training data taken
+    from the archive itself when the entry defers to it (the built-in default)."""
+    data = {**status.entry.to_json(), "local_path": str(status.path) if status.path else None}
+    if status.entry.builtin and status.path is not None:
+        from sepcli.models.archive import read_metadata
+
+        meta = read_metadata(status.path)
+        if not data.get("sources"):
+            data["sources"] = list(meta.sources)
+        data.setdefault("sample_rate", meta.sample_rate)
+        for key in ("licence", "training_data"):
+            if data.get(key) in (None, "", "per archive metadata"):
+                data[key] = getattr(meta, key) or data.get(key)
+    return data
+
+
+def models_offering(
+    stems: list[str], *, cache_dir: str | None = None, offline: bool | None = None
+) -> list[str]:
+    """Names of registry models that can make every stem in ``stems`` (their own
+    sources or stems derived from them, such as ``accompaniment``)."""
+    from sepcli.errors import UsageError
+    from sepcli.inference.stems import plan_stems
+
+    names = []
+    for status in list_models(cache_dir=cache_dir, offline=offline):
+        sources = _card(status).get("sources") or []
+        if not sources or not (status.local or status.entry.verifiable):
+            continue  # an entry with no hash is refused at download
+        try:
+            plan_stems(sources, stems)
+        except UsageError:
+            continue
+        names.append(status.entry.name)
+    return names
+
+
 @click.group()
 @_hub_options
 @click.pass_context
@@ -88,16 +126,14 @@ def models(
 def list_command(hub: dict[str, Any], as_json: bool) -> None:
     """List known models and whether each is available locally."""
     statuses = list_models(**hub)
+    cards = [_card(s) for s in statuses]
     if as_json:
-        rows = [
-            {**s.entry.to_json(), "local_path": str(s.path) if s.path else None} for s in statuses
-        ]
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(cards, indent=2))
         return
     table = Table(show_edge=False, header_style="bold")
     for column in ("name", "sources", "format", "size", "licence", "local"):
         table.add_column(column, overflow="fold")
-    for s in statuses:
+    for s, card in zip(statuses, cards, strict=True):
         e = s.entry
         if s.local:
             local = "yes"
@@ -106,7 +142,12 @@ def list_command(hub: dict[str, Any], as_json: bool) -> None:
         else:
             local = "no" if e.verifiable else "no (no hash: refused)"
         table.add_row(
-            e.name, ", ".join(e.sources) or "-", e.format, _size(e.size), e.licence, local
+            e.name,
+            ", ".join(card.get("sources") or []) or "-",
+            e.format,
+            _size(e.size),
+            (card.get("licence") or "-").split(";")[0],  # the card (info) has all of it
+            local,
         )
     out_console.print(table)
 
@@ -119,8 +160,9 @@ def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
     """Everything the registry says about NAME, and where it is on disk."""
     registry = open_registry(hub["registry"], cache_dir=hub["cache_dir"], offline=hub["offline"])
     entry = registry.get(name)
-    local = next(s.path for s in list_models(**hub) if s.entry.name == name)
-    data = {**entry.to_json(), "local_path": str(local) if local else None}
+    status = next(s for s in list_models(**hub) if s.entry.name == name)
+    local = status.path
+    data = _card(status)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -18,13 +18,20 @@ from rich.progress import (
 )
 
 from sepcli import atomic, audio
+from sepcli.cli import outputs as planning
 from sepcli.cli.bars import download_bar
-from sepcli.cli.common import err_console, handle_errors, separator_options, setup_logging
+from sepcli.cli.common import (
+    bars_shown,
+    err_console,
+    handle_errors,
+    separator_options,
+    setup_logging,
+)
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
-_PLACEHOLDERS = {"track", "stem", "ext", "model", "parent"}
+_PLACEHOLDERS = {"track", "stem", "ext", "model", "parent", "input_ext"}
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -52,7 +59,7 @@ def take_shard(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
 def output_paths(
     path: Path, out_dir: Path, template: str, stems: list[str], ext: str, model: str
 ) -> dict[str, Path]:
-    fields = {"track": track_name(path), "ext": ext, "model": model, "parent": path.parent.name}
+    fields = planning.template_fields(path, track_name(path), ext, model)
     return {stem: out_dir / template.format(stem=stem, **fields) for stem in stems}
 
 
@@ -114,7 +121,8 @@ def load_model_for_cli(
     "--model",
     default="default",
     show_default=True,
-    help="Registry name or path of a .sepcli archive.",
+    help="Registry name or path of a .sepcli archive; '-m best' is the best published "
+    "models per stem (a 1.2 GB download, once), 'sepcli models list' shows the others.",
 )
 @click.option(
     "--device",
@@ -208,8 +216,9 @@ def separate(
     \b
     Examples:
       sepcli separate song.mp3 --stems vocals,accompaniment
+      sepcli separate song.mp3 -m best      # best quality: RoFormer vocals, HT-Demucs drums/bass/other
       sepcli separate ~/Music/album/ -o stems/ --format flac
-      sepcli separate library/ -r --shard $SLURM_ARRAY_TASK_ID/16 --report shard.json
+      sepcli separate library/ -r --shard $((SLURM_ARRAY_TASK_ID+1))/16 --report shard.json
     """
     setup_logging(quiet)
     if threads:
@@ -218,29 +227,83 @@ def separate(
         device = "cuda"
     check_template(template)
     shard_spec = parse_shard(shard)
+    if report is not None:
+        if report.is_dir():
+            raise UsageError(f"--report {report}: is a folder; give a file name")
+        planning.check_writable([report.parent], "--report")
+    planning.check_writable([out_dir], "--out")
     stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
 
     records: list[dict[str, Any]] = []
     files: list[Path] = []
     for item in inputs:
         try:
-            files.extend(audio.find_audio_files([item], recursive=recursive))
+            found = audio.find_audio_files([item], recursive=recursive)
         except SepcliError as exc:
             records.append({"input": str(item), "status": "failed", "error": str(exc)})
             err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-    files = take_shard(list(dict.fromkeys(files)), shard_spec)
+            continue
+        if Path(item).is_dir():
+            found, dropped = planning.drop_own_outputs(Path(item), found, out_dir)
+            if dropped and not quiet:
+                err_console.print(
+                    f"note: {item}: not taking {dropped} file(s) that are sepcli outputs "
+                    f"(under {out_dir} or recorded in a {planning.PROVENANCE_FILE}) as input",
+                    soft_wrap=True,
+                )
+        files.extend(found)
+    all_files = list(dict.fromkeys(files))
+    files = take_shard(all_files, shard_spec)
     if not files:
-        if not records:
-            raise UsageError("no inputs to separate")
-        raise click.exceptions.Exit(1)  # every input already failed, each with its own error line
+        if records:
+            raise click.exceptions.Exit(1)  # every input failed, each with its own error line
+        if shard_spec is not None and all_files:
+            # an array task whose slice is empty is a normal, empty job
+            if not quiet:
+                err_console.print(
+                    f"note: shard {shard} of {len(all_files)} input(s) is empty; nothing to do"
+                )
+            if report:
+                write_report(report, records)
+            return
+        raise UsageError("no inputs to separate")
 
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     separator = Separator(archive, separator_config, device=torch_device)
-    recipes = separator.stems(stem_list)
-    stem_names = [r.name for r in recipes]
+    try:
+        stem_plan = separator.plan(stem_list)
+    except UsageError as exc:
+        raise UsageError(f"{exc}{_models_hint(stem_list, cache_dir, offline)}") from None
+    if stem_plan.note and not quiet:
+        err_console.print(f"note: {stem_plan.note}", soft_wrap=True)
+    stem_names = [r.name for r in stem_plan.recipes]
     model_name = archive.metadata.name
     out_channels = None if channels == "auto" else int(channels)
+    encoding = {
+        "format": fmt,
+        "bit_depth": int(bit_depth),
+        "clip": clip,
+        "out_channels": out_channels,
+    }
+    settings = separator_config.to_dict()
+    settings.pop("batch_size", None)  # how chunks are batched does not change the stems
+    identity = _run_identity(
+        archive,
+        {
+            **settings,
+            "format": fmt,
+            "bit_depth": int(bit_depth),
+            "clip": clip,
+            "channels": channels,
+        },
+    )
+    plans = {p: output_paths(p, out_dir, template, stem_names, fmt, model_name) for p in files}
+    planning.check_writable(
+        sorted({o.parent for outs in plans.values() for o in outs.values()}), "output folder"
+    )
+    clash_hint = _clash_hint(files, plans, template, fmt, model_name)
+    counts_by_kind = {"done": 0, "other": 0, "foreign": 0}
 
     planned: dict[Path, Path] = {}
     progress = Progress(
@@ -249,7 +312,7 @@ def separate(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=quiet,
+        disable=not bars_shown(quiet),
         transient=True,
     )
     try:
@@ -261,13 +324,12 @@ def separate(
                     "model": model_name,
                     "device": str(separator.device),
                 }
-                outputs = output_paths(path, out_dir, template, stem_names, fmt, model_name)
+                outputs = plans[path]
                 clash = next((planned[o] for o in outputs.values() if o in planned), None)
                 if clash is not None:
                     record.update(
                         status="failed",
-                        error=f"{path}: outputs would overwrite those of {clash}; "
-                        "add {parent} to --filename",
+                        error=f"{path}: outputs would overwrite those of {clash}; {clash_hint}",
                     )
                     err_console.print(f"[bold red]error:[/] {record['error']}", soft_wrap=True)
                     records.append(record)
@@ -275,47 +337,18 @@ def separate(
                     continue
                 planned.update(dict.fromkeys(outputs.values(), path))
                 record["outputs"] = {k: str(v) for k, v in outputs.items()}
-                if not force and all(o.exists() for o in outputs.values()):
-                    record["status"] = "skipped"
-                    records.append(record)
-                    progress.advance(files_task)
-                    continue
-                chunk_task = progress.add_task(f"  {path.name}", total=None)
-
-                def on_progress(done: int, total: int, _task=chunk_task) -> None:
-                    progress.update(_task, completed=done, total=total)
-
-                started = time.perf_counter()
                 try:
-                    result = separator.separate_file(
-                        path,
-                        outputs,
-                        format=fmt,
-                        bit_depth=int(bit_depth),
-                        clip=clip,
-                        out_channels=out_channels,
-                        on_progress=on_progress,
-                    )
-                    record.update(
-                        status="ok",
-                        duration=round(result.duration, 3),
-                        seconds=round(result.seconds, 3),
-                    )
-                    if not quiet:
-                        err_console.print(
-                            f"[green]ok[/] {path} ({result.duration:.1f}s audio in "
-                            f"{result.seconds:.1f}s)",
-                            soft_wrap=True,
-                        )
-                except SepcliError as exc:
-                    record.update(
-                        status="failed",
-                        error=str(exc),
-                        seconds=round(time.perf_counter() - started, 3),
-                    )
+                    with planning.locked_outputs(
+                        outputs.values(), on_wait=lambda p: _waiting(p, quiet)
+                    ):
+                        _process_track(
+                            separator, path, outputs, _track_identity(path, identity), force,
+                            record, counts_by_kind, progress, quiet, encoding,
+                        )  # fmt: skip
+                except SepcliError as exc:  # the outputs could not be locked
+                    record.update(status="failed", error=str(exc))
                     err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
                 records.append(record)
-                progress.remove_task(chunk_task)
                 progress.advance(files_task)
     except KeyboardInterrupt:
         if report:
@@ -323,13 +356,173 @@ def separate(
         raise
     if report:
         write_report(report, records)
+    _print_summary(records, counts_by_kind, quiet)
 
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+
+def _process_track(
+    separator: Separator,
+    path: Path,
+    outputs: dict[str, Path],
+    track: dict[str, Any],
+    force: bool,
+    record: dict[str, Any],
+    counts: dict[str, int],
+    progress: Progress,
+    quiet: bool,
+    encoding: dict[str, Any],
+) -> None:
+    """One input, its outputs locked: clean leftovers, skip what exists, make the rest."""
+    removed = planning.remove_stale_temps(outputs.values())
+    if removed and not quiet:
+        err_console.print(
+            f"note: removed {len(removed)} temp file(s) left by an interrupted run: "
+            + ", ".join(str(p) for p in removed),
+            soft_wrap=True,
+        )
+    plan = planning.plan_track(outputs, track, force)
+    _report_skips(plan, record, counts, quiet)
+    if not plan.todo:
+        record["status"] = "skipped"
+        return
+    chunk_task = progress.add_task(f"  {path.name}", total=None)
+
+    def on_progress(done: int, total: int, _task=chunk_task) -> None:
+        progress.update(_task, completed=done, total=total)
+
+    started = time.perf_counter()
+    try:
+        result = separator.separate_file(path, plan.todo, on_progress=on_progress, **encoding)
+        try:
+            planning.record_outputs(result.outputs, track)
+        except OSError as exc:  # the stems are complete; only their record is missing
+            err_console.print(
+                f"[yellow]warning:[/] {path}: stems written, but not their record "
+                f"{planning.PROVENANCE_FILE} ({exc.strerror or exc})",
+                soft_wrap=True,
+            )
+        record.update(
+            status="ok",
+            duration=round(result.duration, 3),
+            seconds=round(result.seconds, 3),
+        )
+        if not quiet:
+            err_console.print(
+                f"[green]ok[/] {path} ({result.duration:.1f}s audio in {result.seconds:.1f}s)",
+                soft_wrap=True,
+            )
+    except SepcliError as exc:
+        record.update(
+            status="failed",
+            error=str(exc),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    progress.remove_task(chunk_task)
+
+
+def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes this run's outputs what they are: model, archive bytes, settings."""
+    from sepcli import __version__
+    from sepcli.hub.cache import sha256_file
+
+    path = getattr(archive, "path", None)
+    return {
+        "model": archive.metadata.name,
+        "archive_sha256": sha256_file(Path(path)) if path else None,
+        "settings": settings,
+        "sepcli": __version__,
+    }
+
+
+def _track_identity(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` plus the input (absolute path, size, modification time)."""
+    try:
+        st = path.stat()
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size = mtime = None
+    return {
+        **identity,
+        "input": str(path.absolute()),
+        "input_size": size,
+        "input_mtime_ns": mtime,
+    }
+
+
+def _waiting(lock: Path, quiet: bool) -> None:
     if not quiet:
         err_console.print(
-            f"{counts['ok']} separated, {counts['skipped']} skipped (exist; --force to redo), "
-            f"{counts['failed']} failed"
+            f"note: waiting for another sepcli process writing {lock.parent}", soft_wrap=True
+        )
+
+
+def _report_skips(
+    plan: planning.TrackPlan,
+    record: dict[str, Any],
+    counts: dict[str, int],
+    quiet: bool,
+) -> None:
+    """Name every skipped output that was not simply done before with this run's settings."""
+    if not plan.skipped:
+        return
+    record["skipped"] = {stem: skip.reason for stem, skip in plan.skipped.items()}
+    for skip in plan.skipped.values():
+        counts[skip.kind] += 1
+        if skip.kind != "done" and not quiet:
+            err_console.print(
+                f"[yellow]skipped[/] {skip.path}: {skip.reason} (--force to replace it)",
+                soft_wrap=True,
+            )
+
+
+def _print_summary(records: list[dict[str, Any]], kinds: dict[str, int], quiet: bool) -> None:
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    if not quiet:
+        why = []
+        if kinds["done"]:
+            why.append(f"{kinds['done']} file(s) done earlier with this model and settings")
+        if kinds["other"]:
+            why.append(f"{kinds['other']} made differently")
+        if kinds["foreign"]:
+            why.append(f"{kinds['foreign']} not written by sepcli")
+        kept = f" ({'; '.join(why)}; --force to redo)" if why else ""
+        err_console.print(
+            f"{counts['ok']} separated, {counts['skipped']} skipped{kept}, "
+            f"{counts['failed']} failed",
+            soft_wrap=True,
         )
     if counts["failed"]:
         # One failing input does not stop the others, but the batch reports it.
         raise click.exceptions.Exit(1)
+
+
+def _clash_hint(
+    files: list[Path], plans: dict[Path, dict[str, Path]], template: str, ext: str, model: str
+) -> str:
+    """How to give clashing inputs distinct outputs: a ``--filename`` that works."""
+    seen: dict[Path, Path] = {}
+    clashing: set[Path] = set()
+    for p in files:
+        for o in plans[p].values():
+            if o in seen and seen[o] != p:
+                clashing.update((p, seen[o]))
+            seen.setdefault(o, p)
+    if not clashing:
+        return ""
+    fixed = planning.suggest_template(template, files, track_name, ext, model)
+    if fixed is None:
+        return "give them distinct names, or run them with different --out"
+    return f"use --filename '{fixed}'"
+
+
+def _models_hint(stems: list[str] | None, cache_dir: str | None, offline: bool) -> str:
+    """``; models with these stems: a, b`` from the registry (empty if none or unknown)."""
+    from sepcli.cli.models import models_offering
+
+    try:
+        names = models_offering(stems or [], cache_dir=cache_dir, offline=offline)
+    except SepcliError:
+        return ""
+    if not names:
+        return ""
+    return f". Models that make {', '.join(stems or [])}: {', '.join(names)} (-m NAME)"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import platformdirs
+from filelock import FileLock
 
 from sepcli.hashing import sha256_file  # re-exported: hub users hash with it
 
@@ -35,6 +36,9 @@ __all__ = [
     "sha256_file",
     "file_lock",
 ]
+
+#: Attempts to lock a path whose folder another process removes meanwhile.
+_LOCK_TRIES = 100
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -71,32 +75,25 @@ def part_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) until the block ends.
+    """Hold an exclusive lock on ``path`` (created with its folders if needed) until the block ends.
 
-    POSIX ``flock``: the kernel releases it when the process dies, so a killed
-    download never leaves the cache locked. On Windows, ``msvcrt.locking``.
+    :class:`filelock.FileLock`: ``flock`` on POSIX, which the kernel releases when
+    the process dies, so a killed download never leaves the cache locked;
+    ``msvcrt`` on Windows. The holder may delete the lock file and its empty
+    folders before releasing (see :func:`sepcli.hub.load.ensure_model`): a waiter
+    notices that the file it locked is gone (filelock checks that the locked inode
+    is still linked) and locks the path afresh, recreating the folders.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        if os.name == "nt":  # pragma: no cover - exercised on Windows only
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:  # LK_LOCK gives up after ~10 s; keep waiting
-                    continue
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    for _ in range(_LOCK_TRIES):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire()
+        except FileNotFoundError:  # the holder removed the empty folder while we waited
+            continue
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    raise OSError(f"{path}: could not lock (its folder keeps disappearing)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -52,6 +53,26 @@ def _describe(exc: BaseException, settings: HttpSettings) -> str:
             return "host not found"
         return "connection failed"
     return f"{type(exc).__name__}"
+
+
+def _host_not_found(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a host name that could not be resolved.
+
+    requests wraps urllib3's ``NameResolutionError`` (itself raised from
+    ``socket.gaierror``) in a ``ConnectionError``; the chain is walked rather
+    than the message read.
+    """
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
+            return True
+        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+    return False
 
 
 def _discard(part: Path) -> None:
@@ -170,6 +191,11 @@ def download_file(
                     continue
                 except requests.RequestException as exc:
                     failure = DownloadError(f"{label}: {redact(url)}: {_describe(exc, settings)}")
+                    if _host_not_found(exc):  # no network, or a wrong host: waiting will not help
+                        failure = DownloadError(
+                            f"{label}: {redact(url)}: host not found (no network, or a wrong URL)"
+                        )
+                        break
                     log.info("%s (attempt %d of %d)", failure, attempt + 1, settings.retries + 1)
                     continue
                 except DownloadError as exc:  # permanent for this URL: try the next mirror

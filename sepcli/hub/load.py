@@ -7,6 +7,7 @@ Public entry points (re-exported by :mod:`sepcli.hub`): :func:`resolve_model`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -102,11 +103,78 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
+    (``{target: path}`` in output order) and the entry's preset."""
+    from sepcli.models.archive import save_archive  # torch loads only when a model does
+    from sepcli.models.openunmix_import import convert_files
+
+    module, metadata = convert_files(
+        files, dict(entry.preset), name=entry.name, licence=entry.licence,
+        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
+        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
+
+
+def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from verified Demucs checkpoints (``{signature:
+    path}`` in bag order): one file is one model, several a bag with the entry's
+    ``bag.weights`` / ``bag.segment``."""
+    import json
+
+    from sepcli.models.archive import save_archive
+    from sepcli.models.demucs_import import import_demucs
+
+    bag = entry.raw.get("bag") or {}
+    if not isinstance(bag, dict) or set(bag) - {"weights", "segment"}:
+        raise RegistryError(f"registry entry {entry.name!r}: 'bag' may hold weights and segment")
+    if len(files) == 1 and not bag:
+        source = next(iter(files.values()))
+    else:
+        folder = next(iter(files.values())).parent
+        lines = [f"models: {json.dumps(list(files))}"]
+        for key in ("weights", "segment"):
+            if bag.get(key) is not None:
+                lines.append(f"{key}: {json.dumps(bag[key])}")
+        source = folder / f"{entry.name}.yaml"
+        source.write_text("\n".join(lines) + "\n")
+    module, metadata = import_demucs(source, name=entry.name)
+    registry = {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}
+    metadata = metadata.replace(
+        licence=entry.licence, training_data=entry.training_data,
+        description=entry.description or metadata.description, scores=dict(entry.scores),
+        extra={**metadata.extra, "registry": registry},
+    )  # fmt: skip
+    save_archive(module, metadata, dest)
+
+
+def _convert_msst(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
+    """Build our archive at ``dest`` from a verified MSST YAML (``config``) and
+    checkpoint (``checkpoint``), of the entry's ``model_type`` (or the YAML's)."""
+    from sepcli.models.archive import save_archive
+    from sepcli.models.msst_import import import_msst
+
+    module, metadata = import_msst(
+        files["config"], files["checkpoint"], model_type=entry.raw.get("model_type"),
+        name=entry.name, licence=entry.licence, training_data=entry.training_data,
+        description=entry.description or None, scores=dict(entry.scores),
+    )  # fmt: skip
+    registry = {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}
+    metadata = metadata.replace(extra={**metadata.extra, "registry": registry})
+    save_archive(module, metadata, dest)
+
+
+_CONVERTERS = {"openunmix": _convert_openunmix, "demucs": _convert_demucs, "msst": _convert_msst}
+
+
 def _fill(
     entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
 ) -> Path:
     """Download (and convert) ``entry`` into the cache; the caller holds the lock."""
     dest = entry_path(root, entry)
+    if entry.format == "bag":
+        return _fill_bag(entry, root, settings, progress)
     total = entry.size or None
 
     def files_progress(base: int) -> ProgressFn | None:
@@ -130,19 +198,80 @@ def _fill(
         base += spec.size or 0
         assert spec.target is not None
         paths[spec.target] = path
-    from sepcli.models.archive import save_archive  # torch loads only when a model does
-    from sepcli.models.openunmix_import import convert_files
-
-    module, metadata = convert_files(
-        paths, dict(entry.preset), name=entry.name, licence=entry.licence,
-        training_data=entry.training_data, description=entry.description, scores=dict(entry.scores),
-        extra={"registry": {"format": entry.format, "files": {f.target: f.sha256 for f in entry.files}}},
-    )  # fmt: skip
-    save_archive(module, metadata, dest)
+    _CONVERTERS[entry.format](entry, paths, dest)
     sidecar = _sidecar(dest)
     sidecar.write_text(sha256_file(dest) + "\n")
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
     return dest
+
+
+def _fill_bag(
+    entry: ModelEntry, root: Path, settings: HttpSettings, progress: ProgressFn | None
+) -> Path:
+    """Each part downloaded and converted once (into its own cache entry), then the
+    bag composed from them: every stem from the part that the entry names for it,
+    each member keeping its own chunking (:func:`sepcli.models.blend.compose_bag`)."""
+    from sepcli.models.archive import load_archive  # torch loads only when a model does
+    from sepcli.models.blend import export_bag
+
+    offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
+    parts = []
+    for part, stems in entry.parts:
+        path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        parts.append((load_archive(path), stems))
+    dest = entry_path(root, entry)
+    export_bag(
+        parts,
+        dest,
+        name=entry.name,
+        accompaniment=str(entry.raw.get("accompaniment", "auto")),
+        description=entry.description,
+        scores=dict(entry.scores),
+        registry={"format": "bag", "parts": [dict(p) for p in entry.raw["parts"]]},
+        part_names=[part.name for part, _ in entry.parts],
+        licences=[
+            part.licence if part.licence not in ("", "unknown") else archive.metadata.licence
+            for (part, _), (archive, _) in zip(entry.parts, parts, strict=True)
+        ],
+    )
+    _sidecar(dest).write_text(sha256_file(dest) + "\n")
+    return dest
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folder: Path, new_folders: list[Path]) -> None:
+    """After a failed download (lock held): leave the cache as it was found.
+
+    When ``folder`` holds nothing but its lock file (and an empty ``src/``), the
+    lock file is deleted, then ``folder`` and the parents this call created, as
+    long as they are empty. A partial download (``.part`` with bytes) is kept for
+    resuming, and with it the folder and the lock.
+    """
+    src = folder / "src"
+    with contextlib.suppress(OSError):
+        src.rmdir()
+    try:
+        left = {p.name for p in folder.iterdir()}
+    except OSError:
+        return
+    if left - {".lock"}:
+        return
+    (folder / ".lock").unlink(missing_ok=True)  # waiters see the unlinked file and retry
+    for path in [folder, *new_folders]:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: another model lives there
+            break
 
 
 def ensure_model(
@@ -159,21 +288,31 @@ def ensure_model(
     dest = entry_path(root, entry)
     if _is_cached(entry, dest):
         return dest
-    if offline:
+    parts_local = entry.format == "bag" and all(
+        _local_path(part, root) is not None for part, _ in entry.parts
+    )
+    if offline and not parts_local:  # a bag of cached parts is composed offline
         raise OfflineError(
             f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
             f"run 'sepcli models download {entry.name}' while online"
         )
     if not entry.verifiable:
-        missing = ", ".join(f.filename for f in entry.files if not f.verifiable)
+        files = [f for part, _ in entry.parts for f in part.files] or list(entry.files)
+        missing = ", ".join(f.filename for f in files if not f.verifiable)
         raise RegistryError(
             f"model {entry.name!r}: the registry has no full SHA-256 for {missing}; refusing an "
             "unverifiable download (add the hashes with an extra registry, see docs/pretrained.md)"
         )
-    with file_lock(entry_dir(root, entry) / ".lock"):
+    folder = entry_dir(root, entry)
+    new_folders = _missing_folders(folder)
+    with file_lock(folder / ".lock"):
         if _is_cached(entry, dest):  # another process finished it while we waited
             return dest
-        return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        try:
+            return _fill(entry, root, settings or HttpSettings.from_env(), progress)
+        except BaseException:
+            _remove_if_empty(folder, new_folders)
+            raise
 
 
 def open_registry(

@@ -13,8 +13,15 @@ Manifest layout::
        "sha256": "<64 hex>", "size": 1234, "description": "...", ...},
       {"name": "umxhq", "format": "openunmix", "preset": {...},
        "files": [{"target": "vocals", "urls": [...], "sha256": "...", "size": ...}, ...]},
-      {"name": "default", "format": "sepcli", "builtin": "default.sepcli"}
+      {"name": "default", "format": "sepcli", "builtin": "default.sepcli"},
+      {"name": "htdemucs_ft", "format": "demucs", "bag": {"weights": [[...], ...]},
+       "files": [{"target": "<signature>", "urls": [".../f7e0c4bc-ba3fe64a.th"], ...}, ...]}
     ]}
+
+A ``demucs`` entry lists Demucs checkpoints (``target`` = the model signature,
+in bag order) and optionally the bag's ``weights`` (one row per file) and
+``segment``; the files are converted once into an archive
+(:mod:`sepcli.models.demucs_import`).
 
 Every entry is validated before use (:func:`parse_entry`): safe names, https
 URLs (http only on loopback), full SHA-256 and positive sizes.
@@ -22,6 +29,7 @@ URLs (http only on loopback), full SHA-256 and positive sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -56,7 +64,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-FORMATS = ("sepcli", "openunmix")
+FORMATS = ("sepcli", "openunmix", "demucs", "msst", "bag")
+#: MSST model types an ``msst`` entry may name (``model_type``).
+MSST_MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -110,10 +120,15 @@ class ModelEntry:
     preset: Mapping[str, Any] = field(default_factory=dict)
     origin: str = "built-in"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: for a ``bag``: its parts, each a registry entry and the stems taken from it
+    #: (resolved by :class:`Registry`, which knows the other entries).
+    parts: tuple[tuple[ModelEntry, tuple[str, ...]], ...] = field(default=(), compare=False)
 
     @property
     def verifiable(self) -> bool:
-        """True when every file carries a full SHA-256 and size."""
+        """True when every file (of every part, for a bag) carries a full SHA-256 and size."""
+        if self.format == "bag":
+            return bool(self.parts) and all(part.verifiable for part, _ in self.parts)
         return self.builtin is not None or (
             bool(self.files) and all(f.verifiable for f in self.files)
         )
@@ -123,12 +138,17 @@ class ModelEntry:
         """Total download size in bytes (``None`` when unknown or built in)."""
         if self.builtin is not None or not self.verifiable:
             return None
+        if self.format == "bag":
+            return sum(part.size or 0 for part, _ in self.parts)
         return sum(f.size or 0 for f in self.files)
 
     @property
     def cache_key(self) -> str:
         """16 hex digits derived from the files' hashes: a changed hash never
         reuses a stale cached file."""
+        if self.format == "bag":
+            joined = ";".join(f"{p.name}:{p.cache_key}:{','.join(s)}" for p, s in self.parts)
+            return hashlib.sha256(f"bag|{joined}".encode()).hexdigest()[:16]
         if len(self.files) == 1 and self.files[0].sha256:
             return self.files[0].sha256[:16]
         joined = ",".join(f"{f.target}:{f.sha256}" for f in self.files)
@@ -217,6 +237,8 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
             raise _fail(where, "a builtin entry has no URLs")
     elif fmt == "sepcli":
         files = (_parse_file(data, where, f"{name}.sepcli"),)
+    elif fmt == "bag":
+        _check_bag(data, where)
     else:
         raw_files = data.get("files")
         if not isinstance(raw_files, list) or not raw_files:
@@ -234,6 +256,15 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
             names = [getattr(f, key) for f in files]
             if len(set(names)) != len(names):
                 raise _fail(where, f"files have duplicate {key}s: {names}")
+        if fmt == "msst":
+            targets = sorted(f.target or "" for f in files)
+            if targets != ["checkpoint", "config"]:
+                raise _fail(
+                    where, f"an msst entry has files 'config' and 'checkpoint', got {targets}"
+                )
+            model_type = data.get("model_type")
+            if model_type is not None and model_type not in MSST_MODEL_TYPES:
+                raise _fail(where, f"model_type must be one of {list(MSST_MODEL_TYPES)}")
     preset = data.get("preset", {})
     scores = data.get("scores", {})
     if not isinstance(preset, Mapping) or not isinstance(scores, Mapping):
@@ -253,6 +284,31 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
         sample_rate=sample_rate, parameters=parameters, scores=dict(scores), preset=dict(preset),
         origin=origin, raw=dict(data), **texts,
     )  # fmt: skip
+
+
+def _check_bag(data: Mapping[str, Any], where: str) -> None:
+    """A ``bag`` entry: ``parts`` = ``[{"model": NAME, "stems": [...]}, ...]``, each stem
+    taken from one part, and an optional ``accompaniment`` rule."""
+    from sepcli.inference.stems import ACCOMPANIMENT_RULES
+
+    if any(k in data for k in ("urls", "url", "files")):
+        raise _fail(where, "a bag has no files of its own (its parts have)")
+    parts = data.get("parts")
+    if not isinstance(parts, list) or len(parts) < 2:
+        raise _fail(where, "a bag needs a 'parts' list of at least two {model, stems}")
+    seen: set[str] = set()
+    for i, part in enumerate(parts):
+        if not isinstance(part, Mapping) or set(part) != {"model", "stems"}:
+            raise _fail(where, f"parts[{i}] must be an object with 'model' and 'stems'")
+        if not isinstance(part["model"], str) or not NAME_RE.fullmatch(part["model"]):
+            raise _fail(where, f"parts[{i}]: bad model name {part['model']!r}")
+        stems = _str_list(part["stems"], f"parts[{i}].stems", where)
+        if not stems or seen & set(stems):
+            raise _fail(where, f"parts[{i}]: each stem must come from exactly one part")
+        seen |= set(stems)
+    rule = data.get("accompaniment", "auto")
+    if rule not in ACCOMPANIMENT_RULES:
+        raise _fail(where, f"accompaniment must be one of {list(ACCOMPANIMENT_RULES)}")
 
 
 def parse_manifest(data: Any, origin: str) -> list[ModelEntry]:
@@ -336,6 +392,22 @@ class Registry:
         self._entries: dict[str, ModelEntry] = {}
         for entry in entries:
             self._entries[entry.name] = entry
+        for entry in list(self._entries.values()):
+            if entry.format == "bag":
+                self._entries[entry.name] = self._resolve_bag(entry)
+
+    def _resolve_bag(self, entry: ModelEntry) -> ModelEntry:
+        """``entry`` with its parts looked up (a part may not be a bag itself)."""
+        parts = []
+        for part in entry.raw["parts"]:
+            member = self._entries.get(part["model"])
+            if member is None or member.format == "bag":
+                what = "is not in the registry" if member is None else "is a bag itself"
+                raise RegistryError(
+                    f"{entry.origin}: bag {entry.name!r}: part {part['model']!r} {what}"
+                )
+            parts.append((member, tuple(part["stems"])))
+        return dataclasses.replace(entry, parts=tuple(parts))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -16,10 +16,22 @@ from typing import Any
 from sepcli.dsp import PHASE_METHODS
 from sepcli.errors import UsageError
 
-__all__ = ["SeparatorConfig", "MAX_OVERLAP", "MAX_SHIFTS", "GL_INITS", "PRECISIONS"]
+__all__ = [
+    "SeparatorConfig",
+    "MAX_OVERLAP",
+    "MAX_SEGMENT_SECONDS",
+    "MAX_SHIFTS",
+    "GL_INITS",
+    "PRECISIONS",
+]
 
 #: Largest overlap between consecutive chunks (beyond it, chunks repeat work 10x).
 MAX_OVERLAP = 0.9
+#: Longest chunk accepted, in seconds: ten minutes. A chunk's memory grows with its
+#: length (the default model: about 10 MB per second; ``--segment 600`` peaked at
+#: 6 GB, ``--segment 100000`` at 18 GB before failing); a track shorter than a
+#: chunk runs at its own length, so a longer segment only costs memory.
+MAX_SEGMENT_SECONDS = 600.0
 #: Most random time-shift passes.
 MAX_SHIFTS = 100
 GL_INITS = ("mixture", "random")
@@ -70,6 +82,12 @@ class SeparatorConfig:
         ):
             problems.append(
                 f"segment must be a positive number of seconds, got {self.segment_seconds}"
+            )
+        elif self.segment_seconds is not None and self.segment_seconds > MAX_SEGMENT_SECONDS:
+            problems.append(
+                f"segment {self.segment_seconds:g} s is longer than the {MAX_SEGMENT_SECONDS:g} s "
+                "allowed (a chunk's memory grows with its length; longer tracks are processed "
+                "in several chunks anyway)"
             )
         if self.overlap is not None and not 0.0 <= self.overlap <= MAX_OVERLAP:
             problems.append(f"overlap must be between 0 and {MAX_OVERLAP}, got {self.overlap}")

@@ -176,7 +176,10 @@ def register_recipe(
 
 
 #: recipes whose code lives in their own module, imported on first use.
-_RECIPE_MODULES: dict[str, str] = {}
+_RECIPE_MODULES: dict[str, str] = {
+    "demucs": "sepcli.inference.demucs_recipe",
+    "mdxc": "sepcli.inference.mdxc_recipe",
+}
 
 
 def make_recipe(meta: ArchiveMetadata, config: SeparatorConfig) -> Recipe:

@@ -9,6 +9,7 @@ memory does not grow with the track length.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from sepcli.errors import AudioDecodeError, UsageError
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.device import (
     BatchLimit,
+    DevicePlan,
     OomSafeFn,
     auto_batch_size,
     autocast,
@@ -40,9 +42,15 @@ from sepcli.inference.device import (
 from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
-from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
+from sepcli.models.archive import (
+    Archive,
+    ArchiveMetadata,
+    StftParams,
+    load_archive,
+    probe_archive,
+)
 
-__all__ = ["Separator", "SeparatorConfig", "FileResult", "resolve_device", "track_name"]
+__all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +64,27 @@ ProgressFn = Callable[[int, int], None]
 
 
 def _stft_needs(archive: Archive) -> tuple[bool, bool]:
-    """``(network computes an STFT, output step outside the network)`` of an archive."""
+    """``(network computes an STFT, output step outside the network)`` of an archive.
+
+    Hybrid and band-split families (HT-Demucs, RoFormers, MDX23C) give waveforms
+    but take an STFT inside: their metadata has ``stft`` (members: ``n_fft``).
+    """
     meta = archive.metadata
     if meta.family == "ensemble" and hasattr(archive.module, "members"):
-        kinds = [int(m.kind) for m in archive.module.members.children()]
-        return any(k != 0 for k in kinds), False
-    return meta.output != "waveform", meta.output != "waveform"
+        members = list(archive.module.members.children())
+        return any(int(m.kind) != 0 or int(getattr(m, "n_fft", 0)) > 0 for m in members), False
+    return meta.stft is not None or meta.output != "waveform", meta.output != "waveform"
+
+
+def _forward_works(archive: Archive) -> bool:
+    """The network runs once on a short silent input on its device (MPS lacks some ops)."""
+    try:
+        probe_archive(archive)
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        log.warning("%s does not run on MPS with this torch (%s); it runs on the CPU",
+                    archive.metadata.name, str(e).strip().splitlines()[0] if str(e) else e)  # fmt: skip
+        return False
+    return True
 
 
 def _as_tensor(array: np.ndarray) -> Tensor:
@@ -124,6 +147,25 @@ class FileResult:
     sample_rate: int
     channels: int
     extra: dict = field(default_factory=dict)
+
+
+#: Phase steps that treat each source on its own: a subset of sources gives the same stems.
+_PER_SOURCE_PHASES = ("mixture", "griffin-lim")
+
+
+@dataclass(frozen=True)
+class StemPlan:
+    """What :meth:`Separator.plan` decided for a set of stems.
+
+    Attributes:
+        recipes: how each stem is made from the model's sources.
+        sources: indices of the sources whose networks run (``None``: all).
+        note: why every network runs although fewer would do (for the CLI).
+    """
+
+    recipes: list[StemRecipe]
+    sources: tuple[int, ...] | None
+    note: str | None
 
 
 @dataclass(frozen=True)
@@ -210,7 +252,7 @@ class Separator:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
             (:func:`~sepcli.inference.device.resolve_device`). On MPS, a step
             whose complex ops are missing there runs on the CPU
-            (:func:`~sepcli.inference.device.plan_devices`; see ``plan``).
+            (:func:`~sepcli.inference.device.plan_devices`; see ``placement``).
         **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
             ``shifts=``...), applied over ``config``.
 
@@ -233,18 +275,31 @@ class Separator:
         load_on = self.device if self.device.type != "mps" else torch.device("cpu")
         if not isinstance(model, Archive):
             model = load_archive(model, device=load_on)
-        self.plan = plan_devices(self.device, *_stft_needs(model))
+        self.placement = plan_devices(self.device, *_stft_needs(model))
         archive = model
-        if next(archive.module.parameters(), torch.zeros(0)).device != self.plan.model:
-            archive = Archive(archive.module.to(self.plan.model), archive.metadata, archive.path)
+        if next(archive.module.parameters(), torch.zeros(0)).device != self.placement.model:
+            archive = Archive(
+                archive.module.to(self.placement.model), archive.metadata, archive.path
+            )
+        if self.placement.model.type == "mps" and not _forward_works(archive):
+            cpu = torch.device("cpu")
+            self.placement = DevicePlan(cpu, cpu)
+            archive = Archive(archive.module.to(cpu), archive.metadata, archive.path)
         self.archive = archive
         self.phase = self.config.phase or archive.metadata.phase
         self.units = self._plan_units()
-        batch = self.config.batch_size or auto_batch_size(self.plan.model)
-        #: per unit, the largest batch known to fit (lowered on out-of-memory errors)
-        self.batch_limits = [BatchLimit(batch) for _ in self.units]
+        #: per unit name, the largest batch known to fit (lowered on out-of-memory
+        #: errors and kept for the next files)
+        self.batch_limits: dict[str, BatchLimit] = {}
         #: decode ahead and write behind in threads (on by default when a GPU computes)
-        self.threads = self.plan.model.type != "cpu"
+        self.threads = self.placement.model.type != "cpu"
+
+    def batch_limit(self, unit: str) -> BatchLimit:
+        """The batch size of ``unit`` (``--batch-size``, or auto for the device)."""
+        if unit not in self.batch_limits:
+            size = self.config.batch_size or auto_batch_size(self.placement.model)
+            self.batch_limits.setdefault(unit, BatchLimit(size))
+        return self.batch_limits[unit]
 
     # -- properties -------------------------------------------------------
     @property
@@ -288,7 +343,8 @@ class Separator:
 
     def stems(self, requested: Sequence[str] | None = None) -> list[StemRecipe]:
         """Recipes for ``requested`` stems (raises ``UsageError`` for unknown ones)."""
-        return plan_stems(self.sources, requested)
+        rule = str(self.archive.metadata.extra.get("accompaniment", "auto"))
+        return plan_stems(self.sources, requested, rule)
 
     # -- the models and their recipes -------------------------------------
     def _plan_units(self) -> list[_Unit]:
@@ -298,20 +354,63 @@ class Separator:
             return [self._member_unit(i, m) for i, m in enumerate(members)]
         return [self._archive_unit()]
 
-    def _archive_unit(self) -> _Unit:
+    def plan(self, stems: Sequence[str] | None = None) -> StemPlan:
+        """How ``stems`` are made, and which source networks run for them.
+
+        A model with one network per source (Open-Unmix: ``forward_sources``)
+        run with a phase step that treats sources one by one (mixture phase,
+        Griffin-Lim) only runs the networks the stems need; a derived stem is
+        then made as the mixture minus the sources it leaves out when that needs
+        fewer networks (``accompaniment`` = mixture - vocals instead of drums +
+        bass + other). Wiener filtering and MISI need every source's estimate.
+        """
+        recipes = self.stems(stems)
+        everything = StemPlan(recipes, None, None)
+        meta = self.archive.metadata
+        if len(self.units) != 1 or not hasattr(self.archive.module, "forward_sources"):
+            return everything
+        direct = {i for r in recipes if r.kind != "sum" for i in r.indices}
+        chosen = []
+        for r in recipes:
+            if r.kind == "sum":
+                rest = tuple(i for i in range(meta.num_sources) if i not in r.indices)
+                if len(set(rest) - direct) < len(set(r.indices) - direct):
+                    r = StemRecipe(r.name, "mix_minus", rest)
+            chosen.append(r)
+        needed = sorted({i for r in chosen for i in r.indices})
+        if len(needed) == meta.num_sources:
+            return everything
+        if meta.output == "magnitude" and self.phase not in _PER_SOURCE_PHASES:
+            note = (
+                f"the {self.phase} phase step needs every source, so all {meta.num_sources} "
+                f"networks run; --phase mixture runs only the {len(needed)} these stems need"
+            )
+            return StemPlan(recipes, None, note)
+        return StemPlan(chosen, tuple(needed), None)
+
+    def _archive_unit(self, subset: tuple[int, ...] | None = None) -> _Unit:
+        """The archive as one unit; ``subset``: only these sources' networks run."""
         meta = self.archive.metadata
         module = self.archive.module
         cfg = self.config
+        blend = None
+        if subset is not None:
+            indices = list(subset)
+            blend = torch.zeros(meta.num_sources, len(indices))
+            blend[indices, range(len(indices))] = 1.0
+            run = functools.partial(module.forward_sources, indices=indices)
+        else:
+            run = module
         n_fft = meta.stft.n_fft if meta.stft else 0
         hop = meta.stft.hop_length if meta.stft else 0
-        out_dev = self.plan.output
+        out_dev = self.placement.output
         window = hann_window(n_fft, out_dev) if meta.stft else None
-        model_dev, precision = self.plan.model, cfg.precision
+        model_dev, precision = self.placement.model, cfg.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             def fn(batch: Tensor) -> Tensor:
                 with autocast(model_dev, precision):
-                    y = module(batch)
+                    y = run(batch)
                 # the output step (phase, inverse STFT) in float32, on the CPU where
                 # its complex ops are missing on the device (MPS)
                 y, batch = y.to(out_dev), batch.to(out_dev)
@@ -335,7 +434,8 @@ class Separator:
             return fn
 
         recipe = make_recipe(meta, cfg)
-        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, meta.num_sources)
+        count = meta.num_sources if subset is None else len(subset)
+        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, count, blend)
 
     def _member_unit(self, index: int, member: Any) -> _Unit:
         """A member of an ensemble archive, with the chunking it recommends."""
@@ -360,7 +460,7 @@ class Separator:
             extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
-        model_dev, precision = self.plan.model, self.config.precision
+        model_dev, precision = self.placement.model, self.config.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             if precision == "fp32" and model_dev.type != "cuda":
@@ -408,7 +508,12 @@ class Separator:
             has exactly as many samples as the input.
         """
         meta = self.archive.metadata
-        recipes = self.stems(stems)
+        plan = self.plan(stems)
+        recipes = plan.recipes
+        plan_units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
+        needed = sorted({i for r in recipes for i in r.indices})
+        # members of a bag that give none of the needed sources do not run
+        plan_units = [u for u in plan_units if u.blend is None or bool(u.blend[needed].any())]
         model_channels = meta.audio_channels
         if channels < 1:
             raise UsageError("input has no channels")
@@ -418,10 +523,9 @@ class Separator:
             )
         if out_channels is None:
             out_channels = channels if channels <= 2 else model_channels
-        needed = sorted({i for r in recipes for i in r.indices})
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
-        generator = torch.Generator(device=self.plan.output).manual_seed(self.config.seed)
+        generator = torch.Generator(device=self.placement.output).manual_seed(self.config.seed)
         units = [
             _UnitStream(
                 u,
@@ -430,14 +534,14 @@ class Separator:
                     model_channels,
                     u.num_sources,
                     batch_size=limit.size,
-                    device=self.plan.model,
+                    device=self.placement.model,
                     on_chunk=on_chunk,
                 ),
                 sample_rate,
                 model_channels,
                 needed,
             )
-            for u, limit in zip(self.units, self.batch_limits, strict=True)
+            for u, limit in ((u, self.batch_limit(u.name)) for u in plan_units)
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
         mix_fifo = _Fifo(out_channels)

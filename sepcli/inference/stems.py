@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sepcli.errors import UsageError
 
-__all__ = ["StemRecipe", "available_stems", "plan_stems"]
+__all__ = ["ACCOMPANIMENT_RULES", "StemRecipe", "available_stems", "plan_stems"]
 
 _FOUR = ("drums", "bass", "other", "vocals")
 
@@ -35,12 +35,14 @@ class StemRecipe:
     indices: tuple[int, ...]
 
 
-def _recipe(name: str, sources: Sequence[str]) -> StemRecipe | None:
+def _recipe(name: str, sources: Sequence[str], accompaniment: str = "auto") -> StemRecipe | None:
     if name in sources:
         return StemRecipe(name, "source", (sources.index(name),))
     complete = all(s in sources for s in _FOUR)
     if name == "accompaniment" and "vocals" in sources:
-        if all(s in sources for s in ("drums", "bass", "other")):
+        if accompaniment != "mixture-minus-vocals" and all(
+            s in sources for s in ("drums", "bass", "other")
+        ):
             return StemRecipe(
                 name, "sum", tuple(sources.index(s) for s in ("drums", "bass", "other"))
             )
@@ -62,8 +64,19 @@ def available_stems(sources: Sequence[str]) -> list[str]:
     return names
 
 
-def plan_stems(sources: Sequence[str], requested: Sequence[str] | None) -> list[StemRecipe]:
+#: How ``accompaniment`` is made: ``auto`` (the sum of drums, bass and other when
+#: the model outputs all three, else mixture - vocals) or ``mixture-minus-vocals``
+#: (a bag whose vocals come from a stronger vocal model than its instruments).
+ACCOMPANIMENT_RULES = ("auto", "mixture-minus-vocals")
+
+
+def plan_stems(
+    sources: Sequence[str], requested: Sequence[str] | None, accompaniment: str = "auto"
+) -> list[StemRecipe]:
     """Recipes for the requested stems (``None`` = every source of the model).
+
+    ``accompaniment`` is one of :data:`ACCOMPANIMENT_RULES` (an archive's
+    ``metadata.extra["accompaniment"]``).
 
     Raises:
         UsageError: a requested stem cannot be made from this model's sources.
@@ -76,7 +89,7 @@ def plan_stems(sources: Sequence[str], requested: Sequence[str] | None) -> list[
         name = name.strip().lower()
         if not name:
             continue
-        recipe = _recipe(name, sources)
+        recipe = _recipe(name, sources, accompaniment)
         if recipe is None:
             raise UsageError(
                 f"unknown stem {name!r} for a model with sources {', '.join(sources)}; "

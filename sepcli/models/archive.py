@@ -51,6 +51,7 @@ __all__ = [
     "probe_archive",
     "count_parameters",
     "check_module",
+    "check_integrity",
 ]
 
 ARCHIVE_FORMAT = "sepcli-archive"
@@ -358,16 +359,43 @@ def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
         raise ArchiveError(f"{path}: {exc}") from None
 
 
+def check_integrity(path: str | os.PathLike[str]) -> None:
+    """Check every zip member of an archive against its CRC-32.
+
+    ``torch.jit.save`` stores weights uncompressed with a CRC per member, but
+    ``torch.jit.load`` never checks them: an archive with flipped bytes in its
+    weights loads and silently gives other stems. Reading every member costs
+    about 2 ms per 5 MB.
+
+    Raises:
+        ArchiveError: a member's bytes do not match its CRC, or the zip is unreadable.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ArchiveError(f"{path}: damaged archive ({exc})") from None
+    if bad is not None:
+        member = bad.split("/", 1)[-1]
+        raise ArchiveError(
+            f"{path}: damaged archive (member {member} fails its CRC check); "
+            "download or copy it again"
+        )
+
+
 def load_archive(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", probe: bool = False
 ) -> Archive:
     """Load an archive written by :func:`save_archive`.
 
-    Raises :class:`ArchiveError` for a file that is not an archive, metadata that
-    is invalid, or a module that does not match its metadata.
+    Raises :class:`ArchiveError` for a file that is not an archive, a damaged
+    one (a zip member that fails its CRC), metadata that is invalid, or a module
+    that does not match its metadata.
     """
     path = Path(path)
     metadata = read_metadata(path)
+    check_integrity(path)
     extra = {METADATA_FILE: ""}
     ctx = _quiet_jit()
     try:

@@ -11,17 +11,22 @@ licences and training data, so the terms a member inherits are not lost.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sepcli.dsp.phase import OUTPUT_KINDS
 from sepcli.errors import UsageError
 from sepcli.hashing import sha256_file
 from sepcli.models.archive import Archive
 from sepcli.models.build import export_archive
-from sepcli.models.ensemble import Ensemble
+from sepcli.models.configs import EnsembleConfig, EnsembleMember
+from sepcli.models.ensemble import Ensemble, MemberModule
 
-__all__ = ["blend_archives", "default_weights", "export_blend"]
+__all__ = ["blend_archives", "compose_bag", "default_weights", "export_bag", "export_blend"]
+
+_OUTPUT_NAMES = {code: name for name, code in OUTPUT_KINDS.items()}
 
 
 def default_weights(archives: Sequence[Archive], sources: Sequence[str]) -> list[list[float]]:
@@ -118,4 +123,141 @@ def export_blend(
         description=description or f"blend of {summary}",
         overlap=max(float(meta.overlap) for meta in metas),
         extra={"blend": {"members": members}},
+    )
+
+
+def compose_bag(parts: Sequence[tuple[Archive, Sequence[str]]]) -> Ensemble:
+    """A bag that takes each stem from one part (the per-stem choice of the MDX
+    challenge winners' blends).
+
+    Args:
+        parts: ``(archive, stems)`` pairs; each stem is taken from exactly one
+            part. An ensemble archive (a Demucs bag such as ``htdemucs_ft``)
+            gives its members, flattened, with their weights within it; members
+            that give none of the stems taken from it are left out. Every member
+            keeps its own chunking, sample rate and phase step.
+
+    Returns:
+        the :class:`Ensemble`, sources in the order the parts name them.
+    """
+    sources = [s for _, stems in parts for s in stems]
+    if len(set(sources)) != len(sources):
+        raise UsageError(f"each stem must come from one part, got {sources}")
+    modules: list[dict] = []  # per member: MemberModule arguments, spec, weights by stem
+    for archive, stems in parts:
+        meta = archive.metadata
+        missing = [s for s in stems if s not in meta.sources]
+        if missing:
+            raise UsageError(
+                f"{meta.name} has no stem {', '.join(missing)} ({', '.join(meta.sources)})"
+            )
+        if meta.family == "ensemble":
+            inner = list(archive.module.members.children())
+            for member, spec in zip(inner, meta.config["members"], strict=True):
+                weights = {s: float(member.blend[meta.sources.index(s)].sum()) for s in stems}
+                if not any(weights.values()):
+                    continue
+                modules.append(
+                    {
+                        "model": member.model,
+                        "output": _OUTPUT_NAMES[int(member.kind)],
+                        "n_fft": int(member.n_fft),
+                        "hop_length": int(member.hop_length),
+                        "wiener_iterations": int(member.wiener_iterations),
+                        "timing": (
+                            float(member.segment),
+                            float(member.context),
+                            float(getattr(member, "overlap", meta.overlap)),
+                            str(getattr(member, "recipe", "overlap-add")),
+                            str(getattr(member, "extra_json", "{}")),
+                        ),
+                        "spec": EnsembleMember.from_dict(spec),
+                        "weights": weights,
+                    }
+                )
+            continue
+        spec = Ensemble.member_spec(archive, 1 if meta.phase == "wiener" else 0)
+        modules.append(
+            {
+                "model": archive.module,
+                "output": meta.output,
+                "n_fft": meta.stft.n_fft if meta.stft else 0,
+                "hop_length": meta.stft.hop_length if meta.stft else 0,
+                "wiener_iterations": spec.wiener_iterations,
+                "timing": (
+                    meta.segment_seconds,
+                    meta.context_seconds,
+                    meta.overlap,
+                    meta.recipe,
+                    json.dumps(dict(meta.extra), sort_keys=True),
+                ),
+                "spec": spec,
+                "weights": dict.fromkeys(stems, 1.0),
+            }
+        )
+    rows = tuple(tuple(m["weights"].get(s, 0.0) for m in modules) for s in sources)
+    config = EnsembleConfig(tuple(sources), tuple(m["spec"] for m in modules), rows)
+    members = [
+        MemberModule(
+            m["model"],
+            m["output"],
+            m["n_fft"],
+            m["hop_length"],
+            m["wiener_iterations"],
+            blend,
+            *m["timing"],
+        )  # fmt: skip
+        for m, blend in zip(modules, Ensemble.blend_matrices(config), strict=True)
+    ]
+    return Ensemble(members, config)
+
+
+def export_bag(
+    parts: Sequence[tuple[Archive, Sequence[str]]],
+    output: str | os.PathLike[str],
+    name: str,
+    accompaniment: str = "auto",
+    description: str = "",
+    scores: Mapping[str, object] | None = None,
+    registry: Mapping[str, object] | None = None,
+    part_names: Sequence[str] | None = None,
+    licences: Sequence[str] | None = None,
+) -> Path:
+    """Write :func:`compose_bag` of ``parts`` to ``output`` (atomically).
+
+    The metadata names each part and the stems it gives, joins the parts'
+    licences and training data, and records the ``accompaniment`` rule
+    (``mixture-minus-vocals``: the instrumental comes from the vocal model).
+    ``part_names`` and ``licences`` (registry names and the licences the registry
+    states) replace the parts' own where given.
+    """
+    bag = compose_bag(parts)
+    metas = [a.metadata for a, _ in parts]
+    names = list(part_names or [m.name for m in metas])
+    terms = list(licences or [m.licence for m in metas])
+    pairs = list(zip(names, parts, strict=True))
+    summary = "; ".join(f"{', '.join(stems)} from {n}" for n, (_, stems) in pairs)
+    extra: dict[str, object] = {
+        "accompaniment": accompaniment,
+        "bag": {
+            "parts": [
+                {"name": n, "family": a.metadata.family, "stems": list(stems)}
+                for n, (a, stems) in pairs
+            ]
+        },
+    }
+    if registry:
+        extra["registry"] = dict(registry)
+    return export_archive(
+        bag,
+        output,
+        name=name,
+        licence=" | ".join(f"{n}: {t}" for n, t in zip(names, terms, strict=True)),
+        training_data=" | ".join(
+            f"{n}: {m.training_data}" for n, m in zip(names, metas, strict=True)
+        ),
+        description=description or f"per-stem bag: {summary}",
+        scores=dict(scores or {}),
+        overlap=max(float(m.overlap) for m in metas),
+        extra=extra,
     )

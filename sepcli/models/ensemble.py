@@ -137,6 +137,20 @@ class Ensemble(nn.Module):
             )
         return cls(members, config)
 
+    @staticmethod
+    def member_spec(archive: Archive, wiener_iterations: int = 0) -> EnsembleMember:
+        """The :class:`EnsembleMember` of a loaded family archive (its config with the
+        archive's source names)."""
+        meta = archive.metadata
+        where = str(archive.path) if archive.path else meta.name
+        try:
+            cfg = config_from_dict(meta.family, meta.config)
+        except UsageError as exc:
+            raise UsageError(f"{where}: cannot be an ensemble member ({exc})") from None
+        if tuple(cfg.sources) != tuple(meta.sources):
+            cfg = type(cfg).from_dict({**cfg.to_dict(), "sources": list(meta.sources)})
+        return EnsembleMember(meta.family, cfg.to_dict(), wiener_iterations)
+
     @classmethod
     def from_archives(
         cls,
@@ -156,17 +170,7 @@ class Ensemble(nn.Module):
         iters = list(wiener_iterations) if wiener_iterations is not None else [0] * len(archives)
         if len(iters) != len(archives):
             raise UsageError("one wiener_iterations value per member is needed")
-        specs = []
-        for archive, n in zip(archives, iters, strict=True):
-            meta = archive.metadata
-            where = str(archive.path) if archive.path else meta.name
-            try:
-                cfg = config_from_dict(meta.family, meta.config)
-            except UsageError as exc:
-                raise UsageError(f"{where}: cannot be an ensemble member ({exc})") from None
-            if tuple(cfg.sources) != tuple(meta.sources):
-                cfg = type(cfg).from_dict({**cfg.to_dict(), "sources": list(meta.sources)})
-            specs.append(EnsembleMember(meta.family, cfg.to_dict(), n))
+        specs = [cls.member_spec(a, n) for a, n in zip(archives, iters, strict=True)]
         config = EnsembleConfig(tuple(sources), tuple(specs), tuple(tuple(r) for r in weights))
         members = []
         for archive, spec, blend in zip(archives, specs, cls.blend_matrices(config), strict=True):

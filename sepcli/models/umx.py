@@ -134,6 +134,19 @@ class UMX(nn.Module):
         spec = stft(mix, self.n_fft, self.hop_length)
         return self.forward_magnitude(spec.abs())
 
+    @torch.jit.export
+    def forward_sources(self, mix: Tensor, indices: list[int]) -> Tensor:
+        """Only the networks of sources ``indices`` (sorted): ``(B, len(indices), C, F, N)``.
+
+        Each source has its own network, so asking for vocals runs one of four.
+        """
+        x = stft(mix, self.n_fft, self.hop_length).abs().permute(3, 0, 1, 2)
+        outs: list[Tensor] = []
+        for i, target in enumerate(self.targets):
+            if i in indices:
+                outs.append(target(x))
+        return torch.stack(outs, 0).permute(2, 0, 3, 4, 1)
+
     @torch.jit.unused
     def archive_timing(self) -> tuple[float, float]:
         """Recommended (segment, context) in seconds for chunked inference.

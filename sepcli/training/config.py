@@ -15,13 +15,17 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from sepcli import atomic
 from sepcli.errors import TrainingError

@@ -1,0 +1,423 @@
+"""Output planning for ``sepcli separate``: what to write, what to skip and why.
+
+Rules (docs/usage.md, "Outputs"):
+
+* an existing file is never overwritten without ``--force``; only the stems
+  that are missing are separated;
+* each output folder holds a small provenance file, :data:`PROVENANCE_FILE`,
+  naming for every stem file written there the input, the model (name and
+  SHA-256 of its archive) and the settings; a re-run tells "done with this
+  model and settings" apart from "another model's file" or "a file sepcli did
+  not write", and says which;
+* while a process works on an output it holds a lock beside it, so two runs on
+  one folder never write the same file twice, and any temp file of that output
+  found then is a leftover of a killed run and is removed;
+* folders scanned for inputs never yield our own outputs.
+
+Locks use ``fcntl.flock`` on short-lived hidden files removed on release
+(``filelock`` leaves its lock files behind, in the user's output folders); on
+platforms without ``fcntl`` there is no locking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import string
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sepcli import atomic
+from sepcli.errors import AudioEncodeError
+
+try:  # POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "PROVENANCE_FILE",
+    "Skip",
+    "TrackPlan",
+    "check_writable",
+    "drop_own_outputs",
+    "locked_outputs",
+    "plan_track",
+    "read_provenance",
+    "record_outputs",
+    "remove_stale_temps",
+    "suggest_template",
+    "template_fields",
+]
+
+#: Hidden JSON file in each output folder: output file name -> how it was made.
+PROVENANCE_FILE = ".sepcli-run.json"
+_LOCK_SUFFIX = ".sepcli-lock"
+#: Temp files our writers create beside a target ``NAME``:
+#: ``.NAME.sepcli-<8 hex>[.f32].tmp`` (:func:`sepcli.atomic.create_temp`), and
+#: ``.NAME.<8 hex or mkstemp chars>[.f32].tmp`` from sepcli 0.x before the mark.
+_TEMP_TAIL = re.compile(r"\.(sepcli-)?[0-9a-z_]{8}(\.f32)?\.tmp$")
+
+
+# ------------------------------------------------------------------ templates
+
+
+def template_fields(path: Path, track: str, ext: str, model: str) -> dict[str, str]:
+    """Values of the ``--filename`` placeholders for input ``path``."""
+    return {
+        "track": track,
+        "ext": ext,
+        "model": model,
+        "parent": path.parent.name,
+        "input_ext": path.suffix.lstrip(".").lower() or "noext",
+    }
+
+
+def _render(template: str, fields: Mapping[str, str], stem: str) -> str:
+    return template.format(stem=stem, **fields)
+
+
+def suggest_template(
+    template: str,
+    inputs: Sequence[Path],
+    track_of: Any,
+    ext: str,
+    model: str,
+) -> str | None:
+    """A ``--filename`` template under which ``inputs`` get distinct outputs, or None.
+
+    Tries, in order: ``{parent}/`` in front (same names in other folders),
+    ``-{input_ext}`` after ``{track}`` (``song.mp3`` and ``song.wav`` in one
+    folder), both. ``track_of`` maps an input path to its track name.
+    """
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    candidates = []
+    if "parent" not in names:
+        candidates.append("{parent}/" + template)
+    if "input_ext" not in names:
+        with_ext = template.replace("{track}", "{track}-{input_ext}", 1)
+        candidates.append(with_ext)
+        if "parent" not in names:
+            candidates.append("{parent}/" + with_ext)
+    for candidate in candidates:
+        seen: set[str] = set()
+        for p in inputs:
+            out = _render(candidate, template_fields(p, track_of(p), ext, model), "x")
+            if out in seen:
+                break
+            seen.add(out)
+        else:
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def drop_own_outputs(folder: Path, files: list[Path], out_dir: Path) -> tuple[list[Path], int]:
+    """Remove our own outputs from the files found by scanning input ``folder``.
+
+    Dropped: files under ``out_dir`` when it is a sub-folder of ``folder``
+    (``separate album -r -o album/stems``), and files listed in the provenance
+    file of their own folder (outputs of an earlier run with another ``-o``).
+    Returns the kept files and how many were dropped.
+    """
+    root = folder.resolve()
+    out = out_dir.resolve()
+    skip_tree = out != root and _is_within(out, root)
+    recorded: dict[Path, set[str]] = {}
+    kept: list[Path] = []
+    for f in files:
+        parent = f.parent.resolve()
+        if skip_tree and _is_within(parent, out):
+            continue
+        if parent not in recorded:
+            recorded[parent] = set(read_provenance(parent))
+        if f.name in recorded[parent]:
+            continue
+        kept.append(f)
+    return kept, len(files) - len(kept)
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def read_provenance(folder: Path) -> dict[str, dict[str, Any]]:
+    """Output file name -> record, from ``folder``'s provenance file ({} if none/unreadable)."""
+    try:
+        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    outputs = data.get("outputs") if isinstance(data, dict) else None
+    return {k: v for k, v in outputs.items() if isinstance(v, dict)} if outputs else {}
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder itself (no file is created)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def record_outputs(outputs: Mapping[str, Path], record: Mapping[str, Any]) -> None:
+    """Add ``record`` (the run's identity) for each written file to its folder's
+    provenance file, atomically, under a folder lock; entries whose file is
+    gone are dropped."""
+    by_folder: dict[Path, list[Path]] = {}
+    for p in outputs.values():
+        by_folder.setdefault(Path(p).parent, []).append(Path(p))
+    for folder, files in by_folder.items():
+        with _folder_lock(folder):
+            remove_stale_temps([folder / PROVENANCE_FILE])  # its writers hold this lock
+            entries = read_provenance(folder)
+            for f in files:
+                entries[f.name] = dict(record)
+            entries = {k: v for k, v in entries.items() if (folder / k).exists()}
+            atomic.write_text(
+                folder / PROVENANCE_FILE,
+                json.dumps({"version": 1, "outputs": entries}, indent=1, sort_keys=True) + "\n",
+            )
+
+
+# ------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why an existing output is left alone: ``kind`` is ``"done"`` (same input,
+    model and settings), ``"other"`` (written by sepcli differently) or
+    ``"foreign"`` (no record: not written by sepcli)."""
+
+    path: Path
+    kind: str
+    reason: str
+
+
+@dataclass
+class TrackPlan:
+    """Outputs of one input: those to write and those skipped."""
+
+    todo: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, Skip] = field(default_factory=dict)
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    diffs = []
+    if old.get("input") != new.get("input"):
+        diffs.append(f"made from {old.get('input')}")
+    elif old.get("input_size") != new.get("input_size") or old.get("input_mtime_ns") != new.get(
+        "input_mtime_ns"
+    ):
+        diffs.append("the input changed since")
+    if old.get("model") != new.get("model"):
+        diffs.append(f"made by model {old.get('model')!r}, not {new.get('model')!r}")
+    elif old.get("archive_sha256") != new.get("archive_sha256"):
+        diffs.append(f"made by another archive of model {old.get('model')!r}")
+    old_s, new_s = old.get("settings") or {}, new.get("settings") or {}
+    changed = [
+        f"{k} {old_s.get(k)!r} -> {new_s.get(k)!r}"
+        for k in sorted(set(old_s) | set(new_s))
+        if old_s.get(k) != new_s.get(k)
+    ]
+    if changed:
+        diffs.append("settings differ: " + ", ".join(changed))
+    return diffs
+
+
+def plan_track(outputs: Mapping[str, Path], record: Mapping[str, Any], force: bool) -> TrackPlan:
+    """Split ``outputs`` (stem -> path) into those to write and those to skip.
+
+    With ``force`` everything is written. Otherwise a missing file is written
+    and an existing one is skipped, with the reason from its provenance record
+    compared to ``record`` (this run's identity).
+    """
+    plan = TrackPlan()
+    records: dict[Path, dict[str, dict[str, Any]]] = {}
+    for stem, path in outputs.items():
+        path = Path(path)
+        if force or not (path.exists() or path.is_symlink()):
+            plan.todo[stem] = path
+            continue
+        folder = path.parent
+        if folder not in records:
+            records[folder] = read_provenance(folder)
+        old = records[folder].get(path.name)
+        if old is None:
+            plan.skipped[stem] = Skip(path, "foreign", "exists, not written by sepcli")
+            continue
+        diffs = _differences(old, record)
+        if diffs:
+            plan.skipped[stem] = Skip(path, "other", "exists, " + "; ".join(diffs))
+        else:
+            plan.skipped[stem] = Skip(path, "done", "done earlier with this model and settings")
+    return plan
+
+
+# ------------------------------------------------------------------ locks and leftovers
+
+
+def _lock_path(output: Path) -> Path:
+    return output.parent / f".{output.name}{_LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def _lock_file(path: Path, on_wait: Any = None) -> Iterator[None]:
+    """Exclusive lock on a hidden file created for the purpose and removed on release.
+
+    A waiter that locked a file already removed by its holder retries on the
+    new one, so removal never lets two holders in.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except FileNotFoundError:  # another run removed the empty folder it had made
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait(path)
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked_outputs(paths: Iterable[Path], on_wait: Any = None) -> Iterator[None]:
+    """Hold a lock for each output path (folders created as needed), in a fixed
+    order so that two runs never deadlock. ``on_wait(lock_path)`` is called
+    once when another process holds one."""
+    ordered = sorted({Path(p) for p in paths}, key=str)
+    created: list[Path] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for p in ordered:
+                try:
+                    created.extend(_make_folders(p.parent))
+                    stack.enter_context(_lock_file(_lock_path(p), on_wait))
+                except OSError as exc:
+                    raise AudioEncodeError(
+                        f"{p}: cannot create or lock it ({exc.strerror or exc})"
+                    ) from None
+            yield
+    finally:
+        for folder in reversed(created):  # folders made for outputs never written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; return the folders created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_stale_temps(paths: Iterable[Path]) -> list[Path]:
+    """Remove temp files of ``paths`` left by a killed run; return what was removed.
+
+    Call only while holding :func:`locked_outputs` for ``paths``: every sepcli
+    process writing one of them holds that lock, so a temp file found then has
+    no live writer.
+    """
+    removed: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        prefix = f".{p.name}."
+        try:
+            entries = list(os.scandir(p.parent))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and _TEMP_TAIL.fullmatch(name[len(prefix) - 1 :]):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+# ------------------------------------------------------------------ writability
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folders: Iterable[Path], what: str) -> None:
+    """Raise ``AudioEncodeError`` unless files can be created in each folder.
+
+    A folder that does not exist yet is judged by its nearest existing
+    ancestor. The check creates and removes a hidden probe file, so it also
+    sees read-only mounts and root-squashed shares, where ``os.access`` can lie.
+    """
+    probed: dict[Path, str | None] = {}
+    for folder in folders:
+        base = _nearest_existing(Path(folder))
+        if base not in probed:
+            probed[base] = _probe(base)
+        problem = probed[base]
+        if problem is not None:
+            shown = folder if base == Path(folder).absolute() else f"{folder} (in {base})"
+            raise AudioEncodeError(f"{what} {shown}: cannot write there ({problem})")
+
+
+def _probe(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return "not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sepcli-probe-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return None

@@ -1,0 +1,549 @@
+"""Importing Music-Source-Separation-Training checkpoints (``MODEL.yaml`` + ``MODEL.ckpt``).
+
+ZFTurbo's Music-Source-Separation-Training (MSST) stores a model as a YAML config
+(sections ``audio``, ``model``, ``training``, ``inference``) and a PyTorch
+checkpoint; UVR and ``audio-separator`` use the same pair. This module turns
+such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer`` or
+``mdx23c`` (MSST's ``--model_type`` ``bs_roformer``, ``mel_band_roformer``,
+``mdx23c``).
+
+* The YAML is read with :class:`MSSTLoader`, a ``yaml.SafeLoader`` that also
+  accepts the ``!!python/tuple`` tag the published configs use (as a tuple);
+  nothing else beyond safe YAML is constructed.
+* The checkpoint is read with ``torch.load(weights_only=True)``: a bare state
+  dict, or one wrapped under ``state_dict`` / ``model``, optionally with the
+  ``module.`` prefix of ``DataParallel``.
+* The family comes from ``model_type`` or, when absent, from the YAML's model
+  keys (``freqs_per_bands``: BS-RoFormer; ``num_bands``: Mel-Band RoFormer;
+  ``num_subbands`` / ``num_scales``: MDX23C).
+* Every key of the YAML's ``model`` section is either used, checked, or known to
+  matter only for training or speed (dropout, flash/sage attention, gradient
+  checkpointing, the multi-resolution STFT loss); an unknown key is an error.
+* The main sizes read from the weights (width, depth, heads, bands, stems) are
+  compared with the config, then every weight's name and shape; any mismatch is
+  a one-line :class:`ArchiveError` naming the file. Nothing is written on error.
+
+Stem names are ``training.target_instrument`` (one stem) or
+``training.instruments``, lower-cased. Chunking follows the published inference
+settings: ``inference.dim_t`` frames per chunk and ``inference.num_overlap``
+(audio-separator's fallback 8 when absent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from sepcli.errors import ArchiveError, UsageError
+from sepcli.models.archive import ArchiveMetadata
+
+__all__ = [
+    "MODEL_TYPES",
+    "MSSTLoader",
+    "read_msst_yaml",
+    "detect_model_type",
+    "config_from_msst",
+    "load_msst_checkpoint",
+    "import_msst",
+    "import_msst_archive",
+]
+
+log = logging.getLogger(__name__)
+
+#: MSST ``--model_type`` -> sepcli family.
+MODEL_TYPES: dict[str, str] = {
+    "bs_roformer": "bs-roformer",
+    "mel_band_roformer": "mel-roformer",
+    "mdx23c": "mdx23c",
+}
+
+#: Keys of the YAML ``model`` section that only matter for training or speed.
+_ROFORMER_IGNORED = {
+    "attn_dropout",  # dropout is off at inference
+    "ff_dropout",
+    "flash_attn",  # same arithmetic; sepcli always uses scaled_dot_product_attention
+    "sage_attention",
+    "use_torch_checkpoint",  # gradient checkpointing
+    "multi_stft_resolution_loss_weight",  # the training loss
+    "multi_stft_resolutions_window_sizes",
+    "multi_stft_hop_size",
+    "multi_stft_normalized",
+    "multi_stft_window_fn",
+    "zero_dc",  # stored but unused by the reference implementation
+    "match_input_audio_length",  # sepcli's output always has the input's length
+}
+_ROFORMER_USED = {
+    "dim", "depth", "stereo", "num_stems", "time_transformer_depth",
+    "freq_transformer_depth", "dim_head", "heads", "dim_freqs_in", "stft_n_fft",
+    "stft_hop_length", "stft_win_length", "stft_normalized", "mask_estimator_depth",
+    "mlp_expansion_factor", "skip_connection",
+}  # fmt: skip
+_BS_USED = _ROFORMER_USED | {"freqs_per_bands", "linear_transformer_depth"}
+# linear_transformer_depth: 0 appears in some Mel-Band YAMLs (ZFTurbo's); it must be 0
+_MEL_USED = _ROFORMER_USED | {"num_bands", "sample_rate", "linear_transformer_depth"}
+_MDX23C_USED = {
+    "act", "bottleneck_factor", "growth", "norm", "num_blocks_per_scale", "num_channels",
+    "num_scales", "num_subbands", "scale",
+}  # fmt: skip
+_MDX23C_IGNORED = {"name"}
+
+
+class MSSTLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus ``!!python/tuple`` (constructed as a tuple)."""
+
+
+def _construct_tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[Any, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, "!!python/tuple must tag a sequence", node.start_mark
+        )
+    return tuple(loader.construct_sequence(node, deep=True))
+
+
+MSSTLoader.add_constructor("tag:yaml.org,2002:python/tuple", _construct_tuple)
+
+
+def read_msst_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML config at ``path`` as a dict (safe loading plus ``!!python/tuple``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such config file")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=MSSTLoader)  # noqa: S506
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArchiveError(f"{path}: not a readable YAML config ({first})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ArchiveError(f"{path}: not an MSST config (no 'model:' section)")
+    return data
+
+
+def detect_model_type(cfg: Mapping[str, Any], where: str = "config") -> str:
+    """MSST model type of a config from its ``model`` keys (see module docstring)."""
+    keys = set(cfg.get("model") or {})
+    if "freqs_per_bands" in keys:
+        return "bs_roformer"
+    if "num_bands" in keys:
+        return "mel_band_roformer"
+    if "num_subbands" in keys or "num_scales" in keys:
+        return "mdx23c"
+    raise ArchiveError(
+        f"{where}: cannot tell the architecture from its model keys "
+        f"({', '.join(sorted(keys)) or 'none'}); sepcli imports "
+        f"{', '.join(MODEL_TYPES)} (give --model-type)"
+    )
+
+
+def _section(cfg: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
+    value = cfg.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ArchiveError(f"{where}: '{name}:' is not a mapping")
+    return value
+
+
+def _sources(cfg: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    training = _section(cfg, "training", where)
+    target = training.get("target_instrument")
+    names = [target] if target else list(training.get("instruments") or [])
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ArchiveError(f"{where}: training.instruments / target_instrument name no stems")
+    out = tuple(n.strip().lower() for n in names)
+    if len(set(out)) != len(out) or any(not re.fullmatch(r"[a-z0-9_.-]+", n) for n in out):
+        raise ArchiveError(f"{where}: stem names {list(names)} must be unique words")
+    return out
+
+
+def _chunking(cfg: Mapping[str, Any], hop: int, where: str) -> tuple[int, int]:
+    """(dim_t, num_overlap) as audio-separator 0.47.1 reads them."""
+    inference = _section(cfg, "inference", where)
+    audio = _section(cfg, "audio", where)
+    dim_t = inference.get("dim_t")
+    if dim_t is None:
+        chunk = audio.get("chunk_size")
+        if chunk is None or int(chunk) % hop:
+            raise ArchiveError(
+                f"{where}: no inference.dim_t, and audio.chunk_size is not a multiple of hop {hop}"
+            )
+        dim_t = int(chunk) // hop + 1
+    overlap = inference.get("num_overlap")
+    return int(dim_t), int(overlap) if overlap is not None else 8
+
+
+def _check_keys(model: Mapping[str, Any], used: set[str], ignored: set[str], where: str) -> None:
+    unknown = sorted(set(model) - used - ignored)
+    if unknown:
+        raise ArchiveError(
+            f"{where}: unknown model settings {unknown} (sepcli cannot tell whether they "
+            "change the arithmetic)"
+        )
+
+
+def config_from_msst(
+    cfg: Mapping[str, Any], model_type: str | None = None, where: str = "config"
+) -> Any:
+    """The sepcli family config of an MSST YAML dict.
+
+    Returns:
+        a :class:`~sepcli.models.bs_roformer.BSRoformerConfig`,
+        :class:`~sepcli.models.mel_roformer.MelRoformerConfig` or
+        :class:`~sepcli.models.mdx23c.MDX23CConfig`.
+    """
+    if model_type is None:
+        model_type = detect_model_type(cfg, where)
+    if model_type not in MODEL_TYPES:
+        raise UsageError(
+            f"unknown model type {model_type!r}; sepcli imports {', '.join(MODEL_TYPES)}"
+        )
+    model = _section(cfg, "model", where)
+    audio = _section(cfg, "audio", where)
+    sources = _sources(cfg, where)
+    rate = int(audio.get("sample_rate", 44100))
+    try:
+        if model_type == "mdx23c":
+            return _mdx23c_config(model, audio, cfg, sources, rate, where)
+        return _roformer_config(model_type, model, audio, cfg, sources, rate, where)
+    except UsageError as exc:
+        raise ArchiveError(f"{where}: {exc}") from None
+    except KeyError as exc:
+        raise ArchiveError(f"{where}: the model section lacks {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ArchiveError(f"{where}: bad value in the model settings ({exc})") from None
+
+
+def _roformer_config(
+    model_type: str,
+    model: Mapping[str, Any],
+    audio: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    sources: tuple[str, ...],
+    rate: int,
+    where: str,
+) -> Any:
+    mel = model_type == "mel_band_roformer"
+    used = _MEL_USED if mel else _BS_USED
+    _check_keys(model, used, _ROFORMER_IGNORED, where)
+    if model.get("skip_connection"):
+        raise ArchiveError(
+            f"{where}: skip_connection: true is not supported (audio-separator 0.47.1 ignores "
+            "it while MSST sums earlier blocks' outputs; the two disagree)"
+        )
+    if mel and model.get("linear_transformer_depth", 0):
+        raise ArchiveError(
+            f"{where}: linear_transformer_depth > 0 is a BS-RoFormer setting; the Mel-Band "
+            "RoFormer reference has no linear attention"
+        )
+    if not mel and model.get("stft_normalized"):
+        raise ArchiveError(
+            f"{where}: stft_normalized: true is not supported for BS-RoFormer (audio-separator "
+            "0.47.1 does not pass it to the model while MSST does; the two disagree)"
+        )
+    channels = 2 if model.get("stereo", False) else 1
+    if "num_channels" in audio and int(audio["num_channels"]) != channels:
+        raise ArchiveError(
+            f"{where}: audio.num_channels={audio['num_channels']} but model.stereo="
+            f"{bool(model.get('stereo', False))}"
+        )
+    num_stems = int(model.get("num_stems", len(sources)))
+    if num_stems != len(sources):
+        raise ArchiveError(
+            f"{where}: model.num_stems={num_stems} but training names {len(sources)} "
+            f"stem(s) {list(sources)}"
+        )
+    n_fft = int(model.get("stft_n_fft", 2048))
+    hop = int(model.get("stft_hop_length", 512))
+    if "dim_freqs_in" in model and int(model["dim_freqs_in"]) != n_fft // 2 + 1:
+        raise ArchiveError(
+            f"{where}: dim_freqs_in={model['dim_freqs_in']} does not fit stft_n_fft={n_fft}"
+        )
+    if mel and "sample_rate" in model and int(model["sample_rate"]) != rate:
+        raise ArchiveError(
+            f"{where}: model.sample_rate={model['sample_rate']} != audio.sample_rate={rate}"
+        )
+    dim_t, overlap = _chunking(cfg, hop, where)
+    values: dict[str, Any] = {
+        "sources": sources,
+        "sample_rate": rate,
+        "audio_channels": channels,
+        "dim": int(model["dim"]),
+        "depth": int(model["depth"]),
+        "time_transformer_depth": int(model.get("time_transformer_depth", 2)),
+        "freq_transformer_depth": int(model.get("freq_transformer_depth", 2)),
+        "dim_head": int(model.get("dim_head", 64)),
+        "heads": int(model.get("heads", 8)),
+        "stft_n_fft": n_fft,
+        "stft_hop_length": hop,
+        "stft_win_length": int(model.get("stft_win_length", 2048)),
+        "stft_normalized": bool(model.get("stft_normalized", False)),
+        "mask_estimator_depth": int(model.get("mask_estimator_depth", 1 if mel else 2)),
+        "mlp_expansion_factor": int(model.get("mlp_expansion_factor", 4)),
+        "dim_t": dim_t,
+        "num_overlap": overlap,
+    }
+    if mel:
+        from sepcli.models.mel_roformer import MelRoformerConfig
+
+        return MelRoformerConfig(num_bands=int(model.get("num_bands", 60)), **values)
+    from sepcli.models.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformerConfig
+
+    bands = model.get("freqs_per_bands", VIPERX_FREQS_PER_BANDS)
+    return BSRoformerConfig(
+        freqs_per_bands=tuple(int(b) for b in bands),
+        linear_transformer_depth=int(model.get("linear_transformer_depth", 0)),
+        **values,
+    )
+
+
+def _mdx23c_config(
+    model: Mapping[str, Any],
+    audio: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    sources: tuple[str, ...],
+    rate: int,
+    where: str,
+) -> Any:
+    from sepcli.models.mdx23c import MDX23CConfig
+
+    _check_keys(model, _MDX23C_USED, _MDX23C_IGNORED, where)
+    missing = sorted(k for k in ("n_fft", "hop_length", "dim_f") if k not in audio)
+    if missing:
+        raise ArchiveError(f"{where}: audio section lacks {missing}")
+    hop = int(audio["hop_length"])
+    dim_t, overlap = _chunking(cfg, hop, where)
+    norm = model.get("norm")
+    return MDX23CConfig(
+        sources=sources,
+        sample_rate=rate,
+        audio_channels=int(audio.get("num_channels", 2)),
+        n_fft=int(audio["n_fft"]),
+        hop_length=hop,
+        dim_f=int(audio["dim_f"]),
+        dim_t=dim_t,
+        num_overlap=overlap,
+        num_subbands=int(model["num_subbands"]),
+        num_scales=int(model["num_scales"]),
+        scale=tuple(int(s) for s in model["scale"]),
+        num_blocks_per_scale=int(model["num_blocks_per_scale"]),
+        num_channels=int(model["num_channels"]),
+        growth=int(model["growth"]),
+        bottleneck_factor=int(model["bottleneck_factor"]),
+        norm="" if norm is None else str(norm),
+        act=str(model.get("act", "gelu")),
+    )
+
+
+def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The state dict in an MSST checkpoint (``weights_only`` loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (legacy format): no mmap
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise ArchiveError(f"{path}: not a PyTorch checkpoint ({first})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
+        raise ArchiveError(f"{path}: not a state dict of tensors")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _count(state: Mapping[str, Tensor], pattern: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def _weight_sizes(family: str, state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Main sizes of a checkpoint, by family (missing keys give no entry)."""
+    out: dict[str, Any] = {}
+    if family in ("bs-roformer", "mel-roformer"):
+        w = state.get("band_split.to_features.0.1.weight")
+        if w is not None:
+            out["dim"] = int(w.shape[0])
+        out["depth"] = _count(state, r"layers\.(\d+)\.")
+        out["stems"] = _count(state, r"mask_estimators\.(\d+)\.")
+        out["bands"] = _count(state, r"band_split\.to_features\.(\d+)\.")
+        gates = [k for k in state if k.endswith(".to_gates.weight")]
+        if gates:
+            out["heads"] = int(state[gates[0]].shape[0])
+    else:
+        w = state.get("first_conv.weight")
+        if w is not None:
+            out["num_channels"] = int(w.shape[0])
+        out["num_scales"] = _count(state, r"encoder_blocks\.(\d+)\.")
+        w = state.get("final_conv.2.weight")
+        if w is not None and "first_conv.weight" in state:
+            out["outputs"] = int(w.shape[0]) // int(state["first_conv.weight"].shape[1])
+    return out
+
+
+def _config_sizes(family: str, config: Any) -> dict[str, Any]:
+    if family == "bs-roformer":
+        bands = len(config.freqs_per_bands)
+    elif family == "mel-roformer":
+        bands = config.num_bands
+    else:
+        return {
+            "num_channels": config.num_channels,
+            "num_scales": config.num_scales,
+            "outputs": config.num_sources,
+        }
+    return {
+        "dim": config.dim,
+        "depth": config.depth,
+        "stems": config.num_sources,
+        "bands": bands,
+        "heads": config.heads,
+    }
+
+
+def _load_into(model: nn.Module, state: Mapping[str, Tensor], family: str, where: str) -> None:
+    config = model.config  # type: ignore[attr-defined]
+    found = _weight_sizes(family, state)
+    expected = _config_sizes(family, config)
+    for key, value in found.items():
+        if key in expected and value != expected[key]:
+            raise ArchiveError(
+                f"{where}: the weights have {key}={value} but the config says {expected[key]}"
+            )
+    own = model.state_dict()
+    ignored = re.compile(r"num_batches_tracked$")
+    missing = sorted(k for k in own if k not in state and not ignored.search(k))
+    unexpected = sorted(k for k in state if k not in own and not ignored.search(k))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weight(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"unknown {len(unexpected)} weight(s), e.g. {unexpected[:3]}")
+        raise ArchiveError(f"{where}: does not fit its config ({'; '.join(parts)})")
+    for key, value in own.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            raise ArchiveError(
+                f"{where}: {key} has shape {tuple(state[key].shape)}, the config gives "
+                f"{tuple(value.shape)}"
+            )
+    given = {k: v for k, v in state.items() if k in own}
+    with torch.no_grad():
+        model.load_state_dict(given, strict=not any(ignored.search(k) for k in own))
+
+
+def import_msst(
+    config_path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str],
+    model_type: str | None = None,
+    name: str | None = None,
+    licence: str = "unknown (not stated by the publisher)",
+    training_data: str = "unknown",
+    description: str | None = None,
+    scores: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, ArchiveMetadata]:
+    """Build the sepcli model of an MSST ``MODEL.yaml`` + ``MODEL.ckpt`` pair.
+
+    Args:
+        config_path: the YAML config.
+        checkpoint_path: the checkpoint.
+        model_type: MSST's ``--model_type`` (``bs_roformer``,
+            ``mel_band_roformer``, ``mdx23c``); ``None`` infers it from the YAML.
+        name: archive name (default: the checkpoint's file stem, cleaned).
+        licence, training_data, description, scores: metadata the caller knows.
+
+    Returns:
+        the model (eval mode, frozen) and its archive metadata (recipe ``mdxc``).
+    """
+    from sepcli.hub.cache import sha256_file
+    from sepcli.models.build import build_model, make_metadata
+
+    config_path, checkpoint_path = Path(config_path), Path(checkpoint_path)
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise UsageError(
+            f"unknown model type {model_type!r}; sepcli imports {', '.join(MODEL_TYPES)}"
+        )
+    cfg = read_msst_yaml(config_path)
+    config = config_from_msst(cfg, model_type, str(config_path))
+    family = config.family
+    state = load_msst_checkpoint(checkpoint_path)
+    if family == "mel-roformer":
+        config = _mel_expansion_from_weights(config, state, str(checkpoint_path))
+    model = build_model(family, config)
+    _load_into(model, state, family, str(checkpoint_path))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", checkpoint_path.stem).strip("-") or family
+    files = {
+        "config": {"file": config_path.name, "sha256": sha256_file(config_path)},
+        "checkpoint": {"file": checkpoint_path.name, "sha256": sha256_file(checkpoint_path)},
+    }
+    meta = make_metadata(
+        model,
+        name=name,
+        licence=licence,
+        training_data=training_data,
+        description=description or f"{family} imported from {checkpoint_path.name}",
+        scores=dict(scores or {}),
+        extra={"imported_from": "msst", "model_type": _type_of(family), "files": files},
+    )
+    return model, meta
+
+
+def _mel_expansion_from_weights(config: Any, state: Mapping[str, Tensor], where: str) -> Any:
+    """Mel-Band RoFormer's mask-MLP width, read from the weights.
+
+    audio-separator 0.47.1 builds every Mel-Band RoFormer mask MLP ``4 * dim`` wide
+    whatever the YAML's ``mlp_expansion_factor`` says (MSST honours it), so a
+    published YAML may state a factor its weights do not have: the weights decide.
+    """
+    w = state.get("mask_estimators.0.to_freqs.0.0.0.weight")
+    if w is None or w.dim() != 2 or int(w.shape[0]) % config.dim:
+        return config  # the shape check names the problem
+    factor = int(w.shape[0]) // config.dim
+    if factor != config.mlp_expansion_factor:
+        log.info(
+            "%s: mask MLP is %d x dim wide (the YAML says mlp_expansion_factor=%d); using %d",
+            where, factor, config.mlp_expansion_factor, factor,
+        )  # fmt: skip
+        config = dataclasses.replace(config, mlp_expansion_factor=factor)
+    return config
+
+
+def _type_of(family: str) -> str:
+    return next(t for t, f in MODEL_TYPES.items() if f == family)
+
+
+def import_msst_archive(
+    config_path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model_type: str | None = None,
+    name: str | None = None,
+    **fields: Any,
+) -> Path:
+    """:func:`import_msst` and write the archive to ``output`` (atomically)."""
+    from sepcli.models.build import export_archive
+
+    model, meta = import_msst(config_path, checkpoint_path, model_type, name, **fields)
+    keep = ("licence", "training_data", "description", "scores", "extra")
+    return export_archive(model, output, name=meta.name, **{k: getattr(meta, k) for k in keep})

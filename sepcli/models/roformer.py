@@ -1,0 +1,402 @@
+"""Layers shared by the band-split RoFormers (BS-RoFormer and Mel-Band RoFormer).
+
+Lu, Wang, Kong, Hung, "Music Source Separation with Band-Split RoPE Transformer",
+ICASSP 2024 (arXiv:2309.02612); Wang, Lu, Kong, Hung, "Mel-Band RoFormer for
+Music Source Separation", 2023 (arXiv:2310.01809).
+
+Both models take the complex STFT of the mixture, cut its bins into bands, project
+each band to ``dim`` features (:class:`BandSplit`), alternate transformers along
+time and along bands (rotary position embeddings, gated multi-head attention),
+and estimate one complex mask per band and stem (:class:`MaskEstimator`).
+
+Layer names and arithmetic follow the implementation that UVR and
+``audio-separator`` 0.47.1 run the published checkpoints with
+(``audio_separator/separator/uvr_lib_v5/roformer/``), so those state dicts load
+with ``strict=True``. Two structural choices make the modules scriptable while
+keeping the same keys: a transformer layer is an ``nn.Sequential`` of an
+attention and a feed-forward block that each add their own residual, and a
+:class:`Transformer` reshapes its ``(batch, frame, band, dim)`` input to the axis
+it attends over itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sepcli.models.configs import _Config
+
+__all__ = [
+    "RoformerConfig",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "Attention",
+    "LinearAttention",
+    "FeedForward",
+    "Transformer",
+    "BandSplit",
+    "MaskEstimator",
+    "mel_band_layout",
+    "TIME",
+    "BAND",
+    "ALL",
+]
+
+#: Axes a :class:`Transformer` attends over.
+TIME = 0
+BAND = 1
+ALL = 2
+
+
+@dataclass(frozen=True)
+class RoformerConfig(_Config):
+    """Settings shared by the two RoFormer families (names as in the MSST YAML ``model:``).
+
+    Attributes:
+        sources: stem names, one mask estimator each (``num_stems``), in output order.
+        sample_rate: Hz. audio_channels: 1, or 2 (``stereo: true``).
+        dim: feature width of every band token.
+        depth: axial blocks (a time transformer then a band transformer each).
+        time_transformer_depth, freq_transformer_depth: layers per transformer.
+        dim_head, heads: attention head width and count.
+        attn_dropout, ff_dropout: training only.
+        stft_n_fft, stft_hop_length, stft_win_length: STFT in samples (Hann window,
+            centred, reflect padding, ``torch.stft`` conventions).
+        stft_normalized: ``torch.stft(normalized=...)``.
+        mask_estimator_depth: Linear layers of each band's mask MLP (see the family).
+        mlp_expansion_factor: hidden width of the mask MLP, in multiples of ``dim``.
+        dim_t: frames of one inference chunk (MSST/UVR ``inference.dim_t``); the
+            chunk is ``stft_hop_length * (dim_t - 1)`` samples.
+        num_overlap: chunks covering each sample (``inference.num_overlap``); the
+            chunk step is ``chunk_samples // num_overlap``.
+    """
+
+    family: ClassVar[str] = ""
+    sources: tuple[str, ...] = ("vocals",)
+    sample_rate: int = 44100
+    audio_channels: int = 2
+    dim: int = 512
+    depth: int = 12
+    time_transformer_depth: int = 1
+    freq_transformer_depth: int = 1
+    dim_head: int = 64
+    heads: int = 8
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    stft_n_fft: int = 2048
+    stft_hop_length: int = 441
+    stft_win_length: int = 2048
+    stft_normalized: bool = False
+    mask_estimator_depth: int = 2
+    mlp_expansion_factor: int = 4
+    dim_t: int = 801
+    num_overlap: int = 4
+
+    def _check_roformer(self) -> list[str]:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        p = self._check_common()
+        for name in ("dim", "depth", "dim_head", "heads", "mlp_expansion_factor"):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be >= 1")
+        if self.time_transformer_depth < 1 or self.freq_transformer_depth < 1:
+            p.append("time_transformer_depth and freq_transformer_depth must be >= 1")
+        if self.dim_head % 2:
+            p.append("dim_head must be even (rotary embeddings rotate pairs)")
+        if not 0 < self.stft_win_length <= self.stft_n_fft:
+            p.append(f"stft_win_length must be in [1, stft_n_fft={self.stft_n_fft}]")
+        if not 0 < self.stft_hop_length <= self.stft_win_length:
+            p.append("stft_hop_length must be in [1, stft_win_length]")
+        if not (0.0 <= self.attn_dropout < 1.0 and 0.0 <= self.ff_dropout < 1.0):
+            p.append("attn_dropout and ff_dropout must be in [0, 1)")
+        if self.dim_t < 2:
+            p.append("dim_t must be >= 2 (the chunk is stft_hop_length * (dim_t - 1) samples)")
+        if not 1 <= self.num_overlap <= self.chunk_samples:
+            p.append("num_overlap must be in [1, chunk samples]")
+        return p
+
+    @property
+    def num_sources(self) -> int:
+        return len(self.sources)
+
+    @property
+    def num_freqs(self) -> int:
+        """STFT bins, ``stft_n_fft // 2 + 1``."""
+        return self.stft_n_fft // 2 + 1
+
+    @property
+    def chunk_samples(self) -> int:
+        """Samples of one inference chunk, ``stft_hop_length * (dim_t - 1)``."""
+        return self.stft_hop_length * (self.dim_t - 1)
+
+
+class RMSNorm(nn.Module):
+    """``x / ||x|| * sqrt(dim) * gamma`` over the last axis."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = float(dim**0.5)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale * self.gamma
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., arXiv:2104.09864) over the sequence axis.
+
+    ``freqs`` (``dim // 2`` angular frequencies, ``10000 ** (-2i / dim)``) is a
+    buffer saved under the key ``rotary_embed.freqs`` like the reference's
+    non-learned parameter, so checkpoints load with ``strict=True``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+        self.register_buffer("freqs", freqs)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Rotate ``t`` ``(batch, heads, seq, dim)`` by position along ``seq``."""
+        positions = torch.arange(t.shape[-2], device=t.device, dtype=torch.float32)
+        angles = positions[:, None] * self.freqs.float()[None, :]
+        angles = torch.repeat_interleave(angles, 2, dim=-1)
+        pairs = t.reshape(t.shape[:-1] + (t.shape[-1] // 2, 2))
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).reshape(t.shape)
+        return ((t * angles.cos()) + (rotated * angles.sin())).to(t.dtype)
+
+
+class Attention(nn.Module):
+    """Pre-norm gated multi-head self-attention with rotary embeddings, plus residual.
+
+    ``(batch, seq, dim) -> (batch, seq, dim)``: ``x + to_out(gate * attend(q, k, v))``
+    with a sigmoid gate per head and token (``to_gates``).
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, rotary: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.dropout = float(dropout)
+        dim_inner = heads * dim_head
+        self.rotary_embed = RotaryEmbedding(dim_head) if rotary else nn.Identity()
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, dim_inner * 3, bias=False)
+        self.to_gates = nn.Linear(dim, heads)
+        self.to_out = nn.Sequential(nn.Linear(dim_inner, dim, bias=False), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, seq, _ = x.shape
+        h = self.norm(x)
+        qkv = self.to_qkv(h).reshape(batch, seq, 3, self.heads, self.dim_head)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        q = self.rotary_embed(qkv[0])
+        k = self.rotary_embed(qkv[1])
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, qkv[2], dropout_p=p)
+        gates = self.to_gates(h).transpose(1, 2).unsqueeze(-1).sigmoid()
+        out = (out * gates).transpose(1, 2).reshape(batch, seq, self.heads * self.dim_head)
+        return self.to_out(out) + x
+
+
+class LinearAttention(nn.Module):
+    """Cross-covariance attention (El-Nouby et al., XCiT, arXiv:2106.09681), plus residual.
+
+    Attends over feature channels instead of tokens: queries and keys are
+    L2-normalised along the sequence, queries scaled by ``exp(temperature)`` per
+    head, softmax scale 8. Used by BS-RoFormer when ``linear_transformer_depth > 0``.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.dropout = float(dropout)
+        dim_inner = heads * dim_head
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Sequential(nn.Linear(dim, dim_inner * 3, bias=False))
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_out = nn.Sequential(nn.Identity(), nn.Linear(dim_inner, dim, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, seq, _ = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(batch, seq, 3, self.heads, self.dim_head)
+        qkv = qkv.permute(2, 0, 3, 4, 1)  # (3, batch, heads, dim_head, seq)
+        q = F.normalize(qkv[0], dim=-1) * self.temperature.exp()
+        k = F.normalize(qkv[1], dim=-1)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, qkv[2], dropout_p=p, scale=8.0)
+        out = out.permute(0, 3, 1, 2).reshape(batch, seq, self.heads * self.dim_head)
+        return self.to_out(out) + x
+
+
+class FeedForward(nn.Module):
+    """Pre-norm MLP ``dim -> 4 dim -> dim`` with GELU, plus residual."""
+
+    def __init__(self, dim: int, dropout: float, mult: int = 4) -> None:
+        super().__init__()
+        inner = int(dim * mult)
+        self.net = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, inner),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(inner, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) + x
+
+
+class Transformer(nn.Module):
+    """``depth`` (attention, feed-forward) layers over one axis of ``(B, T, K, D)`` tokens.
+
+    Args:
+        axis: :data:`TIME` (sequences of frames, one per band), :data:`BAND`
+            (sequences of bands, one per frame) or :data:`ALL` (every token of a
+            chunk in one sequence; linear attention only).
+        norm_output: a final :class:`RMSNorm` (Mel-Band RoFormer) or none (BS).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        attn_dropout: float,
+        ff_dropout: float,
+        axis: int,
+        norm_output: bool,
+        linear: bool = False,
+    ) -> None:
+        super().__init__()
+        self.axis = axis
+        layers = []
+        for _ in range(depth):
+            attn: nn.Module
+            if linear:
+                attn = LinearAttention(dim, heads, dim_head, attn_dropout)
+            else:
+                attn = Attention(dim, heads, dim_head, attn_dropout, rotary=True)
+            layers.append(nn.Sequential(attn, FeedForward(dim, ff_dropout)))
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(dim) if norm_output else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (batch, frame, band, dim)`` -> same shape."""
+        batch, frames, bands, dim = x.shape
+        if self.axis == 0:  # TIME
+            y = x.transpose(1, 2).reshape(batch * bands, frames, dim)
+        elif self.axis == 1:  # BAND
+            y = x.reshape(batch * frames, bands, dim)
+        else:
+            y = x.reshape(batch, frames * bands, dim)
+        for layer in self.layers:
+            y = layer(y)
+        y = self.norm(y)
+        if self.axis == 0:
+            return y.reshape(batch, bands, frames, dim).transpose(1, 2)
+        return y.reshape(batch, frames, bands, dim)
+
+
+class BandSplit(nn.Module):
+    """Per-band RMSNorm + Linear: ``(B, T, sum(dim_inputs)) -> (B, T, bands, dim)``."""
+
+    def __init__(self, dim: int, dim_inputs: list[int]) -> None:
+        super().__init__()
+        self.dim_inputs = list(dim_inputs)
+        self.to_features = nn.ModuleList(
+            nn.Sequential(RMSNorm(d), nn.Linear(d, dim)) for d in dim_inputs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = x.split(self.dim_inputs, dim=-1)
+        outs: list[Tensor] = []
+        for i, net in enumerate(self.to_features):
+            outs.append(net(parts[i]))
+        return torch.stack(outs, dim=-2)
+
+
+def _mlp(dim_in: int, dim_out: int, dim_hidden: int, hidden_layers: int) -> nn.Sequential:
+    dims = [dim_in] + [dim_hidden] * hidden_layers + [dim_out]
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class MaskEstimator(nn.Module):
+    """Per-band MLP + GLU: ``(B, T, bands, dim) -> (B, T, sum(dim_inputs))``.
+
+    Args:
+        hidden_layers: hidden layers of each band's MLP (``mask_estimator_depth
+            - 1`` in BS-RoFormer, ``mask_estimator_depth`` in Mel-Band RoFormer).
+    """
+
+    def __init__(self, dim: int, dim_inputs: list[int], hidden_layers: int, expansion: int) -> None:
+        super().__init__()
+        self.to_freqs = nn.ModuleList(
+            nn.Sequential(_mlp(dim, d * 2, dim * expansion, hidden_layers), nn.GLU(dim=-1))
+            for d in dim_inputs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        bands = x.unbind(dim=-2)
+        outs: list[Tensor] = []
+        for i, net in enumerate(self.to_freqs):
+            outs.append(net(bands[i]))
+        return torch.cat(outs, dim=-1)
+
+
+def _hz_to_mel(freq: float) -> float:
+    """Slaney's mel scale (librosa's default, ``htk=False``), one value."""
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    if freq >= min_log_hz:
+        return float(min_log_mel + np.log(freq / min_log_hz) / logstep)
+    return freq / f_sp
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    freqs = f_sp * mels
+    log_t = mels >= min_log_mel
+    freqs[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    return freqs
+
+
+def mel_band_layout(sample_rate: int, n_fft: int, num_bands: int) -> Tensor:
+    """Which STFT bins each mel band covers: bool ``(num_bands, n_fft // 2 + 1)``.
+
+    The support (non-zero entries) of librosa's ``filters.mel(sr=sample_rate,
+    n_fft=n_fft, n_mels=num_bands)`` (Slaney scale, 0 Hz to Nyquist), with the
+    first bin added to the first band and the last bin to the last band, as the
+    Mel-Band RoFormer does. Computed with the same float64 operations as
+    librosa, so the support is identical (tests compare with librosa).
+    """
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mels = np.linspace(_hz_to_mel(0.0), _hz_to_mel(float(sample_rate) / 2), num_bands + 2)
+    mel_f = _mel_to_hz(mels)
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    support = np.zeros((num_bands, len(fftfreqs)), dtype=bool)
+    for i in range(num_bands):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights = np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
+        support[i] = weights > 0
+    support[0, 0] = True
+    support[-1, -1] = True
+    return torch.from_numpy(support)

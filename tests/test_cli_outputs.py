@@ -1,0 +1,440 @@
+"""`sepcli separate` outputs: never overwrite, provenance, leftovers, own outputs, limits.
+
+Issue 17 items 1-4, 6, 7, 10-12, 14, 16, and the fault tests (SIGTERM, a
+read-only output, a full disk, partial outputs, concurrent runs on one folder).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from conftest import make_tone, write_wav
+
+from sepcli.cli import main
+
+PROVENANCE_FILE = ".sepcli-run.json"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).parent / "sepcli"
+    if not script.exists():
+        pytest.skip("sepcli console script not installed in this environment (pip install -e .)")
+    return str(script)
+
+
+def _hidden(folder: Path) -> list[str]:
+    """Hidden files under ``folder`` other than provenance files."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob(".*")
+        if p.is_file() and p.name != PROVENANCE_FILE
+    )
+
+
+# ---------------------------------------------------------------- item 1: never overwrite
+
+
+def test_existing_file_is_kept_and_named_only_missing_stems_are_written(
+    tmp_path, tiny_wave_archive
+):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.5))
+    mine = tmp_path / "o" / "song" / "vocals.wav"
+    write_wav(mine, np.zeros((2, 100), np.float32))
+    before = mine.read_bytes()
+    r = run(
+        "separate", str(src), "-o", str(tmp_path / "o"), "-m", str(tiny_wave_archive),
+        "--stems", "vocals,accompaniment",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert mine.read_bytes() == before  # not replaced
+    assert (tmp_path / "o" / "song" / "accompaniment.wav").is_file()  # the missing one is made
+    assert f"skipped {mine}: exists, not written by sepcli" in r.output.replace("\n", "")
+    assert "1 separated" in r.output and "1 not written by sepcli" in r.output
+
+
+def test_force_replaces_existing_files(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.5))
+    mine = write_wav(tmp_path / "o" / "song" / "vocals.wav", np.zeros((2, 100), np.float32))
+    r = run("separate", str(src), "-o", str(tmp_path / "o"), "-m", str(tiny_wave_archive),
+            "--stems", "vocals", "--force")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert sf.info(str(mine)).frames == 22050
+
+
+# ---------------------------------------------------------------- item 2: provenance
+
+
+def test_another_models_stems_are_named_as_such(tmp_path, tiny_wave_archive, identity_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.5))
+    out = tmp_path / "o"
+    args = ["separate", str(src), "-o", str(out), "--stems", "vocals"]
+    assert run(*args, "-m", str(tiny_wave_archive)).exit_code == 0
+    record = json.loads((out / "song" / PROVENANCE_FILE).read_text())["outputs"]["vocals.wav"]
+    assert record["model"] == "tiny-wave" and len(record["archive_sha256"]) == 64
+    assert record["input"] == str(src) and record["settings"]["format"] == "wav"
+
+    again = run(*args, "-m", str(tiny_wave_archive))  # same model: done, said briefly
+    assert "0 separated, 1 skipped (1 file(s) done earlier with this model" in again.output
+
+    other = run(*args, "-m", str(identity_archive), "--report", str(tmp_path / "r.json"))
+    assert other.exit_code == 0, other.output
+    text = other.output.replace("\n", "")
+    assert "made by model 'tiny-wave', not 'identity'" in text
+    assert "1 made differently" in text
+    rec = json.loads((tmp_path / "r.json").read_text())["inputs"][0]
+    assert rec["status"] == "skipped" and "tiny-wave" in rec["skipped"]["vocals"]
+
+    shifted = run(*args, "-m", str(tiny_wave_archive), "--shifts", "1")
+    assert "settings differ: shifts 0 -> 1" in shifted.output.replace("\n", "")
+
+
+# ---------------------------------------------------------------- item 3: SIGTERM, leftovers
+
+
+def _wait_for_temp(out: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(p.name.endswith(".tmp") for p in out.rglob(".*")):
+            return
+        time.sleep(0.01)
+    pytest.fail("no temp file appeared while the separation ran")
+
+
+def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "long.wav", make_tone(60.0))
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [_console_script(), "separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive),
+         "--segment", "0.05", "--overlap", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_temp(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "terminated" in stderr
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_stale_temp_files_of_our_outputs_are_removed_on_the_next_run(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    folder = tmp_path / "o" / "song"
+    folder.mkdir(parents=True)
+    stale = [  # today's names, and those of versions before the "sepcli-" mark
+        ".vocals.wav.sepcli-0a1b2c3d.f32.tmp",
+        ".vocals.wav.sepcli-9f8e7d6c.tmp",
+        ".vocals.wav.0a1b2c3d.f32.tmp",
+        ".vocals.wav.9f8e7d6c.tmp",
+    ]
+    keep = [".vocals.wav.notes", ".other.wav.0a1b2c3d.tmp", "x.tmp"]
+    for name in stale + keep:
+        (folder / name).write_bytes(b"\0" * 1000)
+    r = run("separate", str(src), "-o", str(tmp_path / "o"), "-m", str(tiny_wave_archive),
+            "--stems", "vocals")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in folder.iterdir()}
+    assert not names & set(stale)
+    assert set(keep) <= names  # not ours (other names), never touched
+    assert "removed 4 temp file(s) left by an interrupted run" in r.output.replace("\n", "")
+
+
+# ---------------------------------------------------------------- item 4: own outputs
+
+
+def test_recursive_rerun_never_takes_its_own_outputs_as_input(tmp_path, identity_archive):
+    album = tmp_path / "album"
+    for i in range(2):
+        write_wav(album / f"t{i}.wav", make_tone(0.2, seed=i))
+    args = ["separate", str(album), "-r", "-o", str(album / "stems"), "-m", str(identity_archive)]
+    first = run(*args)
+    assert first.exit_code == 0 and "2 separated" in first.output
+    second = run(*args)
+    assert second.exit_code == 0, second.output
+    assert "0 separated, 2 skipped" in second.output
+    assert sorted(p.name for p in (album / "stems").iterdir()) == ["t0", "t1"]
+    # outputs written beside the inputs (another -o) are recognised by their record
+    flat = ["separate", str(album), "-o", str(album), "--filename", "{track}-{stem}.{ext}",
+            "-m", str(identity_archive)]  # fmt: skip
+    assert run(*flat).exit_code == 0
+    again = run(*flat)
+    assert "not taking 2 file(s) that are sepcli outputs" in again.output.replace("\n", "")
+    assert "0 separated, 2 skipped" in again.output
+
+
+# ---------------------------------------------------------------- item 6: writable outputs
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:
+        return Path("/proc/sepcli-cannot-write-here")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def test_unwritable_report_folder_is_refused_before_any_work(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    report = _read_only_folder(tmp_path) / "report.json"
+    r = run("separate", str(src), "-o", str(tmp_path / "o"), "-m", str(tiny_wave_archive),
+            "--report", str(report))  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "--report" in r.output and "cannot write there" in r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()  # nothing was separated
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    out = _read_only_folder(tmp_path) / "stems"
+    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive))
+    assert r.exit_code == 3, r.output
+    assert r.output.count("error:") == 1 and "cannot write there" in r.output
+
+
+# ---------------------------------------------------------------- item 7: --segment
+
+
+@pytest.mark.parametrize("value", ["100000", "0", "-1", "nan", "inf"])
+def test_impossible_segment_is_one_line_usage_error(tmp_path, tiny_wave_archive, value):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    r = run("separate", str(src), "-o", str(tmp_path / "o"), "-m", str(tiny_wave_archive),
+            "--segment", value)  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert r.output.count("error:") == 1 and "segment" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_bound_and_cap():
+    import torch
+
+    from sepcli.errors import UsageError
+    from sepcli.inference.chunking import StreamingOverlapAdd
+    from sepcli.inference.config import MAX_SEGMENT_SECONDS, SeparatorConfig
+
+    SeparatorConfig(segment_seconds=None)
+    SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS)
+    with pytest.raises(UsageError, match="longer than"):
+        SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS + 1)
+    # a chunk longer than the track is capped at the track: the model sees 3 s, not 10
+    seen = []
+
+    def fn(batch):
+        seen.append(batch.shape[-1])
+        return batch[:, None]
+
+    engine = StreamingOverlapAdd(fn, channels=1, num_sources=1, segment=441000, context=88200)
+    engine.push(torch.zeros(1, 44100 * 3))
+    assert engine.finish().shape[-1] == 44100 * 3 and seen == [44100 * 3]
+
+
+# ---------------------------------------------------------------- item 10: exit codes
+
+
+def _documented_exit_codes() -> dict[int, str]:
+    text = (DOCS / "usage.md").read_text()
+    table = text.split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| (.+) \|$", table, re.M)}
+
+
+def test_one_exit_code_table_referenced_from_the_other_docs():
+    codes = _documented_exit_codes()
+    assert set(codes) == {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}
+    for doc in ("audio-formats.md", "evaluation.md"):
+        assert "usage.md#exit-status" in (DOCS / doc).read_text(), doc
+    from sepcli.errors import EXIT_CODES
+
+    assert set(EXIT_CODES.values()) <= set(codes)
+
+
+def test_exit_codes_match_the_table(tmp_path, tiny_wave_archive):
+    codes = _documented_exit_codes()
+    good = write_wav(tmp_path / "in" / "good.wav", make_tone(0.3))
+    bad = tmp_path / "in" / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    m = str(tiny_wave_archive)
+    o = str(tmp_path / "o")
+    seen = {
+        0: run("separate", str(good), "-o", o, "-m", m).exit_code,
+        1: run("separate", str(good), str(bad), "-o", o, "-m", m).exit_code,
+        2: run("separate", str(good), "-o", o, "-m", m, "--stems", "piano").exit_code,
+        3: run(
+            "separate", str(good), "-o", str(_read_only_folder(tmp_path) / "x"), "-m", m
+        ).exit_code,
+        4: run("separate", str(good), "-o", o, "-m", str(tmp_path / "none.sepcli")).exit_code,
+        5: run(
+            "separate",
+            str(good),
+            "-o",
+            o,
+            "-m",
+            "umxhq",
+            "--offline",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ).exit_code,  # fmt: skip
+        6: run(
+            "evaluate",
+            "--data",
+            str(tmp_path / "no-data"),
+            "--model",
+            m,
+            "--out",
+            str(tmp_path / "ev"),
+        ).exit_code,  # fmt: skip
+    }
+    for code, got in seen.items():
+        assert got == code, f"{code} ({codes[code]}): got {got}"
+    # 130 and 143 are checked with real signals (tests/test_cli_separate.py, above);
+    # 7 (training cannot start) in tests/test_training_*.py.
+
+
+def test_empty_shard_slice_is_an_empty_job(tmp_path, identity_archive):
+    album = tmp_path / "album"
+    for i in range(3):
+        write_wav(album / f"t{i}.wav", make_tone(0.2, seed=i))
+    r = run("separate", str(album), "-o", str(tmp_path / "o"), "-m", str(identity_archive),
+            "--shard", "5/5")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "shard 5/5 of 3 input(s) is empty" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- item 11: --shard help
+
+
+def test_shard_help_example_is_one_based():
+    r = run("separate", "--help")
+    assert "$((SLURM_ARRAY_TASK_ID+1))/16" in r.output
+    assert "$SLURM_ARRAY_TASK_ID/16" not in r.output
+
+
+# ---------------------------------------------------------------- item 12: same track name
+
+
+def test_same_track_name_clash_suggests_a_template_that_works(tmp_path, identity_archive):
+    folder = tmp_path / "in"
+    write_wav(folder / "song.wav", make_tone(0.2))
+    sf.write(folder / "song.flac", make_tone(0.2, seed=1).T, 44100)
+    out = tmp_path / "o"
+    r = run("separate", str(folder), "-o", str(out), "-m", str(identity_archive))
+    assert r.exit_code == 1
+    match = re.search(r"use --filename '([^']+)'", r.output.replace("\n", ""))
+    assert match, r.output
+    assert "{parent}" not in match.group(1)  # the old hint gave the same error again
+    fixed = run("separate", str(folder), "-o", str(tmp_path / "o2"), "-m", str(identity_archive),
+                "--filename", match.group(1))  # fmt: skip
+    assert fixed.exit_code == 0, fixed.output
+    assert sorted(p.parent.name for p in (tmp_path / "o2").rglob("vocals.wav")) == [
+        "song-flac",
+        "song-wav",
+    ]
+
+
+# ---------------------------------------------------------------- item 14: model hints
+
+
+def test_models_list_and_info_show_the_defaults_sources_and_licence():
+    listed = run("models", "list", "--json")
+    default = next(m for m in json.loads(listed.output) if m["name"] == "default")
+    assert default["sources"] == ["vocals"]
+    assert "non-commercial" in default["licence"]
+    info = run("models", "info", "default")
+    assert "vocals" in info.output and "non-commercial" in info.output
+
+
+def test_unknown_stems_name_the_models_that_have_them(tmp_path):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    r = run("separate", str(src), "-o", str(tmp_path / "o"), "--stems", "vocals,drums,bass,other")
+    assert r.exit_code == 2
+    text = r.output.replace("\n", "")
+    assert "umxhq" in text and "-m NAME" in text
+
+
+# ---------------------------------------------------------------- item 16: stderr
+
+
+def test_stderr_does_not_start_with_an_empty_line(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    proc = subprocess.run(
+        [_console_script(), "separate", str(src), "-o", str(tmp_path / "o"),
+         "-m", str(tiny_wave_archive)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr and not proc.stderr.startswith("\n"), repr(proc.stderr[:80])
+
+
+def test_gitignore_covers_the_default_output_folder():
+    ignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/separated/" in ignore or "separated/" in ignore
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_full_disk_leaves_no_partial_output_and_no_record(tmp_path, tiny_wave_archive, monkeypatch):
+    import sepcli.audio.encode as encode
+
+    def full(fh, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(encode, "_write_bytes", full)
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    out = tmp_path / "o"
+    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive))
+    assert r.exit_code == 1
+    assert r.output.count("error:") == 1 and "disk full" in r.output
+    assert not out.exists() or [p for p in out.rglob("*")] == []  # not even empty folders
+
+
+def test_partial_outputs_are_completed_not_redone(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(0.3))
+    out = tmp_path / "o"
+    args = ["separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive)]
+    assert run(*args, "--stems", "vocals").exit_code == 0
+    vocals = out / "song" / "vocals.wav"
+    before = vocals.stat().st_mtime_ns
+    r = run(*args, "--stems", "vocals,accompaniment")
+    assert r.exit_code == 0 and "1 separated" in r.output
+    assert vocals.stat().st_mtime_ns == before
+    records = json.loads((out / "song" / PROVENANCE_FILE).read_text())["outputs"]
+    assert sorted(records) == ["accompaniment.wav", "vocals.wav"]
+
+
+def test_concurrent_runs_on_one_folder_write_each_file_once(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "song.wav", make_tone(20.0))
+    out = tmp_path / "o"
+    cmd = [_console_script(), "separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive),
+           "--segment", "0.1"]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    summaries = sorted(e.strip().splitlines()[-1] for _, e in results)
+    assert summaries[0].startswith("0 separated, 1 skipped (2 file(s) done earlier"), summaries
+    assert summaries[1] == "1 separated, 0 skipped, 0 failed", summaries
+    assert sorted(p.name for p in (out / "song").iterdir()) == [
+        PROVENANCE_FILE,
+        "accompaniment.wav",
+        "vocals.wav",
+    ]
