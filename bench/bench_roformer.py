@@ -90,7 +90,7 @@ print(time.perf_counter() - t0)
 """
 
 
-def _setup(family: str, tmp: Path) -> tuple[dict, Path, Path, Path]:
+def _setup(family: str, tmp: Path, dim_t: int | None = None) -> tuple[dict, Path, Path, Path]:
     """Random published-size checkpoint, its YAML, and the imported archive."""
     import torch
     from audio_separator_reference import PUBLISHED_YAMLS, reference_model, write_msst_yaml
@@ -99,6 +99,8 @@ def _setup(family: str, tmp: Path) -> tuple[dict, Path, Path, Path]:
 
     model_type = MODEL_TYPE[family]
     cfg = read_msst_yaml(PUBLISHED_YAMLS[model_type])
+    if dim_t is not None:
+        cfg["inference"]["dim_t"] = dim_t
     ref = reference_model(model_type, cfg)
     ckpt = tmp / "model.ckpt"
     torch.save(ref.state_dict(), ckpt)
@@ -114,7 +116,7 @@ def _snr(ref, est) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
-def bench_chunk(family: str, threads: int, rounds: int) -> None:
+def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> None:
     import torch
     from audio_separator_reference import reference_model
 
@@ -126,7 +128,7 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
     model_type = MODEL_TYPE[family]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg, ckpt, yaml_path, archive_path = _setup(family, tmp)
+        cfg, ckpt, yaml_path, archive_path = _setup(family, tmp, dim_t)
         ours, _ = import_msst(yaml_path, ckpt)
         scripted = load_archive(archive_path).module
         ref = reference_model(model_type, cfg)
@@ -154,6 +156,27 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     outs["ours-bf16"] = ours(chunk).float()
                 times["ours-bf16"].append(time.perf_counter() - start)
+        if model_type != "mdx23c":
+            # where the time goes: the per-band projections in and out of the transformers
+            frames = plan.chunk // ours.hop_length + 1
+            band_in = sum(net[1].in_features for net in ours.band_split.to_features)
+            tokens = torch.randn(1, frames, band_in)
+            feats = torch.randn(1, frames, len(ours.band_split.to_features), ours.config.dim)
+            with torch.no_grad():
+                start = time.perf_counter()
+                ours.band_split(tokens)
+                split = time.perf_counter() - start
+                start = time.perf_counter()
+                for est in ours.mask_estimators:
+                    est(feats)
+                masks = time.perf_counter() - start
+            total = statistics.median(times["ours"])
+            share = (
+                f"  per chunk: band split {split:.2f} s + mask estimators {masks:.2f} s = "
+                f"{100 * (split + masks) / total:.0f}% of the eager forward ({total:.2f} s)"
+            )
+        else:
+            share = ""
         expected = outs["reference"]
         if expected.dim() == 3:
             expected = expected.unsqueeze(1)
@@ -164,6 +187,8 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
             f"({plan.chunk / rate:.2f} s), num_overlap {plan.num_overlap}, {chunks} chunks "
             f"for 3 min; {threads} threads, {rounds} rounds (medians; first round included)"
         )
+        if share:
+            print(share)
         base = statistics.median(times["reference"])
         for name, ts in times.items():
             t = statistics.median(ts)
@@ -230,9 +255,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=180)
+    parser.add_argument(
+        "--dim-t", type=int, default=None, help="chunk frames (default: the published dim_t)"
+    )
     args = parser.parse_args()
     if args.mode == "chunk":
-        bench_chunk(args.family, args.threads, args.rounds)
+        bench_chunk(args.family, args.threads, args.rounds, args.dim_t)
     else:
         bench_song(args.family, args.threads, args.rounds, args.seconds)
 

@@ -154,10 +154,8 @@ def test_bad_files_give_one_line_errors_and_no_archive(tmp_path: Path) -> None:
         assert not out.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.data
-def test_real_three_minute_song_equals_apply_model(tmp_path: Path, shared_data: Path) -> None:
-    """A 3-minute song made of real MUSDB18 previews, single model and bag, 60 dB per stem."""
+def _real_song(shared_data: Path, seconds: int = 180) -> np.ndarray:
+    """Real MUSDB18 previews (mixtures) played one after another, ``(2, seconds * 44100)``."""
     from sepcli.audio import load_audio
 
     parts, total = [], 0
@@ -166,26 +164,32 @@ def test_real_three_minute_song_equals_apply_model(tmp_path: Path, shared_data: 
         assert rate == 44100
         parts.append(audio)
         total += audio.shape[-1]
-        if total >= 180 * 44100:
+        if total >= seconds * 44100:
             break
-    song = np.concatenate(parts, axis=-1)[:, : 180 * 44100]
-    mix = write_wav(tmp_path / "song.wav", song, 44100)
+    return np.concatenate(parts, axis=-1)[:, : seconds * 44100]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("kind", ["single", "bag"])
+def test_real_three_minute_song_equals_apply_model(tmp_path: Path, shared_data: Path, kind: str):
+    """A 3-minute song made of real MUSDB18 previews, single model or bag, 60 dB per stem."""
+    mix = write_wav(tmp_path / "song.wav", _real_song(shared_data), 44100)
     torch.set_num_threads(2)
     ref1, th1 = write_checkpoint(tmp_path, "955717e8", 0, NARROW_PUBLISHED)
-    ref2, _ = write_checkpoint(tmp_path, "5c90dfd2", 1, NARROW_PUBLISHED)
-    run("models", "import", "--format", "demucs", th1, "-o", tmp_path / "one.sepcli")
-    (tmp_path / "bag.yaml").write_text(
-        "models: ['955717e8', '5c90dfd2']\nweights: [[1, 0, 1, 1], [0, 1, 1, 0]]\n"
-    )
-    run(
-        "models", "import", "--format", "demucs", tmp_path / "bag.yaml", "-o", tmp_path / "b.sepcli"
-    )
-    bag = demucs_apply.BagOfModels([ref1, ref2], [[1, 0, 1, 1], [0, 1, 1, 0]])
-    for archive, model in ((tmp_path / "one.sepcli", ref1), (tmp_path / "b.sepcli", bag)):
-        stems = separate(
-            archive, tmp_path / "song.wav", tmp_path / archive.stem, "--batch-size", "2"
-        )
-        with torch.no_grad():
-            expected = demucs_apply.apply_model(model, mix[None], shifts=0, split=True)[0]
-        scores = check_stems(expected, stems)
-        print(archive.name, [f"{s:.1f}" for s in scores])
+    if kind == "single":
+        source, model = th1, ref1
+    else:
+        ref2, _ = write_checkpoint(tmp_path, "5c90dfd2", 1, NARROW_PUBLISHED)
+        weights = [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]
+        source = tmp_path / "bag.yaml"
+        source.write_text(f"models: ['955717e8', '5c90dfd2']\nweights: {weights}\n")
+        model = demucs_apply.BagOfModels([ref1, ref2], weights)
+    archive = tmp_path / "m.sepcli"
+    assert run("models", "import", "--format", "demucs", source, "-o", archive).exit_code == 0
+    stems = separate(archive, tmp_path / "song.wav", tmp_path / "out", "--batch-size", "2")
+    with torch.no_grad():
+        expected = demucs_apply.apply_model(model, mix[None], shifts=0, split=True)[0]
+    scores = check_stems(expected, stems)
+    print(kind, [f"{s:.1f}" for s in scores])

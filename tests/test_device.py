@@ -177,7 +177,7 @@ def test_separator_on_mps_without_complex_ops_runs_on_the_cpu(
     monkeypatch.setattr(device_mod, "complex_ops_work", lambda device, what="istft": False)
     monkeypatch.setattr(separator_module, "plan_devices", _plan_with_failing_probe)
     sep = Separator(tiny_mask_archive, device="mps", segment_seconds=0.3)
-    assert sep.device == MPS and sep.placement == DevicePlan(CPU, CPU)
+    assert sep.device == MPS and sep.devices == DevicePlan(CPU, CPU)
     mix = make_tone(0.8)
     ref = Separator(tiny_mask_archive, device="cpu", segment_seconds=0.3).separate(mix, 44100)
     got = sep.separate(mix, 44100)
@@ -284,7 +284,7 @@ def test_separator_goes_on_after_oom(tiny_mask_archive, monkeypatch):
     monkeypatch.setattr(separator_module, "to_waveform", oom_above_two)
     sep = Separator(tiny_mask_archive, device="cpu", segment_seconds=0.2, batch_size=8)
     got = sep.separate(mix, 44100)
-    assert max(sizes) == 8 and sep.batch_limits[sep.metadata.name].size == 2
+    assert max(sizes) == 8 and sep.batch_limits[0].size == 2
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
 

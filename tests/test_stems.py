@@ -18,6 +18,12 @@ def test_accompaniment_is_sum_of_others_for_four_stem_models():
     assert r.kind == "sum" and r.indices == (0, 1, 2)
 
 
+def test_accompaniment_of_a_six_source_model_includes_guitar_and_piano():
+    six = [*FOUR, "guitar", "piano"]
+    (r,) = plan_stems(six, ["accompaniment"])
+    assert r.kind == "sum" and [six[i] for i in r.indices] == [s for s in six if s != "vocals"]
+
+
 def test_accompaniment_is_mixture_minus_vocals_otherwise():
     (r,) = plan_stems(["vocals"], ["accompaniment"])
     assert r.kind == "mix_minus" and r.indices == (0,)

@@ -297,13 +297,15 @@ def blend_command(hub: dict[str, Any], **options: Any) -> None:
     """Blend trained archives into one ensemble archive.
 
     A MEMBER is an archive file or a model name (downloaded if needed). Stem S
-    of the blend is the weighted mean of the members that output S; each member
-    keeps its own inference recipe. Members must share sample rate and channels.
+    of the blend is the weighted mean of the members that output S, or with
+    --mode the per-bin max, min or median of their spectrograms; each member
+    keeps its own chunking and sample rate. Members must share their channels.
 
     \b
     Examples:
       sepcli models blend runs/umx/umx.sepcli runs/wave/wave.sepcli -o bag.sepcli
       sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
+      sepcli models blend a.sepcli b.sepcli c.sepcli --mode vocals=max --mode min -o bag.sepcli
     """
 
     def load(member: str) -> Any:

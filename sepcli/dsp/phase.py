@@ -28,6 +28,7 @@ __all__ = [
     "GL_INITS",
     "OUTPUT_KINDS",
     "reconstruct",
+    "spectral_blend",
     "to_waveform",
     "waveform_from_output",
 ]
@@ -221,3 +222,38 @@ def to_waveform(
         generator=generator,
         mix_wave=mix,
     )
+
+
+def spectral_blend(
+    estimates: Tensor, mode: str, n_fft: int = 2048, hop_length: int = 512
+) -> Tensor:
+    """Combine several estimates of one source bin by bin, in the STFT domain.
+
+    Per time-frequency bin, the member whose magnitude is the largest (``max``,
+    UVR's "Max Spec": keeps everything any member found, fuller but bleedier),
+    the smallest (``min``, "Min Spec": keeps only what every member agrees on,
+    cleaner but thinner) or the median (``median``: the lower median for an
+    even count; robust to one member's artefacts) is kept, with its phase.
+
+    Args:
+        estimates: ``(batch, member, channel, time)`` waveforms.
+        mode: ``"max"``, ``"min"`` or ``"median"``.
+
+    Returns:
+        ``(batch, channel, time)``.
+    """
+    if mode not in ("max", "min", "median"):
+        raise UsageError(f"unknown spectral blend mode {mode!r}; use max, min or median")
+    length = estimates.shape[-1]
+    window = hann_window(n_fft, estimates.device)
+    spec = stft(estimates, n_fft, hop_length, window)  # (B, M, C, F, N)
+    mag = spec.abs()
+    if mode == "max":
+        index = mag.argmax(dim=1, keepdim=True)
+    elif mode == "min":
+        index = mag.argmin(dim=1, keepdim=True)
+    else:
+        order = mag.argsort(dim=1)
+        index = order.narrow(1, (mag.shape[1] - 1) // 2, 1)
+    chosen = torch.gather(spec, 1, index).squeeze(1)
+    return istft(chosen, n_fft, hop_length, length, window)

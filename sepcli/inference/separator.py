@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from sepcli import audio
-from sepcli.dsp.phase import to_waveform
+from sepcli.dsp.phase import spectral_blend, to_waveform
 from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
+from sepcli.inference.chunking import StreamingOverlapAdd
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.device import (
     BatchLimit,
@@ -203,20 +204,26 @@ class _UnitStream:
         self.channels = channels
         self.needed = needed
         self.sample_rate = sample_rate
-        self.blend = unit.blend[needed] if unit.blend is not None else None
+        # Which of the unit's sources is each needed source (0/1 rows), and its weight
+        # in the blend; the weighting happens in the _Combiner.
+        if unit.blend is None:
+            self.select = torch.eye(unit.num_sources)[needed]
+        else:
+            self.select = (unit.blend[needed] > 0).float()
+        self.gains = (
+            torch.ones(len(needed)) if unit.blend is None else unit.blend[needed].sum(dim=1)
+        )
         self.res_in = audio.StreamResampler(sample_rate, unit.sample_rate, channels)
         self.res_out = audio.StreamResampler(unit.sample_rate, sample_rate, len(needed) * channels)
         self.frames_out = 0
 
     def _through(self, est: Tensor) -> np.ndarray:
-        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate."""
+        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate:
+        the unit's own estimate of each needed source (zeros where it has none)."""
         k = len(self.needed)
         if est.shape[-1] == 0:
             return np.zeros((k * self.channels, 0), np.float32)
-        if self.blend is None:
-            sel = est[self.needed]
-        else:
-            sel = torch.matmul(self.blend, est.reshape(est.shape[0], -1))
+        sel = torch.matmul(self.select, est.reshape(est.shape[0], -1))
         out = self.res_out.process(sel.reshape(k * self.channels, -1).numpy())
         self.frames_out += out.shape[-1]
         return out
@@ -241,6 +248,80 @@ class _UnitStream:
         return rest
 
 
+#: STFT of the spectrogram-domain blend modes (at the track's rate).
+SPECTRAL_BLEND_FFT = 2048
+SPECTRAL_BLEND_HOP = 512
+
+
+class _Combiner:
+    """The units' estimates of the needed sources -> one waveform per needed source.
+
+    ``mean`` sources are the weighted sum (the weights of an ensemble sum to one
+    per source); ``max``/``min``/``median`` sources go through
+    :func:`~sepcli.dsp.phase.spectral_blend` in 10-s chunks with one STFT window
+    of context (a streaming overlap-add of its own, so their output lags).
+    """
+
+    def __init__(
+        self, units: list[_UnitStream], modes: list[str], channels: int, sample_rate: int
+    ) -> None:
+        self.units = units
+        self.modes = modes
+        self.channels = channels
+        self.ready = [_Fifo(channels) for _ in modes]
+        self.spectral: dict[int, tuple[list[int], StreamingOverlapAdd]] = {}
+        for k, mode in enumerate(modes):
+            if mode == "mean":
+                continue
+            members = [i for i, u in enumerate(units) if float(u.gains[k]) > 0]
+            width = len(members) * channels
+
+            def fn(batch: Tensor, mode: str = mode, m: int = len(members)) -> Tensor:
+                est = batch.reshape(batch.shape[0], m, channels, batch.shape[-1])
+                out = spectral_blend(est, mode, SPECTRAL_BLEND_FFT, SPECTRAL_BLEND_HOP)
+                return out.repeat(1, m, 1)[:, None]  # the engine keeps the input's width
+
+            engine = StreamingOverlapAdd(
+                fn,
+                channels=width,
+                num_sources=1,
+                segment=int(10 * sample_rate),
+                overlap=0.05,
+                context=SPECTRAL_BLEND_FFT,
+                min_length=SPECTRAL_BLEND_FFT,
+            )
+            self.spectral[k] = (members, engine)
+
+    def push(self, parts: list[np.ndarray]) -> None:
+        """One ``(K * C, n)`` block per unit, all of the same length."""
+        n = parts[0].shape[-1]
+        if n == 0:
+            return
+        per_unit = [p.reshape(len(self.modes), self.channels, n) for p in parts]
+        for k, mode in enumerate(self.modes):
+            if mode == "mean":
+                y = sum(
+                    float(u.gains[k]) * est[k] for u, est in zip(self.units, per_unit, strict=True)
+                )
+                self.ready[k].put(np.asarray(y, dtype=np.float32))
+            else:
+                members, engine = self.spectral[k]
+                stacked = np.concatenate([per_unit[i][k] for i in members], axis=0)
+                self.ready[k].put(engine.push(_as_tensor(stacked))[0, : self.channels].numpy())
+
+    def finish(self) -> None:
+        for k, (_, engine) in self.spectral.items():
+            self.ready[k].put(engine.finish()[0, : self.channels].numpy())
+
+    @property
+    def length(self) -> int:
+        return min(f.length for f in self.ready)
+
+    def take(self, n: int) -> np.ndarray:
+        """``(K, C, n)``."""
+        return np.stack([f.take(n) for f in self.ready])
+
+
 class Separator:
     """Separate audio with a model archive.
 
@@ -252,7 +333,7 @@ class Separator:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
             (:func:`~sepcli.inference.device.resolve_device`). On MPS, a step
             whose complex ops are missing there runs on the CPU
-            (:func:`~sepcli.inference.device.plan_devices`; see ``placement``).
+            (:func:`~sepcli.inference.device.plan_devices`; see ``devices``).
         **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
             ``shifts=``...), applied over ``config``.
 
@@ -275,31 +356,22 @@ class Separator:
         load_on = self.device if self.device.type != "mps" else torch.device("cpu")
         if not isinstance(model, Archive):
             model = load_archive(model, device=load_on)
-        self.placement = plan_devices(self.device, *_stft_needs(model))
+        self.devices = plan_devices(self.device, *_stft_needs(model))
         archive = model
-        if next(archive.module.parameters(), torch.zeros(0)).device != self.placement.model:
-            archive = Archive(
-                archive.module.to(self.placement.model), archive.metadata, archive.path
-            )
-        if self.placement.model.type == "mps" and not _forward_works(archive):
+        if next(archive.module.parameters(), torch.zeros(0)).device != self.devices.model:
+            archive = Archive(archive.module.to(self.devices.model), archive.metadata, archive.path)
+        if self.devices.model.type == "mps" and not _forward_works(archive):
             cpu = torch.device("cpu")
-            self.placement = DevicePlan(cpu, cpu)
+            self.devices = DevicePlan(cpu, cpu)
             archive = Archive(archive.module.to(cpu), archive.metadata, archive.path)
         self.archive = archive
         self.phase = self.config.phase or archive.metadata.phase
         self.units = self._plan_units()
-        #: per unit name, the largest batch known to fit (lowered on out-of-memory
-        #: errors and kept for the next files)
-        self.batch_limits: dict[str, BatchLimit] = {}
+        batch = self.config.batch_size or auto_batch_size(self.devices.model)
+        #: per unit, the largest batch known to fit (lowered on out-of-memory errors)
+        self.batch_limits = [BatchLimit(batch) for _ in self.units]
         #: decode ahead and write behind in threads (on by default when a GPU computes)
-        self.threads = self.placement.model.type != "cpu"
-
-    def batch_limit(self, unit: str) -> BatchLimit:
-        """The batch size of ``unit`` (``--batch-size``, or auto for the device)."""
-        if unit not in self.batch_limits:
-            size = self.config.batch_size or auto_batch_size(self.placement.model)
-            self.batch_limits.setdefault(unit, BatchLimit(size))
-        return self.batch_limits[unit]
+        self.threads = self.devices.model.type != "cpu"
 
     # -- properties -------------------------------------------------------
     @property
@@ -313,6 +385,13 @@ class Separator:
     @property
     def sample_rate(self) -> int:
         return self.archive.metadata.sample_rate
+
+    @property
+    def blend_modes(self) -> tuple[str, ...]:
+        """Per source, how an ensemble combines its members (``mean`` for other models)."""
+        config = self.archive.metadata.config
+        modes = config.get("modes") if self.archive.metadata.family == "ensemble" else None
+        return tuple(modes) if modes else ("mean",) * len(self.sources)
 
     @property
     def recipe(self) -> Recipe:
@@ -403,9 +482,9 @@ class Separator:
             run = module
         n_fft = meta.stft.n_fft if meta.stft else 0
         hop = meta.stft.hop_length if meta.stft else 0
-        out_dev = self.placement.output
+        out_dev = self.devices.output
         window = hann_window(n_fft, out_dev) if meta.stft else None
-        model_dev, precision = self.placement.model, cfg.precision
+        model_dev, precision = self.devices.model, cfg.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             def fn(batch: Tensor) -> Tensor:
@@ -460,7 +539,7 @@ class Separator:
             extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
-        model_dev, precision = self.placement.model, self.config.precision
+        model_dev, precision = self.devices.model, self.config.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             if precision == "fp32" and model_dev.type != "cuda":
@@ -525,7 +604,9 @@ class Separator:
             out_channels = channels if channels <= 2 else model_channels
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
-        generator = torch.Generator(device=self.placement.output).manual_seed(self.config.seed)
+        generator = torch.Generator(device=self.devices.output).manual_seed(self.config.seed)
+        # a subset of an archive's networks shares the archive's batch limit (same name)
+        limits = {u.name: lim for u, lim in zip(self.units, self.batch_limits, strict=True)}
         units = [
             _UnitStream(
                 u,
@@ -534,28 +615,33 @@ class Separator:
                     model_channels,
                     u.num_sources,
                     batch_size=limit.size,
-                    device=self.placement.model,
+                    device=self.devices.model,
                     on_chunk=on_chunk,
                 ),
                 sample_rate,
                 model_channels,
                 needed,
             )
-            for u, limit in ((u, self.batch_limit(u.name)) for u in plan_units)
+            for u in plan_units
+            for limit in (limits[u.name],)
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
+        combiner = _Combiner(
+            units, [self.blend_modes[i] for i in needed], model_channels, sample_rate
+        )
         mix_fifo = _Fifo(out_channels)
         frames_in = 0
         frames_out = 0
+
+        def combine(n: int) -> None:
+            if n > 0:
+                combiner.push([fifo.take(n) for fifo in pending])
 
         def finish_block(n: int) -> dict[str, np.ndarray] | None:
             nonlocal frames_out
             if n == 0:
                 return None
-            summed = pending[0].take(n)
-            for fifo in pending[1:]:
-                summed = summed + fifo.take(n)
-            per_source = summed.reshape(len(needed), model_channels, n)
+            per_source = combiner.take(n)
             src = {
                 idx: audio.convert_channels(per_source[k], out_channels)
                 for k, idx in enumerate(needed)
@@ -586,11 +672,14 @@ class Separator:
             x = audio.convert_channels(block, model_channels)
             for unit, fifo in zip(units, pending, strict=True):
                 fifo.put(unit.push(x))
-            done = finish_block(min(f.length for f in pending))
+            combine(min(f.length for f in pending))
+            done = finish_block(combiner.length)
             if done:
                 yield done
         for unit, fifo in zip(units, pending, strict=True):
             fifo.put(unit.finish(frames_in))
+        combine(min(f.length for f in pending))
+        combiner.finish()
         done = finish_block(frames_in - frames_out)
         if done:
             yield done
@@ -646,22 +735,30 @@ class Separator:
         outputs: Mapping[str, str | os.PathLike[str]],
         *,
         format: str | None = None,
-        bit_depth: int = 16,
+        bit_depth: int | None = 16,
         clip: str = "rescale",
         out_channels: int | None = None,
         on_progress: ProgressFn | None = None,
+        allow_truncated: bool = False,
+        mp3_bitrate: int | None = None,
+        mp3_vbr: int | None = None,
     ) -> FileResult:
         """Separate one file and write each stem to ``outputs[stem]``.
 
         Outputs are written to temporary files and renamed only when every stem
         is complete; on any error (or Ctrl-C) no output file is left behind and
-        existing files are untouched.
+        existing files are untouched. ``bit_depth=None`` follows the input
+        (24-bit in, 24-bit out; 16 for lossy input). With ``allow_truncated`` an
+        input cut short is separated as far as it decodes, and
+        ``result.extra["missing_seconds"]`` says how much was missing.
+        ``mp3_bitrate`` (constant, kb/s) or ``mp3_vbr`` (LAME ``-V`` 0-9) set
+        the MP3 encoder.
         """
         path = Path(path)
         started = time.perf_counter()
         stems = list(outputs)
         self.stems(stems)  # unknown stems fail before decoding
-        with audio.open_audio(path) as reader:
+        with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
             info = reader.info
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
             total_chunks = self.count_chunks(info.frames, info.sample_rate) if info.frames else 0
@@ -694,8 +791,12 @@ class Separator:
                         info.sample_rate,
                         oc,
                         format=format,
-                        bit_depth=bit_depth,
+                        bit_depth=audio.output_bit_depth(
+                            bit_depth, info.bit_depth, audio.output_format(outputs[stem], format)
+                        ),
                         clip=clip,
+                        mp3_bitrate=mp3_bitrate,
+                        mp3_vbr=mp3_vbr,
                     )
                 for out in self.stream(
                     prefetch if prefetch is not None else blocks,
@@ -728,6 +829,9 @@ class Separator:
             finally:
                 if prefetch is not None:
                     prefetch.close()  # before the reader closes
+        extra: dict[str, float] = {}
+        if reader.missing_frames:
+            extra["missing_seconds"] = reader.missing_frames / info.sample_rate
         return FileResult(
             input=path,
             outputs=written,
@@ -735,4 +839,5 @@ class Separator:
             seconds=time.perf_counter() - started,
             sample_rate=info.sample_rate,
             channels=oc,
+            extra=extra,
         )

@@ -3,8 +3,9 @@
 A model outputs its ``sources``; users may also ask for stems the model does not
 output directly:
 
-* ``accompaniment``: the sum of drums, bass and other when the model outputs all
-  three (as Demucs' ``--two-stems`` does), otherwise ``mixture - vocals``;
+* ``accompaniment``: the sum of every source but vocals when the model outputs
+  drums, bass, other and vocals (also guitar and piano for a six-source model,
+  as Demucs' ``--two-stems`` does), otherwise ``mixture - vocals``;
 * ``no_<source>``: the sum of every other source when the model's sources make up
   the whole mixture (it outputs drums, bass, other and vocals), otherwise
   ``mixture - <source>``.
@@ -40,12 +41,9 @@ def _recipe(name: str, sources: Sequence[str], accompaniment: str = "auto") -> S
         return StemRecipe(name, "source", (sources.index(name),))
     complete = all(s in sources for s in _FOUR)
     if name == "accompaniment" and "vocals" in sources:
-        if accompaniment != "mixture-minus-vocals" and all(
-            s in sources for s in ("drums", "bass", "other")
-        ):
-            return StemRecipe(
-                name, "sum", tuple(sources.index(s) for s in ("drums", "bass", "other"))
-            )
+        if accompaniment != "mixture-minus-vocals" and complete:
+            # every source but vocals: guitar and piano too for htdemucs_6s (Demucs --two-stems)
+            return StemRecipe(name, "sum", tuple(i for i, s in enumerate(sources) if s != "vocals"))
         return StemRecipe(name, "mix_minus", (sources.index("vocals"),))
     if name.startswith("no_") and name[3:] in sources:
         target = name[3:]

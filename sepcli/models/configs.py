@@ -23,6 +23,7 @@ __all__ = [
     "WaveformConfig",
     "EnsembleMember",
     "EnsembleConfig",
+    "BLEND_MODES",
     "config_from_dict",
     "reference_config",
     "reference_ensemble",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 FOUR_STEMS = ("vocals", "drums", "bass", "other")
+#: How an ensemble combines its members for a stem (:class:`EnsembleConfig`).
+BLEND_MODES = ("mean", "max", "min", "median")
 
 
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
@@ -327,6 +330,11 @@ class EnsembleConfig(_Config):
     Attributes:
         sources: output stems, in order.
         members: the members.
+        modes: per stem, how members are combined (:data:`BLEND_MODES`): ``mean``
+            (the weighted mean of waveforms) or, in the spectrogram domain, per
+            time-frequency bin the member whose magnitude is the ``max``, ``min``
+            or ``median`` (UVR's "Max Spec" / "Min Spec"; weights then only say
+            which members take part). Empty = ``mean`` for every stem.
         weights: ``len(sources)`` rows of ``len(members)`` non-negative weights;
             a member that does not output a stem must have weight 0 for it.
     """
@@ -335,6 +343,7 @@ class EnsembleConfig(_Config):
     sources: tuple[str, ...] = FOUR_STEMS
     members: tuple[EnsembleMember, ...] = ()
     weights: tuple[tuple[float, ...], ...] = ()
+    modes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         members = tuple(
@@ -346,7 +355,12 @@ class EnsembleConfig(_Config):
         object.__setattr__(
             self, "weights", tuple(tuple(float(w) for w in row) for row in self.weights)
         )
+        object.__setattr__(self, "modes", tuple(self.modes) or ("mean",) * len(self.sources))
         p = self._check_common()
+        if len(self.modes) != len(self.sources) or set(self.modes) - set(BLEND_MODES):
+            p.append(
+                f"modes must be one of {', '.join(BLEND_MODES)} per stem, got {list(self.modes)}"
+            )
         if not members:
             p.append("an ensemble needs at least one member")
         cfgs = [m.member_config() for m in members]
@@ -387,6 +401,8 @@ class EnsembleConfig(_Config):
             "sources": list(self.sources),
             "members": [m.to_dict() for m in self.members],
             "weights": [list(r) for r in self.weights],
+            # only when used, so that the configs of mean-only blends stay as they were
+            **({"modes": list(self.modes)} if set(self.modes) != {"mean"} else {}),
         }
 
 

@@ -33,7 +33,6 @@ with a message that says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -51,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from sepcli.errors import ArchiveError, UsageError
+from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata, save_archive
 from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
 
@@ -182,14 +182,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _refusal(path: Path, exc: BaseException) -> ArchiveError:
     """A one-line error for a file the restricted unpickler would not read."""
     text = str(exc)
@@ -275,7 +267,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> DemucsCheckpoint:
             raise ArchiveError(f"{path}: {key!r} given both in 'args' and in 'kwargs'")
         merged[str(key)] = value
     return DemucsCheckpoint(
-        path, name, merged, {str(k): v for k, v in state.items()}, _sha256(path)
+        path, name, merged, {str(k): v for k, v in state.items()}, sha256_file(path)
     )
 
 
@@ -403,7 +395,7 @@ def _member_file(folder: Path, sig: str, where: Path) -> Path:
     if len(found) > 1:
         raise UsageError(f"{where}: several files for member {sig!r}: {[f.name for f, _ in found]}")
     file, checksum = found[0]
-    if checksum is not None and not _sha256(file).startswith(checksum.lower()):
+    if checksum is not None and not sha256_file(file).startswith(checksum.lower()):
         raise ArchiveError(f"{file}: SHA-256 does not start with {checksum} (corrupt download?)")
     return file
 

@@ -158,6 +158,7 @@ class Ensemble(nn.Module):
         sources: Sequence[str],
         weights: Sequence[Sequence[float]],
         wiener_iterations: Sequence[int] | None = None,
+        modes: Sequence[str] = (),
     ) -> Ensemble:
         """An ensemble of loaded family archives (their modules are reused as is).
 
@@ -166,12 +167,15 @@ class Ensemble(nn.Module):
             sources: output stems.
             weights: ``len(sources)`` rows of ``len(archives)`` weights.
             wiener_iterations: per member (spectrogram members only); default 0.
+            modes: per source, the blend mode (:class:`EnsembleConfig`); default ``mean``.
         """
         iters = list(wiener_iterations) if wiener_iterations is not None else [0] * len(archives)
         if len(iters) != len(archives):
             raise UsageError("one wiener_iterations value per member is needed")
         specs = [cls.member_spec(a, n) for a, n in zip(archives, iters, strict=True)]
-        config = EnsembleConfig(tuple(sources), tuple(specs), tuple(tuple(r) for r in weights))
+        config = EnsembleConfig(
+            tuple(sources), tuple(specs), tuple(tuple(r) for r in weights), tuple(modes)
+        )
         members = []
         for archive, spec, blend in zip(archives, specs, cls.blend_matrices(config), strict=True):
             meta = archive.metadata

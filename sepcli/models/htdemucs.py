@@ -535,6 +535,7 @@ class _AttentionLayer(nn.Module):
         self.norm_first = cfg.t_norm_first
         self.gelu = cfg.t_gelu
         attention = nn.MultiheadAttention(dim, heads, dropout=cfg.t_dropout, batch_first=True)
+        self.attn_dropout = float(cfg.t_dropout)
         if cross:
             self.cross_attn = attention
         else:
@@ -558,10 +559,34 @@ class _AttentionLayer(nn.Module):
             self.gamma_2 = _LayerScale(dim, 1e-4, True)
 
     def _attend(self, q: Tensor, kv: Tensor) -> Tensor:
+        """Multi-head attention of ``q (B, N, D)`` over ``kv (B, M, D)`` -> ``(B, N, D)``.
+
+        The arithmetic of ``nn.MultiheadAttention`` (packed input projection, scaled
+        dot product, output projection), written out so that cross-attention also
+        runs through ``F.scaled_dot_product_attention``: on CPU its fused kernel
+        is several times faster than the module's explicit path, which
+        ``nn.MultiheadAttention`` takes whenever queries and keys differ.
+        """
         if self.cross:
-            out = self.cross_attn(q, kv, kv, need_weights=False)[0]
+            weight, bias = self.cross_attn.in_proj_weight, self.cross_attn.in_proj_bias
+            out_proj, heads = self.cross_attn.out_proj, self.cross_attn.num_heads
         else:
-            out = self.self_attn(q, q, q, need_weights=False)[0]
+            weight, bias = self.self_attn.in_proj_weight, self.self_attn.in_proj_bias
+            out_proj, heads = self.self_attn.out_proj, self.self_attn.num_heads
+            kv = q
+        b, n, d = q.shape
+        m = kv.shape[1]
+        if self.cross:
+            query = F.linear(q, weight[:d], bias[:d])
+            key, value = F.linear(kv, weight[d:], bias[d:]).chunk(2, dim=-1)
+        else:
+            query, key, value = F.linear(q, weight, bias).chunk(3, dim=-1)
+        query = query.reshape(b, n, heads, d // heads).transpose(1, 2)
+        key = key.reshape(b, m, heads, d // heads).transpose(1, 2)
+        value = value.reshape(b, m, heads, d // heads).transpose(1, 2)
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=p)
+        out = F.linear(out.transpose(1, 2).reshape(b, n, d), out_proj.weight, out_proj.bias)
         return self.dropout1(out)
 
     def _feed_forward(self, x: Tensor) -> Tensor:
