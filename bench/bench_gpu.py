@@ -77,7 +77,7 @@ def largest_family() -> str:
 
 def run_once(sep: Separator, seconds: float) -> tuple[float, float]:
     """``(x real time, peak GPU GiB)`` of separating ``seconds`` of song (NaN GiB off CUDA)."""
-    cuda = sep.plan.model.type == "cuda"
+    cuda = sep.devices.model.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

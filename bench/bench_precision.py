@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--precision", nargs="+", default=["bf16"])
+    ap.add_argument("--precision", nargs="*", default=["bf16"], help="none: threads only")
     ap.add_argument("--threads-check", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_precision_"))
@@ -64,7 +64,7 @@ def main() -> int:
           f"{args.seconds:g}-s song, best of {args.repeats}\n")  # fmt: skip
     print("| model | precision | min SNR vs fp32 (dB) | x real time | fp32 x real time |")
     print("|---|---|---:|---:|---:|")
-    for name, path in models.items():
+    for name, path in models.items() if args.precision else ():
         ref, _ = separate(path, args.device, "fp32", mix[:, : RATE * 2])  # warm-up
         for precision in args.precision:
             t32, th = [], []

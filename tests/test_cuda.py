@@ -75,7 +75,53 @@ _TFC = TFCTDFConfig(
     segment_frames=32, sources=("vocals", "drums"),
 )  # fmt: skip
 _WAVE = WaveformConfig(channels=4, depth=2, lstm_layers=1, segment=1.0, sources=("drums", "vocals"))
-#: tiny random configs; a family not listed here runs at its reference size
+_BANDS = (2,) * 8 + (4,) * 4 + (8,) * 2 + (17,)  # 65 bins of a 128-point STFT
+
+
+def _tiny_other_families() -> dict:
+    """Tiny configs of the families added after umx/tfc-tdf/waveform (chunks of ~0.75 s:
+    the mdxc recipe runs one chunk per call, so shorter ones only cost time)."""
+    from sepcli.models.bs_roformer import BSRoformerConfig
+    from sepcli.models.htdemucs import HTDemucsConfig
+    from sepcli.models.mdx23c import MDX23CConfig
+    from sepcli.models.mel_roformer import MelRoformerConfig
+
+    two = ("vocals", "other")
+    return {
+        "htdemucs": HTDemucsConfig(
+            sources=("vocals", "drums"), channels=8, dconv_comp=4, depth=2, n_fft=256,
+            t_layers=2, t_heads=2, bottom_channels=0, segment_samples=22050,
+        ),
+        "bs-roformer": BSRoformerConfig(
+            sources=two, dim=32, depth=2, freq_transformer_depth=2, freqs_per_bands=_BANDS,
+            dim_head=16, heads=2, stft_n_fft=128, stft_hop_length=32, stft_win_length=128,
+            dim_t=1024, num_overlap=2,
+        ),
+        "mel-roformer": MelRoformerConfig(
+            sources=two, dim=32, depth=2, num_bands=12, dim_head=16, heads=2, stft_n_fft=256,
+            stft_hop_length=64, stft_win_length=256, mask_estimator_depth=2, dim_t=512,
+            num_overlap=2,
+        ),
+        "mdx23c": MDX23CConfig(
+            sources=two, n_fft=256, hop_length=64, dim_f=128, dim_t=512, num_overlap=2,
+            num_subbands=2, num_scales=2, num_blocks_per_scale=2, num_channels=8, growth=4,
+            bottleneck_factor=2, norm="InstanceNorm", act="gelu",
+        ),
+    }  # fmt: skip
+
+
+def _tiny_config(name: str):
+    """A tiny random config of family ``name``; one not known here runs at its reference size."""
+    if name in TINY:
+        return TINY[name]
+    try:
+        others = _tiny_other_families()
+    except ImportError:  # a family module this checkout does not have
+        others = {}
+    return others.get(name) or reference_config(name)
+
+
+#: tiny random configs of the first families (see also :func:`_tiny_config`)
 TINY = {
     "umx": _UMX,
     "tfc-tdf": _TFC,
@@ -112,7 +158,7 @@ def family_archives(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for name in FAMILIES:
         torch.manual_seed(0)
-        cfg = TINY.get(name) or reference_config(name)
+        cfg = _tiny_config(name)
         model = build_model(name, cfg).eval()
         paths[name] = export_archive(model, folder / f"{name}.sepcli", name=f"tiny-{name}")
     return paths

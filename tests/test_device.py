@@ -36,6 +36,17 @@ MPS = torch.device("mps")
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
+@pytest.fixture(autouse=True)
+def _keep_log_level():
+    """The CLI's ``-q`` sets the root and ``sepcli`` loggers' levels to ERROR; later
+    tests read warnings."""
+    loggers = [logging.getLogger(), logging.getLogger("sepcli")]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
+
+
 @pytest.fixture
 def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -41,6 +41,7 @@ __all__ = [
     "BatchLimit",
     "autocast",
     "is_oom",
+    "host_to_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,15 @@ def plan_devices(
         log.warning("the inverse STFT does not run on %s; the phase step runs on the CPU", device)
         output = cpu
     return DevicePlan(model, output)
+
+
+def host_to_device(batch: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU batch to ``device``; on CUDA through pinned (page-locked) memory
+    with a non-blocking copy, so the copy is queued behind the GPU's work instead
+    of stalling it. On the CPU the batch itself is returned."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 # -- batch size and out-of-memory ---------------------------------------------

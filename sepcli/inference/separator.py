@@ -33,6 +33,7 @@ from sepcli.inference.chunking import StreamingOverlapAdd
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.device import (
     BatchLimit,
+    DevicePlan,
     OomSafeFn,
     auto_batch_size,
     autocast,
@@ -42,7 +43,13 @@ from sepcli.inference.device import (
 from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
-from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
+from sepcli.models.archive import (
+    Archive,
+    ArchiveMetadata,
+    StftParams,
+    load_archive,
+    probe_archive,
+)
 
 __all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
@@ -58,12 +65,27 @@ ProgressFn = Callable[[int, int], None]
 
 
 def _stft_needs(archive: Archive) -> tuple[bool, bool]:
-    """``(network computes an STFT, output step outside the network)`` of an archive."""
+    """``(network computes an STFT, output step outside the network)`` of an archive.
+
+    Hybrid and band-split families (HT-Demucs, RoFormers, MDX23C) give waveforms
+    but take an STFT inside: their metadata has ``stft`` (members: ``n_fft``).
+    """
     meta = archive.metadata
     if meta.family == "ensemble" and hasattr(archive.module, "members"):
-        kinds = [int(m.kind) for m in archive.module.members.children()]
-        return any(k != 0 for k in kinds), False
-    return meta.output != "waveform", meta.output != "waveform"
+        members = list(archive.module.members.children())
+        return any(int(m.kind) != 0 or int(getattr(m, "n_fft", 0)) > 0 for m in members), False
+    return meta.stft is not None or meta.output != "waveform", meta.output != "waveform"
+
+
+def _forward_works(archive: Archive) -> bool:
+    """The network runs once on a short silent input on its device (MPS lacks some ops)."""
+    try:
+        probe_archive(archive)
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        log.warning("%s does not run on MPS with this torch (%s); it runs on the CPU",
+                    archive.metadata.name, str(e).strip().splitlines()[0] if str(e) else e)  # fmt: skip
+        return False
+    return True
 
 
 def _as_tensor(array: np.ndarray) -> Tensor:
@@ -311,7 +333,7 @@ class Separator:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
             (:func:`~sepcli.inference.device.resolve_device`). On MPS, a step
             whose complex ops are missing there runs on the CPU
-            (:func:`~sepcli.inference.device.plan_devices`; see ``plan``).
+            (:func:`~sepcli.inference.device.plan_devices`; see ``devices``).
         **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
             ``shifts=``...), applied over ``config``.
 
@@ -338,6 +360,10 @@ class Separator:
         archive = model
         if next(archive.module.parameters(), torch.zeros(0)).device != self.devices.model:
             archive = Archive(archive.module.to(self.devices.model), archive.metadata, archive.path)
+        if self.devices.model.type == "mps" and not _forward_works(archive):
+            cpu = torch.device("cpu")
+            self.devices = DevicePlan(cpu, cpu)
+            archive = Archive(archive.module.to(cpu), archive.metadata, archive.path)
         self.archive = archive
         self.phase = self.config.phase or archive.metadata.phase
         self.units = self._plan_units()
