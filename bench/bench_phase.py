@@ -106,7 +106,9 @@ def model_track(archive, stems: torch.Tensor, rows: list[Row], segment: float | 
     mix = stems.sum(0)
     refs = torch.stack([stems[3], stems[:3].sum(0)])
     for row, (_, method, options) in zip(rows, METHODS, strict=True):
-        sep = Separator(archive, device="cpu", phase=method, seed=0, segment_seconds=segment, **options)
+        sep = Separator(
+            archive, device="cpu", phase=method, seed=0, segment_seconds=segment, **options
+        )
         start = time.perf_counter()
         out = sep.separate(mix, 44100, stems=["vocals", "accompaniment"])
         row.track_seconds.append(time.perf_counter() - start)

@@ -39,7 +39,7 @@ Needs the test-only reference (tests/audio_separator_reference.py).
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import statistics
 import subprocess
 import sys
@@ -53,13 +53,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 MODEL_TYPE = {"bs-roformer": "bs_roformer", "mel-roformer": "mel_band_roformer", "mdx23c": "mdx23c"}
 
 PEER_SONG = r"""
-import json, logging, sys, time
+import logging, sys, time
 sys.path.insert(0, sys.argv[5])
 import numpy as np, soundfile as sf, torch
 torch.set_num_threads(int(sys.argv[4]))
 from ml_collections import ConfigDict
 from audio_separator_reference import reference_model, reference_module
-cfg = json.loads(open(sys.argv[1]).read())
+from sepcli.models.msst_import import read_msst_yaml
+cfg = read_msst_yaml(sys.argv[1])
 model_type = sys.argv[6]
 ref = reference_model(model_type, cfg)
 ref.load_state_dict(torch.load(sys.argv[2], weights_only=True))
@@ -90,7 +91,7 @@ print(time.perf_counter() - t0)
 """
 
 
-def _setup(family: str, tmp: Path) -> tuple[dict, Path, Path, Path]:
+def _setup(family: str, tmp: Path, dim_t: int | None = None) -> tuple[dict, Path, Path, Path]:
     """Random published-size checkpoint, its YAML, and the imported archive."""
     import torch
     from audio_separator_reference import PUBLISHED_YAMLS, reference_model, write_msst_yaml
@@ -99,6 +100,8 @@ def _setup(family: str, tmp: Path) -> tuple[dict, Path, Path, Path]:
 
     model_type = MODEL_TYPE[family]
     cfg = read_msst_yaml(PUBLISHED_YAMLS[model_type])
+    if dim_t is not None:
+        cfg["inference"]["dim_t"] = dim_t
     ref = reference_model(model_type, cfg)
     ckpt = tmp / "model.ckpt"
     torch.save(ref.state_dict(), ckpt)
@@ -114,7 +117,7 @@ def _snr(ref, est) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
-def bench_chunk(family: str, threads: int, rounds: int) -> None:
+def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> None:
     import torch
     from audio_separator_reference import reference_model
 
@@ -126,14 +129,14 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
     model_type = MODEL_TYPE[family]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg, ckpt, yaml_path, archive_path = _setup(family, tmp)
+        cfg, ckpt, yaml_path, archive_path = _setup(family, tmp, dim_t)
         ours, _ = import_msst(yaml_path, ckpt)
         scripted = load_archive(archive_path).module
         ref = reference_model(model_type, cfg)
         ref.load_state_dict(torch.load(ckpt, weights_only=True))
         variants = {"reference": ref, "ours": ours, "ours-script": scripted}
         if model_type != "mdx23c":
-            einsum_cfg = json.loads(json.dumps(cfg, default=list))
+            einsum_cfg = copy.deepcopy(cfg)
             einsum_cfg["model"]["flash_attn"] = False
             slow = reference_model(model_type, einsum_cfg)
             slow.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -154,6 +157,27 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     outs["ours-bf16"] = ours(chunk).float()
                 times["ours-bf16"].append(time.perf_counter() - start)
+        if model_type != "mdx23c":
+            # where the time goes: the per-band projections in and out of the transformers
+            frames = plan.chunk // ours.hop_length + 1
+            band_in = sum(net[1].in_features for net in ours.band_split.to_features)
+            tokens = torch.randn(1, frames, band_in)
+            feats = torch.randn(1, frames, len(ours.band_split.to_features), ours.config.dim)
+            with torch.no_grad():
+                start = time.perf_counter()
+                ours.band_split(tokens)
+                split = time.perf_counter() - start
+                start = time.perf_counter()
+                for est in ours.mask_estimators:
+                    est(feats)
+                masks = time.perf_counter() - start
+            total = statistics.median(times["ours"])
+            share = (
+                f"  per chunk: band split {split:.2f} s + mask estimators {masks:.2f} s = "
+                f"{100 * (split + masks) / total:.0f}% of the eager forward ({total:.2f} s)"
+            )
+        else:
+            share = ""
         expected = outs["reference"]
         if expected.dim() == 3:
             expected = expected.unsqueeze(1)
@@ -164,6 +188,8 @@ def bench_chunk(family: str, threads: int, rounds: int) -> None:
             f"({plan.chunk / rate:.2f} s), num_overlap {plan.num_overlap}, {chunks} chunks "
             f"for 3 min; {threads} threads, {rounds} rounds (medians; first round included)"
         )
+        if share:
+            print(share)
         base = statistics.median(times["reference"])
         for name, ts in times.items():
             t = statistics.median(ts)
@@ -197,15 +223,14 @@ def _real_song(seconds: int, path: Path) -> None:
 def bench_song(family: str, threads: int, rounds: int, seconds: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg, ckpt, _, archive = _setup(family, tmp)
-        (tmp / "cfg.json").write_text(json.dumps(cfg, default=list))
+        cfg, ckpt, yaml_path, archive = _setup(family, tmp)
         song = tmp / "song.wav"
         _real_song(seconds, song)
         sepcli = str(Path(sys.executable).with_name("sepcli"))
         ours_cmd = [sepcli, "separate", str(song), "-m", str(archive), "-o", str(tmp / "out"),
                     "--threads", str(threads), "--bit-depth", "32", "--clip", "none",
                     "--force", "--quiet"]  # fmt: skip
-        peer_cmd = [sys.executable, "-c", PEER_SONG, str(tmp / "cfg.json"), str(ckpt), str(song),
+        peer_cmd = [sys.executable, "-c", PEER_SONG, str(yaml_path), str(ckpt), str(song),
                     str(threads), str(ROOT / "tests"), MODEL_TYPE[family]]  # fmt: skip
         times: dict[str, list[float]] = {"ours": [], "peer": []}
         for _ in range(rounds):
@@ -230,9 +255,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=180)
+    parser.add_argument(
+        "--dim-t", type=int, default=None, help="chunk frames (default: the published dim_t)"
+    )
     args = parser.parse_args()
     if args.mode == "chunk":
-        bench_chunk(args.family, args.threads, args.rounds)
+        bench_chunk(args.family, args.threads, args.rounds, args.dim_t)
     else:
         bench_song(args.family, args.threads, args.rounds, args.seconds)
 

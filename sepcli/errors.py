@@ -11,6 +11,7 @@ import errno
 __all__ = [
     "SepcliError",
     "UsageError",
+    "DeviceError",
     "ConfigError",
     "AudioError",
     "AudioDecodeError",
@@ -36,6 +37,12 @@ class SepcliError(Exception):
 
 class UsageError(SepcliError):
     """An option or argument value that cannot work (unknown stem, bad shard...)."""
+
+
+class DeviceError(UsageError):
+    """A device that this machine does not have (``--device cuda`` without CUDA,
+    ``mps`` off Apple silicon), an unknown device name, or a model that does not
+    fit the device's memory even one chunk at a time."""
 
 
 class ConfigError(SepcliError, ValueError):

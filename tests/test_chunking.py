@@ -60,11 +60,16 @@ def test_blend_window_is_positive_and_flat_without_overlap():
 @pytest.mark.parametrize("length", [1, 17, 255, 256, 257, 1001, 4099])
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
 @pytest.mark.parametrize("offsets", [(0,), (0, 37, 200)])
-def test_streaming_identity_is_exact(length, overlap, offsets):
+def test_streaming_identity_returns_the_input(length, overlap, offsets):
+    """Bit for bit when chunks do not overlap; otherwise sum(w x) / sum(w) rounds, to
+    at most 2.5 float32 epsilons relative (measured), never more than 4."""
     x = torch.randn(2, length, generator=torch.Generator().manual_seed(length))
     y = _run_stream(_identity, x, 256, overlap, context=11, offsets=offsets)
     assert y.shape == (1, 2, length)
-    assert torch.allclose(y[0], x, atol=1e-5)
+    if overlap == 0.0 and offsets == (0,):
+        assert torch.equal(y[0], x)
+    else:
+        torch.testing.assert_close(y[0], x, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
 
 
 @pytest.mark.parametrize("block", [1, 50, 256, 10_000])

@@ -88,7 +88,7 @@ def test_another_models_stems_are_named_as_such(tmp_path, tiny_wave_archive, ide
     assert run(*args, "-m", str(tiny_wave_archive)).exit_code == 0
     record = json.loads((out / "song" / PROVENANCE_FILE).read_text())["outputs"]["vocals.wav"]
     assert record["model"] == "tiny-wave" and len(record["archive_sha256"]) == 64
-    assert record["input"] == str(src) and record["settings"]["format"] == "wav"
+    assert record["input"] == str(src.resolve()) and record["settings"]["format"] == "wav"
 
     again = run(*args, "-m", str(tiny_wave_archive))  # same model: done, said briefly
     assert "0 separated, 1 skipped (1 file(s) done earlier with this model" in again.output
@@ -104,6 +104,14 @@ def test_another_models_stems_are_named_as_such(tmp_path, tiny_wave_archive, ide
     shifted = run(*args, "-m", str(tiny_wave_archive), "--shifts", "1")
     assert "settings differ: shifts 0 -> 1" in shifted.output.replace("\n", "")
 
+    # a setting added by a newer sepcli (absent from the record) is no difference
+    provenance = out / "song" / PROVENANCE_FILE
+    data = json.loads(provenance.read_text())
+    del data["outputs"]["vocals.wav"]["settings"]["seed"]
+    provenance.write_text(json.dumps(data))
+    again = run(*args, "-m", str(tiny_wave_archive))
+    assert "1 file(s) done earlier with this model and settings" in again.output
+
 
 # ---------------------------------------------------------------- item 3: SIGTERM, leftovers
 
@@ -117,7 +125,10 @@ def _wait_for_temp(out: Path, proc: subprocess.Popen, seconds: float = 60) -> No
     pytest.fail("no temp file appeared while the separation ran")
 
 
-def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path, tiny_wave_archive):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_exit_128_plus_n_and_leave_no_temp_file(
+    tmp_path, tiny_wave_archive, sig, code
+):
     src = write_wav(tmp_path / "long.wav", make_tone(60.0))
     out = tmp_path / "o"
     proc = subprocess.Popen(
@@ -126,9 +137,9 @@ def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path, tiny_wave_archive):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     _wait_for_temp(out, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "terminated" in stderr
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
@@ -256,7 +267,7 @@ def _documented_exit_codes() -> dict[int, str]:
 
 def test_one_exit_code_table_referenced_from_the_other_docs():
     codes = _documented_exit_codes()
-    assert set(codes) == {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}
+    assert set(codes) == {0, 1, 2, 3, 4, 5, 6, 7, 129, 130, 143}
     for doc in ("audio-formats.md", "evaluation.md"):
         assert "usage.md#exit-status" in (DOCS / doc).read_text(), doc
     from sepcli.errors import EXIT_CODES
@@ -358,6 +369,9 @@ def test_models_list_and_info_show_the_defaults_sources_and_licence():
     assert "non-commercial" in default["licence"]
     info = run("models", "info", "default")
     assert "vocals" in info.output and "non-commercial" in info.output
+    table = run("models", "list").output.splitlines()  # one line each at 80 columns
+    row = next(line for line in table if line.split("│")[0].strip() == "default")
+    assert "vocals" in row and "research only" in row
 
 
 def test_unknown_stems_name_the_models_that_have_them(tmp_path):
@@ -438,3 +452,59 @@ def test_concurrent_runs_on_one_folder_write_each_file_once(tmp_path, tiny_wave_
         "accompaniment.wav",
         "vocals.wav",
     ]
+
+
+def test_too_little_free_space_is_said_up_front(tmp_path, tiny_wave_archive, monkeypatch):
+    import shutil as shutil_module
+
+    import sepcli.cli.outputs as outputs
+
+    # 2 stems x 2 s stereo staged as f32 (1.41 MB) + one float WAV stem (0.71 MB)
+    src = write_wav(tmp_path / "song.wav", make_tone(2.0))
+    real = shutil_module.disk_usage
+
+    def tiny(path):
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 1_000_000, 1_000_000)
+
+    monkeypatch.setattr(outputs.shutil, "disk_usage", tiny)
+    out = tmp_path / "o"
+    r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive))
+    assert r.exit_code == 1
+    text = r.output.replace("\n", " ")
+    assert r.output.count("error:") == 1 and "needs at least 2.1 MB free" in text, r.output
+    assert "only 1.0 MB free" in text
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped where it cannot be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_real_full_disk(tmp_path, tiny_wave_archive, tiny_disk, monkeypatch):
+    src = write_wav(tmp_path / "song.wav", make_tone(3.0), subtype="PCM_16")  # 0.5 MB
+    args = ["separate", str(src), "-o", str(tiny_disk), "-m", str(tiny_wave_archive)]
+    r = run(*args)  # refused up front: 2 stems x 3 s staged as float need 2.1 MB
+    assert r.exit_code == 1 and "needs at least" in r.output and "only 1.0 MB free" in r.output
+    assert list(tiny_disk.rglob("*")) == []
+
+    import sepcli.cli.outputs as outputs
+
+    monkeypatch.setattr(outputs, "check_free_space", lambda *a, **k: None)
+    r = run(*args)  # without the check, the writer meets ENOSPC itself
+    assert r.exit_code == 1 and r.output.count("error:") == 1 and "disk full" in r.output
+    assert list(tiny_disk.rglob("*")) == []  # no temp file, no partial stem, no empty folder

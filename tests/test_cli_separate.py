@@ -42,7 +42,8 @@ def error_lines(result) -> list[str]:
 
 
 def test_separates_a_file(tmp_path, tiny_wave_archive):
-    src = write_wav(tmp_path / "My Song.wav", make_tone(1.0))
+    # 16-bit in, 16-bit out (--bit-depth auto follows the input: tests/test_cli_encoding.py)
+    src = write_wav(tmp_path / "My Song.wav", make_tone(1.0), subtype="PCM_16")
     out = tmp_path / "stems"
     r = run(
         "separate",

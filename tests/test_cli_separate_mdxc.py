@@ -103,6 +103,7 @@ def _check(tmp_path, model_type, song, mix, dim_t=None, num_overlap=None) -> dic
     for ours, theirs in pairs.items():
         assert got[ours].shape == expected[theirs].shape == mix.shape
         scores[ours] = snr_db(expected[theirs], got[ours])
+    print(f"{model_type}: {mix.shape[-1] / 44100:.1f} s, SNR vs audio-separator {scores}")
     return scores
 
 
@@ -136,6 +137,7 @@ def _real_song(shared_data: Path, seconds: int) -> np.ndarray:
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 87 chunks of 8 s through both pipelines: minutes on 2 busy CPUs
 def test_bs_roformer_separate_equals_audio_separator_on_a_real_3_minute_song(tmp_path, shared_data):
     # the published chunking: 801 frames (8 s), 4 chunks over each sample
     mix = _real_song(shared_data, 180)
@@ -147,6 +149,7 @@ def test_bs_roformer_separate_equals_audio_separator_on_a_real_3_minute_song(tmp
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_mdx23c_separate_equals_audio_separator_on_real_music(tmp_path, shared_data):
     # 30 s: the tiny U-Net still costs ~0.5 s per chunk on 2 CPUs; 64-frame chunks, 2 per sample
     mix = _real_song(shared_data, 30)

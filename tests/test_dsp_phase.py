@@ -9,7 +9,7 @@ import torch
 
 from sepcli.dsp.phase import PHASE_METHODS, reconstruct
 from sepcli.dsp.stft import istft, stft
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 N_FFT, HOP = 512, 128
 LENGTH = 6000
@@ -115,15 +115,15 @@ def test_random_init_follows_the_generator():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_bad_options_are_usage_errors():
+def test_bad_options_are_config_errors():
     src = sources()
-    with pytest.raises(UsageError, match="unknown phase method 'istft'"):
+    with pytest.raises(ConfigError, match="unknown phase method 'istft'"):
         run("istft", src)
-    with pytest.raises(UsageError, match="Griffin-Lim init"):
+    with pytest.raises(ConfigError, match="Griffin-Lim init"):
         run("griffin-lim", src, gl_init="zeros")
-    with pytest.raises(UsageError, match="iterations"):
+    with pytest.raises(ConfigError, match="iterations"):
         run("wiener", src, wiener_iters=-1)
-    with pytest.raises(UsageError, match="iterations"):
+    with pytest.raises(ConfigError, match="iterations"):
         run("misi", src, gl_iters=-1)
 
 

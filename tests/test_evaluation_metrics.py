@@ -58,7 +58,7 @@ def _ours(
     return np.stack([s.numpy() for s in scores])
 
 
-def _assert_close(ours: np.ndarray, theirs: np.ndarray, tol: float = 0.01) -> None:
+def _assert_close(ours: np.ndarray, theirs: np.ndarray, tol: float = 1e-6) -> None:
     assert ours.shape == theirs.shape
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
     finite = np.isfinite(theirs)
@@ -248,9 +248,15 @@ def test_real_stems_equal_museval(shared_data: Path) -> None:
     theirs = _museval(refs, ests, 44100, 44100)
     ours = _ours(refs, ests, 44100, 44100)
     # museval solves an ill-conditioned system on band-limited (AAC) stems: its own
-    # output moves when the input moves by 1e-12; allow that spread on top of 0.01 dB.
-    jitter = np.random.default_rng(0).standard_normal(refs.shape) * 1e-12 * np.abs(refs).max()
-    spread = np.abs(_museval(refs + jitter, ests, 44100, 44100) - theirs)
+    # ISR/SIR/SAR move by up to ~5e-4 dB when the input moves by 1e-12. Ours must stay
+    # within twice that spread (largest of three draws); SDR agrees to 1e-14 dB.
+    spreads = []
+    for seed in range(3):
+        jitter = (
+            np.random.default_rng(seed).standard_normal(refs.shape) * 1e-12 * np.abs(refs).max()
+        )
+        spreads.append(np.abs(_museval(refs + jitter, ests, 44100, 44100) - theirs))
+    spread = np.max(spreads, axis=0)
     finite = np.isfinite(theirs)
-    assert np.all(np.abs(ours - theirs)[finite] <= 0.01 + 2 * spread[finite])
-    assert np.nanmax(np.abs(ours[0] - theirs[0])) < 0.01  # SDR
+    assert np.all(np.abs(ours - theirs)[finite] <= 1e-6 + 2 * spread[finite])
+    assert np.nanmax(np.abs(ours[0] - theirs[0])) < 1e-6  # SDR

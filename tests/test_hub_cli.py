@@ -227,7 +227,9 @@ def test_the_packaged_default_shows_no_download_bar(tmp_path, monkeypatch, tone_
     monkeypatch.delenv("SEPCLI_DEFAULT_MODEL", raising=False)
     monkeypatch.setenv("TERM", "xterm")
     screen = io.StringIO()  # a terminal, so that rich draws live bars
-    monkeypatch.setattr(common.err_console, "file", screen)
+    # _file, not the file property: undoing the property would pin the console to the
+    # stream of this moment, and later CliRunner runs would lose its output
+    monkeypatch.setattr(common.err_console, "_file", screen)
     monkeypatch.setattr(common.err_console, "_force_terminal", True)
     monkeypatch.setattr(common.err_console, "is_interactive", True)
     real_load = archive.load_archive

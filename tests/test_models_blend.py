@@ -148,3 +148,27 @@ def test_blend_keeps_an_existing_output_unless_forced(tmp_path, members):
     assert out.read_bytes() == b"mine"
     assert run(str(a), str(b), "-o", str(out), "--force").exit_code == 0
     assert load_verified(out).metadata.sources == ("vocals", "drums")
+
+
+@pytest.mark.parametrize("mode", ["max", "min", "median"])
+def test_spectral_blend_modes(tmp_path, members, mode):
+    """``--mode vocals=MODE``: per time-frequency bin, the member whose magnitude is the
+    max/min/median, with its phase (a track shorter than the blend's 10-s chunk, so
+    the streaming combiner runs it whole and equals spectral_blend of the members)."""
+    from sepcli.dsp.phase import spectral_blend
+
+    out = tmp_path / "bag.sepcli"
+    waves = members[:2]  # waveform members: each runs in the bag exactly as alone
+    result = run(*map(str, waves), "--stems", "vocals,drums", "--mode", f"vocals={mode}",
+                 "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bag = load_verified(out)
+    assert bag.metadata.config["modes"] == [mode, "mean"]
+    x = np.random.default_rng(5).standard_normal((2, 30000)).astype(np.float32) * 0.1
+    got = Separator(bag, device="cpu").separate(x, 44100)
+    alone = [Separator(load_verified(p), device="cpu").separate(x, 44100) for p in waves]
+    expected = spectral_blend(torch.stack([a["vocals"] for a in alone])[None], mode)[0]
+    torch.testing.assert_close(got["vocals"], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["drums"], alone[0]["drums"], rtol=1e-5, atol=1e-6)
+    bad = run(*map(str, members), "--mode", "vocals=loudest", "-o", str(tmp_path / "x.sepcli"))
+    assert bad.exit_code == 2 and "loudest" in bad.output and not (tmp_path / "x.sepcli").exists()

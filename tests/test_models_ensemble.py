@@ -9,7 +9,7 @@ import torch
 
 from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import istft, stft
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError
 from sepcli.models import (
     EnsembleConfig,
     EnsembleMember,
@@ -181,14 +181,14 @@ def test_loading_rejects_mismatched_ensemble_metadata(tmp_path):
 
 def test_config_validation():
     members = _config().members
-    with pytest.raises(UsageError, match="without 'drums' has weight"):
+    with pytest.raises(ConfigError, match="without 'drums' has weight"):
         EnsembleConfig(SOURCES, members, ((1, 1, 1), (1, 1, 1), (1, 0, 1)))
-    with pytest.raises(UsageError, match="no member contributes to 'bass'"):
+    with pytest.raises(ConfigError, match="no member contributes to 'bass'"):
         EnsembleConfig(("bass",), members, ((0, 0, 0),))
-    with pytest.raises(UsageError, match="rows"):
+    with pytest.raises(ConfigError, match="rows"):
         EnsembleConfig(SOURCES, members, ((1, 1, 1),))
     mono = EnsembleMember("waveform", {**WAVE.to_dict(), "audio_channels": 1})
-    with pytest.raises(UsageError, match="share audio_channels"):
+    with pytest.raises(ConfigError, match="share audio_channels"):
         EnsembleConfig(("drums",), (members[2], mono), ((1, 1),))
-    with pytest.raises(UsageError, match="unknown ensemble member family"):
+    with pytest.raises(ConfigError, match="unknown ensemble member family"):
         EnsembleMember("ensemble", {})

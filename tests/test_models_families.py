@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sepcli.dsp.stft import stft
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError
 from sepcli.models import (
     FAMILIES,
     TFCTDFConfig,
@@ -109,17 +109,17 @@ def test_config_json_round_trip(family):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(UsageError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown keys"):
         config_from_dict("umx", {"hiden_size": 3})
-    with pytest.raises(UsageError, match="hidden_size"):
+    with pytest.raises(ConfigError, match="hidden_size"):
         UMXConfig(hidden_size=15)
-    with pytest.raises(UsageError, match="dim_f"):
+    with pytest.raises(ConfigError, match="dim_f"):
         TFCTDFConfig(dim_f=1000, num_levels=4)
-    with pytest.raises(UsageError, match="bottleneck"):
+    with pytest.raises(ConfigError, match="bottleneck"):
         WaveformConfig(bottleneck="gru")
-    with pytest.raises(UsageError, match="unknown model family"):
+    with pytest.raises(ConfigError, match="unknown model family"):
         build_model("mlp", {})
-    with pytest.raises(UsageError, match="not a config of family"):
+    with pytest.raises(ConfigError, match="not a config of family"):
         build_model("umx", TFCTDFConfig())
 
 
@@ -215,7 +215,7 @@ def test_make_metadata_fields():
     assert isinstance(meta, ArchiveMetadata)
     assert meta.sources == ("a", "b", "c", "d") and meta.output == "complex"
     assert (meta.stft.n_fft, meta.stft.hop_length) == (256, 64)
-    with pytest.raises(UsageError, match="source names"):
+    with pytest.raises(ConfigError, match="source names"):
         make_metadata(model, name="t", sources=["a"])
 
 

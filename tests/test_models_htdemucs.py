@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.models.archive import load_archive
 from sepcli.models.demucs_import import (
     config_from_kwargs,
@@ -161,7 +161,7 @@ def test_config_round_trip_and_validation() -> None:
         ({"channels_time": 32}, "channels_time"),
         ({"sources": ("a", "a")}, "unique"),
     ):
-        with pytest.raises(UsageError, match=match):
+        with pytest.raises(ConfigError, match=match):
             dataclasses.replace(cfg, **bad)
 
 

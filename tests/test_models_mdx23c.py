@@ -20,7 +20,7 @@ import pytest
 import torch
 from audio_separator_reference import reference_module
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
 from sepcli.models.mdx23c import MDX23C, MDX23CConfig
 from sepcli.models.msst_import import config_from_msst, read_msst_yaml
@@ -126,13 +126,13 @@ def test_scripted_equals_eager_and_other_lengths_run():
 def test_config_round_trip_and_validation():
     cfg = reference_config("mdx23c")
     assert config_from_dict("mdx23c", json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(UsageError, match="stereo only"):
+    with pytest.raises(ConfigError, match="stereo only"):
         MDX23CConfig(audio_channels=1)
-    with pytest.raises(UsageError, match="dim_f"):
+    with pytest.raises(ConfigError, match="dim_f"):
         MDX23CConfig(dim_f=4000)
-    with pytest.raises(UsageError, match="norm must be"):
+    with pytest.raises(ConfigError, match="norm must be"):
         MDX23CConfig(norm="LayerNorm")
-    with pytest.raises(UsageError, match="act must be"):
+    with pytest.raises(ConfigError, match="act must be"):
         MDX23CConfig(act="swish")
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from audio_separator_reference import reference_module
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
 from sepcli.models.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformer, BSRoformerConfig
 from sepcli.models.mel_roformer import MelRoformer, MelRoformerConfig
@@ -217,15 +217,15 @@ def test_config_round_trip_and_validation():
         cfg = reference_config(family)
         again = config_from_dict(family, json.loads(json.dumps(cfg.to_dict())))
         assert again == cfg
-        with pytest.raises(UsageError, match="unknown keys"):
+        with pytest.raises(ConfigError, match="unknown keys"):
             config_from_dict(family, {"dimm": 3})
-    with pytest.raises(UsageError, match="freqs_per_bands sums to"):
+    with pytest.raises(ConfigError, match="freqs_per_bands sums to"):
         BSRoformerConfig(freqs_per_bands=(2, 2))
-    with pytest.raises(UsageError, match="dim_head must be even"):
+    with pytest.raises(ConfigError, match="dim_head must be even"):
         BSRoformerConfig(dim_head=7)
-    with pytest.raises(UsageError, match="num_bands must be >= 2"):
+    with pytest.raises(ConfigError, match="num_bands must be >= 2"):
         MelRoformerConfig(num_bands=1)
-    with pytest.raises(UsageError, match="num_overlap"):
+    with pytest.raises(ConfigError, match="num_overlap"):
         MelRoformerConfig(num_overlap=0)
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 from sepcli.audio.convert import StreamResampler, convert_channels, resample, resampled_length
 from sepcli.audio.decode import AudioReader, load_audio, open_audio
 from sepcli.audio.discovery import find_audio_files, is_audio_file
-from sepcli.audio.encode import AudioWriter, write_audio
+from sepcli.audio.encode import AudioWriter, output_bit_depth, output_format, write_audio
 from sepcli.audio.ffmpeg import ffmpeg_available
 from sepcli.audio.formats import (
     AUDIO_SUFFIXES,
@@ -52,6 +52,8 @@ from sepcli.audio.formats import (
 from sepcli.audio.probe import AudioInfo, probe
 
 __all__ = [
+    "output_bit_depth",
+    "output_format",
     "AUDIO_SUFFIXES",
     "SOUNDFILE_SUFFIXES",
     "FFMPEG_SUFFIXES",

@@ -8,6 +8,7 @@ length. A stream that decodes short of its declared length is an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from sepcli.audio.ffmpeg import INSTALL_HINT, ffmpeg_tools, ffmpeg_url, first_line
-from sepcli.audio.probe import AudioInfo, libsndfile_reason, probe
+from sepcli.audio.probe import AudioInfo, c_stderr_silenced, libsndfile_reason, probe
 from sepcli.errors import AudioDecodeError, FfmpegNotFoundError, os_error_reason
 
 __all__ = ["AudioReader", "open_audio", "load_audio"]
@@ -36,16 +37,27 @@ class AudioReader:
     Memory does not depend on the file length: :meth:`blocks` decodes block by
     block (soundfile reads, or an ffmpeg pipe). Each call of :meth:`blocks`
     starts again from the beginning of the stream.
+
+    With ``allow_truncated``, a stream that decodes short of its declared
+    length (a download cut off at the end) is not an error: the frames that
+    decode are yielded and, once :meth:`blocks` is exhausted,
+    :attr:`missing_frames` says how many of the declared frames were missing
+    (0 for a complete stream; a decoder error in the middle is still raised).
     """
 
-    def __init__(self, path: str | Path, stream: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, stream: int | None = None, *, allow_truncated: bool = False
+    ) -> None:
         self.info: AudioInfo = probe(path, stream)
+        self.allow_truncated = allow_truncated
+        self.missing_frames = 0
         self._sf: sf.SoundFile | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
         if self.info.backend == "soundfile":
             try:
-                self._sf = sf.SoundFile(str(self.info.path))
+                with _quiet_decoder(self.info):
+                    self._sf = sf.SoundFile(str(self.info.path))
             except (sf.SoundFileError, RuntimeError) as e:
                 raise AudioDecodeError(
                     f"{self.info.path}: cannot open ({libsndfile_reason(e)})"
@@ -89,9 +101,11 @@ class AudioReader:
         path = self.info.path
         total = 0
         try:
-            f.seek(0)
+            with _quiet_decoder(self.info):
+                f.seek(0)
             while True:
-                data = f.read(block_frames, dtype="float32", always_2d=True)
+                with _quiet_decoder(self.info):
+                    data = f.read(block_frames, dtype="float32", always_2d=True)
                 if len(data) == 0:
                     break
                 total += len(data)
@@ -105,8 +119,12 @@ class AudioReader:
         if total == 0:
             raise AudioDecodeError(f"{path}: no audio frames")
         if total < declared - tolerance:
+            if self.allow_truncated:
+                self.missing_frames = declared - total
+                return
             raise AudioDecodeError(
-                f"{path}: truncated or corrupt: decoded {total} of {declared} declared frames"
+                f"{path}: truncated or corrupt: decoded {total} of {declared} declared frames "
+                "(--allow-truncated separates what decodes)"
             )
 
     def _ffmpeg_blocks(self, block_frames: int) -> Iterator[np.ndarray]:
@@ -171,6 +189,9 @@ class AudioReader:
                 and (indexed or reason)
                 and total < est - _lossy_tolerance(est, info.sample_rate)
             ):
+                if self.allow_truncated:
+                    self.missing_frames = est - total
+                    return
                 detail = f"; ffmpeg: {reason}" if reason else ""
                 raise AudioDecodeError(
                     f"{info.path}: truncated or corrupt: decoded {total / info.sample_rate:.2f} s "
@@ -211,13 +232,23 @@ def _lossy_tolerance(frames: int, sample_rate: int) -> int:
     return max(int(_LOSSY_TOLERANCE_S * sample_rate), frames // 100)
 
 
-def open_audio(path: str | Path, stream: int | None = None) -> AudioReader:
+def open_audio(
+    path: str | Path, stream: int | None = None, *, allow_truncated: bool = False
+) -> AudioReader:
     """Open ``path`` for streaming (see :class:`AudioReader`).
 
     ``stream`` selects the audio stream of multi-stream files (``.stem.mp4``:
     0 mixture, 1 drums, 2 bass, 3 other, 4 vocals); ``None`` = the first.
     """
-    return AudioReader(path, stream)
+    return AudioReader(path, stream, allow_truncated=allow_truncated)
+
+
+def _quiet_decoder(info: AudioInfo) -> contextlib.AbstractContextManager[None]:
+    """Keep libmpg123's C-level warnings (``Warning: Xing stream size off...``)
+    off the terminal while it opens or reads an MP3; other formats print nothing."""
+    if info.codec.startswith("MP3"):
+        return c_stderr_silenced()
+    return contextlib.nullcontext()
 
 
 def load_audio(path: str | Path, stream: int | None = None) -> tuple[np.ndarray, int]:

@@ -23,7 +23,14 @@ from sepcli import atomic
 from sepcli.audio.formats import CLIP_POLICIES, OUTPUT_FORMATS, RESCALE_PEAK
 from sepcli.errors import AudioEncodeError, os_error_reason
 
-__all__ = ["AudioWriter", "write_audio"]
+__all__ = [
+    "AudioWriter",
+    "output_format",
+    "write_audio",
+    "output_bit_depth",
+    "MP3_BITRATES",
+    "MP3_VBR_QUALITIES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,45 @@ _FLAC_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 _LOSSY = {"mp3": ("MP3", "MPEG_LAYER_III", 0.0, "VARIABLE"), "ogg": ("OGG", "VORBIS", 0.3, None)}
 _WAV_LIMIT_BYTES = 0xFFFFFFFF - 4096
 _COMMIT_BLOCK = 1 << 16
+
+
+#: Constant MP3 bitrates (kb/s) of MPEG-1 Layer III, for 32-48 kHz audio.
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+#: LAME VBR qualities, ``-V0`` (best, about 245 kb/s) to ``-V9`` (about 65 kb/s).
+MP3_VBR_QUALITIES = tuple(range(10))
+#: (min, max) CBR kb/s libsndfile maps its compression level onto, by sample rate
+#: class: MPEG-1 (>= 32 kHz), MPEG-2 (>= 16 kHz), MPEG-2.5.
+_MP3_CBR_RANGES = ((32000, 32, 320), (16000, 8, 160), (0, 8, 64))
+
+
+def output_bit_depth(requested: int | None, source_bits: int | None, fmt: str) -> int:
+    """Bit depth to write: ``requested``, else the source's (``None``: lossy or
+    unknown source, 16), limited to what ``fmt`` holds (FLAC: 24)."""
+    bits = requested or source_bits or 16
+    if fmt == "flac":
+        bits = min(bits, 24)
+    return bits
+
+
+def _mp3_cbr_level(kbps: int, sample_rate: int, path: Path) -> float:
+    """libsndfile compression level that makes LAME write ``kbps`` constant bitrate.
+
+    libsndfile maps a level c in [0, 1] to ``max - (max - min) * c`` kb/s (then
+    LAME takes the nearest legal rate); the inverse, kept below 1 (1.0 is refused).
+    """
+    low, high = next((lo, hi) for rate, lo, hi in _MP3_CBR_RANGES if sample_rate >= rate)
+    if kbps not in MP3_BITRATES or not low <= kbps <= high:
+        legal = [b for b in MP3_BITRATES if low <= b <= high]
+        raise AudioEncodeError(
+            f"{path}: MP3 bitrate {kbps} kb/s is not available at {sample_rate} Hz "
+            f"(use one of {', '.join(map(str, legal))})"
+        )
+    return min((high - kbps) / (high - low), 0.999)
+
+
+def output_format(path: str | Path, format: str | None) -> str:
+    """The format a writer for ``path`` uses: ``format``, else from the suffix."""
+    return _output_format(Path(path), format)
 
 
 def _output_format(path: Path, format: str | None) -> str:
@@ -121,6 +167,9 @@ class AudioWriter:
         format: str | None = None,
         bit_depth: int = 16,
         clip: str = "rescale",
+        *,
+        mp3_bitrate: int | None = None,
+        mp3_vbr: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.format = _output_format(self.path, format)
@@ -151,6 +200,18 @@ class AudioWriter:
         self._major, self._subtype, self._level, self._bitrate_mode = _encoding(
             self.path, self.format, self.bit_depth, self.channels
         )
+        if mp3_bitrate is not None and mp3_vbr is not None:
+            raise AudioEncodeError(
+                f"{self.path}: give an MP3 bitrate (constant) or a VBR quality, not both"
+            )
+        if self.format == "mp3" and mp3_bitrate is not None:
+            self._level = _mp3_cbr_level(int(mp3_bitrate), self.sample_rate, self.path)
+            self._bitrate_mode = "CONSTANT"
+        elif self.format == "mp3" and mp3_vbr is not None:
+            if mp3_vbr not in MP3_VBR_QUALITIES:
+                raise AudioEncodeError(f"{self.path}: MP3 VBR quality must be 0-9, not {mp3_vbr}")
+            self._level = mp3_vbr / 10  # libsndfile: LAME VBR quality = 10 * level
+            self._bitrate_mode = "VARIABLE"
         self.frames = 0
         self.peak = 0.0
         self.gain = 1.0

@@ -58,6 +58,9 @@ class AudioInfo:
     exact_frames: bool = True
     codec: str = ""
     container: str = ""
+    #: Bits per sample of a lossless source (16, 24, 32 for 32-bit int or float),
+    #: ``None`` for lossy codecs and when unknown; outputs follow it by default.
+    bit_depth: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -141,7 +144,7 @@ def libsndfile_reason(e: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _c_stderr_silenced() -> Iterator[None]:
+def c_stderr_silenced() -> Iterator[None]:
     """Silence C-level stderr (libsndfile's MP3 decoder prints "Note: ..." lines
     when it probes a file); Python-level errors are raised, not printed."""
     try:
@@ -161,13 +164,37 @@ def _c_stderr_silenced() -> Iterator[None]:
         os.close(null)
 
 
+#: libsndfile subtypes of lossless PCM -> bits per sample (8-bit is written as 16).
+_SUBTYPE_BITS = {
+    "PCM_S8": 16, "PCM_U8": 16, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32,
+    "FLOAT": 32, "DOUBLE": 32, "ALAC_16": 16, "ALAC_20": 24, "ALAC_24": 24, "ALAC_32": 32,
+}  # fmt: skip
+#: ffmpeg codecs whose ``bits_per_raw_sample``/``bits_per_sample`` is a source bit depth.
+_LOSSLESS_CODECS = ("pcm_", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
+
+
+def _ffprobe_bits(stream: dict) -> int | None:
+    codec = str(stream.get("codec_name", ""))
+    if not codec.startswith(_LOSSLESS_CODECS):
+        return None
+    for key in ("bits_per_raw_sample", "bits_per_sample"):
+        try:
+            bits = int(stream.get(key) or 0)
+        except (TypeError, ValueError):
+            continue
+        if bits > 0:
+            return 16 if bits <= 16 else 24 if bits <= 24 else 32
+    return None
+
+
 def _probe_soundfile(path: Path, stream: int | None) -> AudioInfo:
     try:
-        with _c_stderr_silenced(), sf.SoundFile(str(path)) as f:
+        with c_stderr_silenced(), sf.SoundFile(str(path)) as f:
             info = AudioInfo(
                 path=path, sample_rate=int(f.samplerate), channels=int(f.channels),
                 frames=int(f.frames), backend="soundfile", stream=0, num_streams=1,
                 exact_frames=f.format != "MP3", codec=f"{f.format}/{f.subtype}",
+                bit_depth=_SUBTYPE_BITS.get(f.subtype),
             )  # fmt: skip
             major = f.format
     except (sf.SoundFileError, RuntimeError) as e:
@@ -302,7 +329,7 @@ def _probe_ffmpeg(path: Path, stream: int | None, ffprobe: str) -> AudioInfo:
     return AudioInfo(
         path=path, sample_rate=sample_rate, channels=channels, frames=estimated, backend="ffmpeg",
         stream=index, num_streams=len(streams), exact_frames=False,
-        codec=str(s.get("codec_name", "")), container=container,
+        codec=str(s.get("codec_name", "")), container=container, bit_depth=_ffprobe_bits(s),
     )  # fmt: skip
 
 

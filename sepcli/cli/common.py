@@ -15,6 +15,7 @@ from rich.console import Console
 
 from sepcli.dsp import PHASE_METHODS
 from sepcli.errors import SepcliError, exit_code_for
+from sepcli.inference.config import PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,20 +59,20 @@ def fail(message: str, code: int = 1) -> None:
 def handle_errors(func: F) -> F:
     """Decorator for click commands: typed errors become one line + exit code.
 
-    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 (after the same
-    clean-up: :mod:`sepcli.cli.termination`); unexpected exceptions keep their
-    traceback only when ``SEPCLI_DEBUG`` is set.
+    ``KeyboardInterrupt`` exits 130 after one line, SIGTERM 143 and SIGHUP 129
+    (after the same clean-up: :mod:`sepcli.cli.termination`); unexpected
+    exceptions keep their traceback only when ``SEPCLI_DEBUG`` is set.
     """
-    from sepcli.cli.termination import EXIT_TERMINATED, Terminated, sigterm_raises
+    from sepcli.cli.termination import Terminated, sigterm_raises
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with sigterm_raises():
                 return func(*args, **kwargs)
-        except Terminated:
+        except Terminated as exc:
             err_console.print("terminated", style="yellow")
-            sys.exit(EXIT_TERMINATED)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
             sys.exit(130)
@@ -94,6 +95,25 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     logging.getLogger("sepcli").setLevel(level)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+
+
+class _BatchSize(click.ParamType):
+    """``auto`` (0) or a positive number of chunks."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return 0
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of chunks or 'auto'", param, ctx)
+        if number < 1:
+            self.fail(f"{value!r}: give at least 1 (or 'auto')", param, ctx)
+        return number
 
 
 #: The Separator's knobs, shared by ``separate`` and ``evaluate``: one spelling each;
@@ -136,12 +156,24 @@ _SEPARATOR_OPTIONS = [
         "--gl-init", type=click.Choice(["mixture", "random"]), default="mixture", show_default=True
     ),
     click.option(
-        "--batch-size", type=int, default=1, show_default=True, help="Chunks per forward pass."
+        "--batch-size",
+        type=_BatchSize(),
+        default="auto",
+        show_default=True,
+        help="Chunks per forward pass; auto = 1 on the CPU, on a GPU up to 16, halved while "
+        "out of memory.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="Network forward in float32, float16 or bfloat16 (STFT and phase stay float32).",
     ),
 ]
 _SEPARATOR_FIELDS = (
     "segment_seconds", "overlap", "shifts", "seed", "phase", "wiener_iters", "gl_iters", "gl_init",
-    "batch_size",
+    "batch_size", "precision",
 )  # fmt: skip
 
 
@@ -149,7 +181,7 @@ def separator_options(func: F) -> F:
     """Add the separator's options; the command receives one ``separator_config``.
 
     ``--segment --overlap --shifts --seed --phase --wiener-iters --gl-iters
-    --gl-init --batch-size`` become a validated
+    --gl-init --batch-size --precision`` become a validated
     :class:`~sepcli.inference.config.SeparatorConfig` (a bad value is one error
     line and exit 2).
     """

@@ -71,6 +71,14 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
+def _metrics_device(device: str) -> str:
+    """BSSEval needs float64: on CUDA where the model runs, else on the CPU (not MPS)."""
+    from sepcli.inference.device import resolve_device
+
+    dev = resolve_device(device)
+    return str(dev) if dev.type == "cuda" else "cpu"
+
+
 def _make_estimator(model: str | None, estimates: Path | None, options: dict[str, Any]):
     if (model is None) == (estimates is None):
         raise UsageError("give exactly one of --model or --estimates")
@@ -80,10 +88,11 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     if model.startswith("oracle:"):
         return OracleEstimator(model.split(":", 1)[1])
     from sepcli.hub import load_model
-    from sepcli.inference.separator import Separator
+    from sepcli.inference.separator import Separator, resolve_device
 
-    archive = load_model(model, device=options["device"])
-    separator = Separator(archive, options["separator_config"], device=options["device"])
+    device = resolve_device(options["device"])
+    archive = load_model(model, device=device if device.type != "mps" else "cpu")
+    separator = Separator(archive, options["separator_config"], device=device)
     return SeparatorEstimator(separator, label=model)
 
 
@@ -154,7 +163,11 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     help="Write listening excerpts (mixture and estimates, same offset) to OUT/samples/<track>/.",
 )
 @click.option(
-    "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (model and metrics)."
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (the model; metrics "
+    "run there on CUDA, else on the CPU).",
 )
 @separator_options
 @click.option(
@@ -186,7 +199,7 @@ def evaluate(
     options = dict(device=device, separator_config=separator_config)
     estimator = _make_estimator(model, estimates, options)
     config = EvalConfig(metrics=metrics, stems=stem_list, filters_len=filters_len, samples=samples, write_estimates=write_estimates,
-                        device=device if device != "auto" else "cpu")  # fmt: skip
+                        device=_metrics_device(device))  # fmt: skip
 
     def report(event: Progress) -> None:
         status = event.info["status"]

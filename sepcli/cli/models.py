@@ -85,6 +85,22 @@ def _card(status: Any) -> dict[str, Any]:
     return data
 
 
+def _licence_label(text: str) -> str:
+    """A few words for the table; ``models info`` and ``--json`` give the full text.
+
+    Conservative on purpose: research-only terms win, then any doubt about the
+    weights' licence, then the text's first clause (``MIT``, ``CC BY-NC-SA 4.0``).
+    """
+    lower = text.lower()
+    if not lower:
+        return "-"
+    if any(k in lower for k in ("research use", "research/", "scientific purposes")):
+        return "research only"
+    if any(w in lower for w in ("unclear", "none stated", "no licence", "no license", "unknown")):
+        return "unclear"
+    return text.split(";")[0].split(". ")[0].split(" (")[0]
+
+
 def models_offering(
     stems: list[str], *, cache_dir: str | None = None, offline: bool | None = None
 ) -> list[str]:
@@ -124,15 +140,20 @@ def models(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @_command
 def list_command(hub: dict[str, Any], as_json: bool) -> None:
-    """List known models and whether each is available locally."""
+    """List known models: their stems, size, whether they are here, and licence
+    (in short; `sepcli models info NAME` has the full text and the format)."""
     statuses = list_models(**hub)
     cards = [_card(s) for s in statuses]
     if as_json:
         click.echo(json.dumps(cards, indent=2))
         return
     table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "sources", "format", "size", "licence", "local"):
-        table.add_column(column, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("sources", min_width=13)
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("local", min_width=5)
+    # last and cut to one line: the whole licence text is in `sepcli models info NAME`
+    table.add_column("licence", no_wrap=True, overflow="ellipsis", min_width=8, max_width=20)
     for s, card in zip(statuses, cards, strict=True):
         e = s.entry
         if s.local:
@@ -144,10 +165,9 @@ def list_command(hub: dict[str, Any], as_json: bool) -> None:
         table.add_row(
             e.name,
             ", ".join(card.get("sources") or []) or "-",
-            e.format,
             _size(e.size),
-            (card.get("licence") or "-").split(";")[0],  # the card (info) has all of it
             local,
+            _licence_label(card.get("licence") or ""),
         )
     out_console.print(table)
 
@@ -297,13 +317,15 @@ def blend_command(hub: dict[str, Any], **options: Any) -> None:
     """Blend trained archives into one ensemble archive.
 
     A MEMBER is an archive file or a model name (downloaded if needed). Stem S
-    of the blend is the weighted mean of the members that output S; each member
-    keeps its own inference recipe. Members must share sample rate and channels.
+    of the blend is the weighted mean of the members that output S, or with
+    --mode the per-bin max, min or median of their spectrograms; each member
+    keeps its own chunking and sample rate. Members must share their channels.
 
     \b
     Examples:
       sepcli models blend runs/umx/umx.sepcli runs/wave/wave.sepcli -o bag.sepcli
       sepcli models blend a.sepcli b.sepcli --stems vocals --weights vocals=0.7,0.3 -o bag.sepcli
+      sepcli models blend a.sepcli b.sepcli c.sepcli --mode vocals=max --mode min -o bag.sepcli
     """
 
     def load(member: str) -> Any:

@@ -14,7 +14,7 @@ import click
 from sepcli.cli.common import archive_output_options, err_console, out_console, refuse_existing
 from sepcli.errors import UsageError
 
-__all__ = ["blend", "blend_options", "parse_weights"]
+__all__ = ["blend", "blend_options", "parse_modes", "parse_weights"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +53,15 @@ def blend_options(func: F) -> F:
                 help="One weight per member for STEM (repeatable) [equal over the members that output it].",
             ),
             click.option(
+                "--mode",
+                "modes",
+                multiple=True,
+                metavar="[STEM=]MODE",
+                help="How members are combined: mean (weighted mean of waveforms), or per "
+                "time-frequency bin the member with the max, min or median magnitude; for "
+                "every stem, or STEM=MODE (repeatable) [mean].",
+            ),
+            click.option(
                 "--wiener",
                 default=None,
                 metavar="N1,N2,...",
@@ -70,12 +79,31 @@ def blend_options(func: F) -> F:
     return func
 
 
+def parse_modes(values: tuple[str, ...]) -> dict[str, str]:
+    """``("max",)`` -> ``{"*": "max"}``; ``("vocals=min", ...)`` -> ``{"vocals": "min"}``."""
+    from sepcli.models.configs import BLEND_MODES
+
+    out: dict[str, str] = {}
+    for value in values:
+        stem, sep, mode = value.rpartition("=")
+        stem = stem.strip() if sep else "*"
+        mode = mode.strip().lower()
+        if mode not in BLEND_MODES or stem in out or not stem:
+            raise UsageError(
+                f"--mode {value!r}: expected MODE or STEM=MODE once per stem, "
+                f"MODE one of {', '.join(BLEND_MODES)}"
+            )
+        out[stem] = mode
+    return out
+
+
 def blend(
     load: Callable[[str], Any],
     members: tuple[str, ...],
     output: Path,
     stems: str | None,
     weights: tuple[str, ...],
+    modes: tuple[str, ...],
     wiener: str | None,
     name: str,
     force: bool,
@@ -91,12 +119,16 @@ def blend(
         if len(iterations) != len(members) or min(iterations) < 0:
             raise UsageError(f"--wiener: one iteration count >= 0 per member ({len(members)})")
     parsed = parse_weights(weights)
+    parsed_modes = parse_modes(modes)
     sources = [s.strip() for s in stems.split(",") if s.strip()] if stems else None
     from sepcli.models.archive import read_metadata
     from sepcli.models.blend import export_blend
 
     archives = [load(member) for member in members]
-    path = export_blend(archives, output, name, sources=sources, weights=parsed, wiener=iterations)
+    path = export_blend(
+        archives, output, name, sources=sources, weights=parsed, wiener=iterations,
+        modes=parsed_modes,
+    )  # fmt: skip
     meta = read_metadata(path)
     err_console.print(
         f"blended {len(archives)} members: {', '.join(meta.sources)} "

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import string
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sepcli import atomic
+from sepcli import atomic, audio
 from sepcli.errors import AudioEncodeError
 
 try:  # POSIX only
@@ -44,6 +45,7 @@ __all__ = [
     "PROVENANCE_FILE",
     "Skip",
     "TrackPlan",
+    "check_free_space",
     "check_writable",
     "drop_own_outputs",
     "locked_outputs",
@@ -234,9 +236,11 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     elif old.get("archive_sha256") != new.get("archive_sha256"):
         diffs.append(f"made by another archive of model {old.get('model')!r}")
     old_s, new_s = old.get("settings") or {}, new.get("settings") or {}
+    # A setting the old record lacks came with a newer sepcli: the old run had
+    # no choice there, so it is not a difference.
     changed = [
         f"{k} {old_s.get(k)!r} -> {new_s.get(k)!r}"
-        for k in sorted(set(old_s) | set(new_s))
+        for k in sorted(old_s)
         if old_s.get(k) != new_s.get(k)
     ]
     if changed:
@@ -421,3 +425,68 @@ def _probe(folder: Path) -> str | None:
     with contextlib.suppress(OSError):
         os.unlink(name)
     return None
+
+
+# ------------------------------------------------------------------ free space
+
+#: Smallest plausible encoded size, in bytes per second per channel (FLAC of
+#: quiet material, MP3/Ogg at their lowest settings): the check refuses only a
+#: track that cannot fit, never one that might.
+_MIN_ENCODED_BPS = {"flac": 20_000, "mp3": 4_000, "ogg": 4_000}
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def check_free_space(
+    source: Path,
+    outputs: Mapping[str, Path],
+    fmt: str,
+    bit_depth: int | None,
+    out_channels: int | None,
+) -> None:
+    """Refuse a track whose outputs cannot fit on their disk, before separating it.
+
+    While a track is separated every stem is staged beside its target as raw
+    32-bit float (the ``rescale`` clip policy needs the whole stem's peak
+    before encoding); the encoded stems then appear one by one. The lower
+    bound of that peak use (every stem's staging plus one encoded stem) is
+    compared with the free space of each output file system; the input's
+    length is the decoder's estimate. Inputs whose length is unknown pass.
+
+    Raises:
+        AudioEncodeError: one line naming the folder, the space needed and free.
+    """
+    try:
+        info = audio.probe(source)
+    except Exception:  # noqa: BLE001 - the separation itself reports unreadable inputs
+        return
+    if not info.frames:
+        return
+    channels = out_channels or (info.channels if info.channels <= 2 else 2)
+    staged = info.frames * channels * 4
+    if fmt == "wav":
+        bits = audio.output_bit_depth(bit_depth, info.bit_depth, fmt)
+        encoded = info.frames * channels * bits // 8
+    else:
+        encoded = int(info.frames / info.sample_rate * channels * _MIN_ENCODED_BPS[fmt])
+    needs: dict[int, tuple[Path, int]] = {}
+    for path in outputs.values():
+        folder = _nearest_existing(Path(path).parent)
+        try:
+            device = os.stat(folder).st_dev
+        except OSError:
+            continue
+        where, total = needs.get(device, (Path(path).parent, encoded))
+        needs[device] = (where, total + staged)
+    for where, need in needs.values():
+        try:
+            free = shutil.disk_usage(_nearest_existing(where)).free
+        except OSError:
+            continue
+        if free < need:
+            raise AudioEncodeError(
+                f"{source}: needs at least {_mb(need)} free in {where} (its stems are staged "
+                f"as 32-bit float until the track is done), only {_mb(free)} free"
+            )

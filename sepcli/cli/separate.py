@@ -124,7 +124,12 @@ def load_model_for_cli(
     help="Registry name or path of a .sepcli archive; '-m best' is the best published "
     "models per stem (a 1.2 GB download, once), 'sepcli models list' shows the others.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.",
+)
 @click.option("--cuda", is_flag=True, help="Shorthand for --device cuda.")
 @separator_options
 @click.option(
@@ -136,10 +141,28 @@ def load_model_for_cli(
 )
 @click.option(
     "--bit-depth",
-    type=click.Choice(["16", "24", "32"]),
-    default="16",
+    type=click.Choice(["auto", "16", "24", "32"]),
+    default="auto",
     show_default=True,
-    help="PCM bits (32 is float).",
+    help="PCM bits (32 is float); auto: the input's (24-bit in, 24-bit out; 16 for lossy input).",
+)
+@click.option(
+    "--mp3-bitrate",
+    type=click.IntRange(32, 320),
+    default=None,
+    help="Constant MP3 bitrate in kb/s, e.g. 320 (default: VBR --mp3-vbr 0, about 245 kb/s).",
+)
+@click.option(
+    "--mp3-vbr",
+    type=click.IntRange(0, 9),
+    default=None,
+    help="Variable MP3 bitrate quality, LAME's -V: 0 best (about 245 kb/s) to 9 (about 65 kb/s).",
+)
+@click.option(
+    "--allow-truncated",
+    is_flag=True,
+    help="Separate inputs cut short (e.g. an interrupted download) as far as they decode, "
+    "saying how much is missing (default: refuse them).",
 )
 @click.option(
     "--clip",
@@ -194,6 +217,9 @@ def separate(
     separator_config,
     fmt,
     bit_depth,
+    mp3_bitrate,
+    mp3_vbr,
+    allow_truncated,
     clip,
     channels,
     template,
@@ -221,6 +247,10 @@ def separate(
     if cuda:
         device = "cuda"
     check_template(template)
+    if mp3_bitrate is not None and mp3_vbr is not None:
+        raise UsageError("--mp3-bitrate (constant) and --mp3-vbr (variable): give one")
+    if (mp3_bitrate is not None or mp3_vbr is not None) and fmt != "mp3":
+        raise UsageError("--mp3-bitrate and --mp3-vbr apply to --format mp3")
     shard_spec = parse_shard(shard)
     if report is not None:
         if report.is_dir():
@@ -277,9 +307,12 @@ def separate(
     out_channels = None if channels == "auto" else int(channels)
     encoding = {
         "format": fmt,
-        "bit_depth": int(bit_depth),
+        "bit_depth": None if bit_depth == "auto" else int(bit_depth),
         "clip": clip,
         "out_channels": out_channels,
+        "allow_truncated": allow_truncated,
+        "mp3_bitrate": mp3_bitrate,
+        "mp3_vbr": mp3_vbr,
     }
     settings = separator_config.to_dict()
     settings.pop("batch_size", None)  # how chunks are batched does not change the stems
@@ -288,7 +321,9 @@ def separate(
         {
             **settings,
             "format": fmt,
-            "bit_depth": int(bit_depth),
+            "bit_depth": bit_depth,
+            "mp3_bitrate": mp3_bitrate,
+            "mp3_vbr": mp3_vbr,
             "clip": clip,
             "channels": channels,
         },
@@ -379,6 +414,14 @@ def _process_track(
     if not plan.todo:
         record["status"] = "skipped"
         return
+    try:
+        planning.check_free_space(
+            path, plan.todo, encoding["format"], encoding["bit_depth"], encoding["out_channels"]
+        )
+    except SepcliError as exc:
+        record.update(status="failed", error=str(exc))
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return
     chunk_task = progress.add_task(f"  {path.name}", total=None)
 
     def on_progress(done: int, total: int, _task=chunk_task) -> None:
@@ -400,6 +443,16 @@ def _process_track(
             duration=round(result.duration, 3),
             seconds=round(result.seconds, 3),
         )
+        missing = result.extra.get("missing_seconds")
+        if missing:
+            record["missing_seconds"] = round(missing, 3)
+            declared = result.duration + missing
+            err_console.print(
+                f"[yellow]warning:[/] {path}: truncated: separated the {result.duration:.1f} s "
+                f"that decode; {missing:.1f} s of the declared {declared:.1f} s are missing "
+                f"({missing / declared:.1%})",
+                soft_wrap=True,
+            )
         if not quiet:
             err_console.print(
                 f"[green]ok[/] {path} ({result.duration:.1f}s audio in {result.seconds:.1f}s)",
@@ -430,7 +483,7 @@ def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _track_identity(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """``identity`` plus the input (absolute path, size, modification time)."""
+    """``identity`` plus the input (resolved path, size, modification time)."""
     try:
         st = path.stat()
         size, mtime = st.st_size, st.st_mtime_ns
@@ -438,7 +491,7 @@ def _track_identity(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         size = mtime = None
     return {
         **identity,
-        "input": str(path.absolute()),
+        "input": str(path.resolve()),
         "input_size": size,
         "input_mtime_ns": mtime,
     }

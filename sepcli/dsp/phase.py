@@ -21,13 +21,14 @@ from torch import Tensor
 from sepcli.dsp.griffinlim import GL_INITS, griffin_lim, misi
 from sepcli.dsp.stft import hann_window, istft, stft
 from sepcli.dsp.wiener import DEFAULT_EPS, wiener
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 __all__ = [
     "PHASE_METHODS",
     "GL_INITS",
     "OUTPUT_KINDS",
     "reconstruct",
+    "spectral_blend",
     "to_waveform",
     "waveform_from_output",
 ]
@@ -88,7 +89,7 @@ def reconstruct(
         return istft(mixture_phase(magnitudes, mix_spec), n_fft, hop_length, length)
     if method == "wiener":
         if wiener_iters < 0:
-            raise UsageError(f"Wiener iterations must be >= 0, got {wiener_iters}")
+            raise ConfigError(f"Wiener iterations must be >= 0, got {wiener_iters}")
         sources = magnitudes.shape[1]
         spec = wiener(
             magnitudes,
@@ -102,9 +103,9 @@ def reconstruct(
         return istft(spec[:, :sources], n_fft, hop_length, length)
     if method in ("griffin-lim", "misi"):
         if gl_iters < 0:
-            raise UsageError(f"Griffin-Lim iterations must be >= 0, got {gl_iters}")
+            raise ConfigError(f"Griffin-Lim iterations must be >= 0, got {gl_iters}")
         if gl_init not in GL_INITS:
-            raise UsageError(
+            raise ConfigError(
                 f"unknown Griffin-Lim init {gl_init!r}; expected one of {', '.join(GL_INITS)}"
             )
         if method == "griffin-lim":
@@ -123,7 +124,9 @@ def reconstruct(
             window = hann_window(n_fft, mix_spec.device)
             mix_wave = istft(mix_spec, n_fft, hop_length, length, window)
         return misi(magnitudes, mix_wave, n_fft, hop_length, gl_iters, gl_init, mix_spec, generator)
-    raise UsageError(f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}")
+    raise ConfigError(
+        f"unknown phase method {method!r}; expected one of {', '.join(PHASE_METHODS)}"
+    )
 
 
 def mixture_phase(magnitudes: Tensor, mix_spec: Tensor) -> Tensor:
@@ -200,7 +203,7 @@ def to_waveform(
     :func:`waveform_from_output`; ``mix`` is ``(B, C, T)``.
     """
     if output not in OUTPUT_KINDS:
-        raise UsageError(f"unknown model output kind {output!r}")
+        raise ConfigError(f"unknown model output kind {output!r}")
     if output != "magnitude" or phase in ("mixture", "wiener"):
         iters = wiener_iters if (output == "magnitude" and phase == "wiener") else 0
         return waveform_from_output(
@@ -221,3 +224,38 @@ def to_waveform(
         generator=generator,
         mix_wave=mix,
     )
+
+
+def spectral_blend(
+    estimates: Tensor, mode: str, n_fft: int = 2048, hop_length: int = 512
+) -> Tensor:
+    """Combine several estimates of one source bin by bin, in the STFT domain.
+
+    Per time-frequency bin, the member whose magnitude is the largest (``max``,
+    UVR's "Max Spec": keeps everything any member found, fuller but bleedier),
+    the smallest (``min``, "Min Spec": keeps only what every member agrees on,
+    cleaner but thinner) or the median (``median``: the lower median for an
+    even count; robust to one member's artefacts) is kept, with its phase.
+
+    Args:
+        estimates: ``(batch, member, channel, time)`` waveforms.
+        mode: ``"max"``, ``"min"`` or ``"median"``.
+
+    Returns:
+        ``(batch, channel, time)``.
+    """
+    if mode not in ("max", "min", "median"):
+        raise ConfigError(f"unknown spectral blend mode {mode!r}; use max, min or median")
+    length = estimates.shape[-1]
+    window = hann_window(n_fft, estimates.device)
+    spec = stft(estimates, n_fft, hop_length, window)  # (B, M, C, F, N)
+    mag = spec.abs()
+    if mode == "max":
+        index = mag.argmax(dim=1, keepdim=True)
+    elif mode == "min":
+        index = mag.argmin(dim=1, keepdim=True)
+    else:
+        order = mag.argsort(dim=1)
+        index = order.narrow(1, (mag.shape[1] - 1) // 2, 1)
+    chosen = torch.gather(spec, 1, index).squeeze(1)
+    return istft(chosen, n_fft, hop_length, length, window)

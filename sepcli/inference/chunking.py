@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from sepcli.inference.device import host_to_device
+
 __all__ = [
     "chunk_stride",
     "plan_chunks",
@@ -222,7 +224,7 @@ class StreamingOverlapAdd:
         self._acc_len = max(self._acc_len, need)
 
     def _call(self, batch: Tensor) -> Tensor:
-        batch = batch.to(self.device)
+        batch = host_to_device(batch, self.device)  # pinned and non-blocking on CUDA
         with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
             y = self.fn(batch)
         if y.dim() != 4 or y.shape[1] != self.num_sources or y.shape[-1] != batch.shape[-1]:

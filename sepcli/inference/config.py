@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sepcli.dsp import PHASE_METHODS
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
-__all__ = ["SeparatorConfig", "MAX_OVERLAP", "MAX_SEGMENT_SECONDS", "MAX_SHIFTS", "GL_INITS"]
+__all__ = [
+    "SeparatorConfig",
+    "MAX_OVERLAP",
+    "MAX_SEGMENT_SECONDS",
+    "MAX_SHIFTS",
+    "GL_INITS",
+    "PRECISIONS",
+]
 
 #: Largest overlap between consecutive chunks (beyond it, chunks repeat work 10x).
 MAX_OVERLAP = 0.9
@@ -28,6 +35,8 @@ MAX_SEGMENT_SECONDS = 600.0
 #: Most random time-shift passes.
 MAX_SHIFTS = 100
 GL_INITS = ("mixture", "random")
+#: ``precision`` values (the network forward's dtype under autocast).
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,11 @@ class SeparatorConfig:
         context_seconds: real neighbouring audio each chunk sees on both sides
             (``None``: the archive's, at least one STFT window for spectrogram
             models).
-        batch_size: chunks per forward pass.
+        batch_size: chunks per forward pass; ``0`` = auto (1 on the CPU, on a
+            GPU the largest power of two up to 16 that fits, found by halving on
+            out-of-memory errors).
+        precision: dtype of the network forward, ``fp32``, ``fp16`` or ``bf16``
+            (autocast; the STFT, inverse STFT and phase steps stay float32).
         phase: phase method for ``magnitude`` archives (``None``: the archive's).
         wiener_iters: EM iterations of the ``wiener`` phase method.
         gl_iters: iterations of ``griffin-lim`` and ``misi``.
@@ -55,11 +68,12 @@ class SeparatorConfig:
     shifts: int = 0
     seed: int = 0
     context_seconds: float | None = None
-    batch_size: int = 1
+    batch_size: int = 0
     phase: str | None = None
     wiener_iters: int = 1
     gl_iters: int = 32
     gl_init: str = "mixture"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,8 +97,8 @@ class SeparatorConfig:
             math.isfinite(self.context_seconds) and self.context_seconds >= 0
         ):
             problems.append(f"context must be >= 0 seconds, got {self.context_seconds}")
-        if self.batch_size < 1:
-            problems.append(f"batch size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            problems.append(f"batch size must be >= 1 (or 0 = auto), got {self.batch_size}")
         if self.phase is not None and self.phase not in PHASE_METHODS:
             problems.append(
                 f"unknown phase method {self.phase!r}; choose from {', '.join(PHASE_METHODS)}"
@@ -97,8 +111,12 @@ class SeparatorConfig:
             )
         if self.gl_init not in GL_INITS:
             problems.append(f"gl_init must be 'mixture' or 'random', got {self.gl_init!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(
+                f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
         if problems:
-            raise UsageError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
     def replace(self, **changes: Any) -> SeparatorConfig:
         """A copy with ``changes`` (validated again)."""

@@ -26,13 +26,30 @@ import torch
 from torch import Tensor
 
 from sepcli import audio
-from sepcli.dsp.phase import to_waveform
+from sepcli.dsp.phase import spectral_blend, to_waveform
 from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
+from sepcli.inference.chunking import StreamingOverlapAdd
 from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.device import (
+    BatchLimit,
+    DevicePlan,
+    OomSafeFn,
+    auto_batch_size,
+    autocast,
+    plan_devices,
+    resolve_device,
+)
+from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
-from sepcli.models.archive import Archive, ArchiveMetadata, StftParams, load_archive
+from sepcli.models.archive import (
+    Archive,
+    ArchiveMetadata,
+    StftParams,
+    load_archive,
+    probe_archive,
+)
 
 __all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
@@ -41,28 +58,34 @@ log = logging.getLogger(__name__)
 #: Input is decoded and fed to the pipeline in blocks of this many seconds.
 BLOCK_SECONDS = 10.0
 
+#: Blocks decoded ahead (and stem blocks waiting to be written) when threads are on.
+PREFETCH_BLOCKS = 2
+
 ProgressFn = Callable[[int, int], None]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
-    if isinstance(device, torch.device):
-        return device
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"device {device!r} asked for, but CUDA is not available on this machine"
-            )
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+def _stft_needs(archive: Archive) -> tuple[bool, bool]:
+    """``(network computes an STFT, output step outside the network)`` of an archive.
+
+    Hybrid and band-split families (HT-Demucs, RoFormers, MDX23C) give waveforms
+    but take an STFT inside: their metadata has ``stft`` (members: ``n_fft``).
+    """
+    meta = archive.metadata
+    if meta.family == "ensemble" and hasattr(archive.module, "members"):
+        members = list(archive.module.members.children())
+        return any(int(m.kind) != 0 or int(getattr(m, "n_fft", 0)) > 0 for m in members), False
+    return meta.stft is not None or meta.output != "waveform", meta.output != "waveform"
+
+
+def _forward_works(archive: Archive) -> bool:
+    """The network runs once on a short silent input on its device (MPS lacks some ops)."""
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+        probe_archive(archive)
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        log.warning("%s does not run on MPS with this torch (%s); it runs on the CPU",
+                    archive.metadata.name, str(e).strip().splitlines()[0] if str(e) else e)  # fmt: skip
+        return False
+    return True
 
 
 def _as_tensor(array: np.ndarray) -> Tensor:
@@ -181,20 +204,26 @@ class _UnitStream:
         self.channels = channels
         self.needed = needed
         self.sample_rate = sample_rate
-        self.blend = unit.blend[needed] if unit.blend is not None else None
+        # Which of the unit's sources is each needed source (0/1 rows), and its weight
+        # in the blend; the weighting happens in the _Combiner.
+        if unit.blend is None:
+            self.select = torch.eye(unit.num_sources)[needed]
+        else:
+            self.select = (unit.blend[needed] > 0).float()
+        self.gains = (
+            torch.ones(len(needed)) if unit.blend is None else unit.blend[needed].sum(dim=1)
+        )
         self.res_in = audio.StreamResampler(sample_rate, unit.sample_rate, channels)
         self.res_out = audio.StreamResampler(unit.sample_rate, sample_rate, len(needed) * channels)
         self.frames_out = 0
 
     def _through(self, est: Tensor) -> np.ndarray:
-        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate."""
+        """``(S_unit, C, m)`` at the unit rate -> ``(K * C, m')`` at the track rate:
+        the unit's own estimate of each needed source (zeros where it has none)."""
         k = len(self.needed)
         if est.shape[-1] == 0:
             return np.zeros((k * self.channels, 0), np.float32)
-        if self.blend is None:
-            sel = est[self.needed]
-        else:
-            sel = torch.matmul(self.blend, est.reshape(est.shape[0], -1))
+        sel = torch.matmul(self.select, est.reshape(est.shape[0], -1))
         out = self.res_out.process(sel.reshape(k * self.channels, -1).numpy())
         self.frames_out += out.shape[-1]
         return out
@@ -219,6 +248,80 @@ class _UnitStream:
         return rest
 
 
+#: STFT of the spectrogram-domain blend modes (at the track's rate).
+SPECTRAL_BLEND_FFT = 2048
+SPECTRAL_BLEND_HOP = 512
+
+
+class _Combiner:
+    """The units' estimates of the needed sources -> one waveform per needed source.
+
+    ``mean`` sources are the weighted sum (the weights of an ensemble sum to one
+    per source); ``max``/``min``/``median`` sources go through
+    :func:`~sepcli.dsp.phase.spectral_blend` in 10-s chunks with one STFT window
+    of context (a streaming overlap-add of its own, so their output lags).
+    """
+
+    def __init__(
+        self, units: list[_UnitStream], modes: list[str], channels: int, sample_rate: int
+    ) -> None:
+        self.units = units
+        self.modes = modes
+        self.channels = channels
+        self.ready = [_Fifo(channels) for _ in modes]
+        self.spectral: dict[int, tuple[list[int], StreamingOverlapAdd]] = {}
+        for k, mode in enumerate(modes):
+            if mode == "mean":
+                continue
+            members = [i for i, u in enumerate(units) if float(u.gains[k]) > 0]
+            width = len(members) * channels
+
+            def fn(batch: Tensor, mode: str = mode, m: int = len(members)) -> Tensor:
+                est = batch.reshape(batch.shape[0], m, channels, batch.shape[-1])
+                out = spectral_blend(est, mode, SPECTRAL_BLEND_FFT, SPECTRAL_BLEND_HOP)
+                return out.repeat(1, m, 1)[:, None]  # the engine keeps the input's width
+
+            engine = StreamingOverlapAdd(
+                fn,
+                channels=width,
+                num_sources=1,
+                segment=int(10 * sample_rate),
+                overlap=0.05,
+                context=SPECTRAL_BLEND_FFT,
+                min_length=SPECTRAL_BLEND_FFT,
+            )
+            self.spectral[k] = (members, engine)
+
+    def push(self, parts: list[np.ndarray]) -> None:
+        """One ``(K * C, n)`` block per unit, all of the same length."""
+        n = parts[0].shape[-1]
+        if n == 0:
+            return
+        per_unit = [p.reshape(len(self.modes), self.channels, n) for p in parts]
+        for k, mode in enumerate(self.modes):
+            if mode == "mean":
+                y = sum(
+                    float(u.gains[k]) * est[k] for u, est in zip(self.units, per_unit, strict=True)
+                )
+                self.ready[k].put(np.asarray(y, dtype=np.float32))
+            else:
+                members, engine = self.spectral[k]
+                stacked = np.concatenate([per_unit[i][k] for i in members], axis=0)
+                self.ready[k].put(engine.push(_as_tensor(stacked))[0, : self.channels].numpy())
+
+    def finish(self) -> None:
+        for k, (_, engine) in self.spectral.items():
+            self.ready[k].put(engine.finish()[0, : self.channels].numpy())
+
+    @property
+    def length(self) -> int:
+        return min(f.length for f in self.ready)
+
+    def take(self, n: int) -> np.ndarray:
+        """``(K, C, n)``."""
+        return np.stack([f.take(n) for f in self.ready])
+
+
 class Separator:
     """Separate audio with a model archive.
 
@@ -227,7 +330,10 @@ class Separator:
             archive file (model names are resolved by :func:`sepcli.hub.load_model`).
         config: how to run it (:class:`~sepcli.inference.config.SeparatorConfig`;
             default: the archive's recommendations).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
+            (:func:`~sepcli.inference.device.resolve_device`). On MPS, a step
+            whose complex ops are missing there runs on the CPU
+            (:func:`~sepcli.inference.device.plan_devices`; see ``devices``).
         **options: fields of :class:`SeparatorConfig` (``segment_seconds=``,
             ``shifts=``...), applied over ``config``.
 
@@ -246,15 +352,26 @@ class Separator:
         config = config or SeparatorConfig()
         self.config = config.replace(**options) if options else config
         self.device = resolve_device(device)
-        if isinstance(model, Archive):
-            archive = model
-            if next(archive.module.parameters(), torch.zeros(0)).device != self.device:
-                archive = Archive(archive.module.to(self.device), archive.metadata, archive.path)
-        else:
-            archive = load_archive(model, device=self.device)
+        # MPS: load on the CPU first; whether the network can go there depends on it.
+        load_on = self.device if self.device.type != "mps" else torch.device("cpu")
+        if not isinstance(model, Archive):
+            model = load_archive(model, device=load_on)
+        self.devices = plan_devices(self.device, *_stft_needs(model))
+        archive = model
+        if next(archive.module.parameters(), torch.zeros(0)).device != self.devices.model:
+            archive = Archive(archive.module.to(self.devices.model), archive.metadata, archive.path)
+        if self.devices.model.type == "mps" and not _forward_works(archive):
+            cpu = torch.device("cpu")
+            self.devices = DevicePlan(cpu, cpu)
+            archive = Archive(archive.module.to(cpu), archive.metadata, archive.path)
         self.archive = archive
         self.phase = self.config.phase or archive.metadata.phase
         self.units = self._plan_units()
+        batch = self.config.batch_size or auto_batch_size(self.devices.model)
+        #: per unit, the largest batch known to fit (lowered on out-of-memory errors)
+        self.batch_limits = [BatchLimit(batch) for _ in self.units]
+        #: decode ahead and write behind in threads (on by default when a GPU computes)
+        self.threads = self.devices.model.type != "cpu"
 
     # -- properties -------------------------------------------------------
     @property
@@ -268,6 +385,13 @@ class Separator:
     @property
     def sample_rate(self) -> int:
         return self.archive.metadata.sample_rate
+
+    @property
+    def blend_modes(self) -> tuple[str, ...]:
+        """Per source, how an ensemble combines its members (``mean`` for other models)."""
+        config = self.archive.metadata.config
+        modes = config.get("modes") if self.archive.metadata.family == "ensemble" else None
+        return tuple(modes) if modes else ("mean",) * len(self.sources)
 
     @property
     def recipe(self) -> Recipe:
@@ -288,8 +412,10 @@ class Separator:
 
     def identity(self) -> dict[str, Any]:
         """What determines this separator's output besides the weights (run records)."""
+        config = self.config.to_dict()
+        del config["batch_size"]  # chunks per forward pass: speed, not output
         return {
-            **self.config.to_dict(),
+            **config,
             "phase": self.phase,
             "units": [{"name": u.name, **u.recipe.describe()} for u in self.units],
         }
@@ -356,13 +482,20 @@ class Separator:
             run = module
         n_fft = meta.stft.n_fft if meta.stft else 0
         hop = meta.stft.hop_length if meta.stft else 0
-        window = hann_window(n_fft, self.device) if meta.stft else None
+        out_dev = self.devices.output
+        window = hann_window(n_fft, out_dev) if meta.stft else None
+        model_dev, precision = self.devices.model, cfg.precision
 
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
             def fn(batch: Tensor) -> Tensor:
+                with autocast(model_dev, precision):
+                    y = run(batch)
+                # the output step (phase, inverse STFT) in float32, on the CPU where
+                # its complex ops are missing on the device (MPS)
+                y, batch = y.to(out_dev), batch.to(out_dev)
                 return to_waveform(
                     meta.output,
-                    run(batch),
+                    y.to(torch.complex64) if y.is_complex() else y.float(),
                     batch,
                     n_fft,
                     hop,
@@ -406,8 +539,17 @@ class Separator:
             extra=json.loads(str(getattr(member, "extra_json", "{}"))),
         )
 
+        model_dev, precision = self.devices.model, self.config.precision
+
         def make_fn(generator: torch.Generator) -> Callable[[Tensor], Tensor]:
-            return member
+            if precision == "fp32" and model_dev.type != "cuda":
+                return member
+
+            def fn(batch: Tensor) -> Tensor:
+                with autocast(model_dev, precision):
+                    return member(batch).float()
+
+            return fn
 
         recipe = make_recipe(member_meta, self.config)
         return _Unit(member_meta.name, make_fn, recipe, rate, blend.shape[1], blend)
@@ -462,16 +604,18 @@ class Separator:
             out_channels = channels if channels <= 2 else model_channels
         use_mix = any(r.kind == "mix_minus" for r in recipes)
         # Random phase initialisation is seeded, so a run is reproducible.
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        generator = torch.Generator(device=self.devices.output).manual_seed(self.config.seed)
+        # a subset of an archive's networks shares the archive's batch limit (same name)
+        limits = {u.name: lim for u, lim in zip(self.units, self.batch_limits, strict=True)}
         units = [
             _UnitStream(
                 u,
                 u.recipe.engine(
-                    u.make_fn(generator),
+                    OomSafeFn(u.make_fn(generator), limit),
                     model_channels,
                     u.num_sources,
-                    batch_size=self.config.batch_size,
-                    device=self.device,
+                    batch_size=limit.size,
+                    device=self.devices.model,
                     on_chunk=on_chunk,
                 ),
                 sample_rate,
@@ -479,20 +623,25 @@ class Separator:
                 needed,
             )
             for u in plan_units
+            for limit in (limits[u.name],)
         ]
         pending: list[_Fifo] = [_Fifo(len(needed) * model_channels) for _ in units]
+        combiner = _Combiner(
+            units, [self.blend_modes[i] for i in needed], model_channels, sample_rate
+        )
         mix_fifo = _Fifo(out_channels)
         frames_in = 0
         frames_out = 0
+
+        def combine(n: int) -> None:
+            if n > 0:
+                combiner.push([fifo.take(n) for fifo in pending])
 
         def finish_block(n: int) -> dict[str, np.ndarray] | None:
             nonlocal frames_out
             if n == 0:
                 return None
-            summed = pending[0].take(n)
-            for fifo in pending[1:]:
-                summed = summed + fifo.take(n)
-            per_source = summed.reshape(len(needed), model_channels, n)
+            per_source = combiner.take(n)
             src = {
                 idx: audio.convert_channels(per_source[k], out_channels)
                 for k, idx in enumerate(needed)
@@ -523,11 +672,14 @@ class Separator:
             x = audio.convert_channels(block, model_channels)
             for unit, fifo in zip(units, pending, strict=True):
                 fifo.put(unit.push(x))
-            done = finish_block(min(f.length for f in pending))
+            combine(min(f.length for f in pending))
+            done = finish_block(combiner.length)
             if done:
                 yield done
         for unit, fifo in zip(units, pending, strict=True):
             fifo.put(unit.finish(frames_in))
+        combine(min(f.length for f in pending))
+        combiner.finish()
         done = finish_block(frames_in - frames_out)
         if done:
             yield done
@@ -583,22 +735,30 @@ class Separator:
         outputs: Mapping[str, str | os.PathLike[str]],
         *,
         format: str | None = None,
-        bit_depth: int = 16,
+        bit_depth: int | None = 16,
         clip: str = "rescale",
         out_channels: int | None = None,
         on_progress: ProgressFn | None = None,
+        allow_truncated: bool = False,
+        mp3_bitrate: int | None = None,
+        mp3_vbr: int | None = None,
     ) -> FileResult:
         """Separate one file and write each stem to ``outputs[stem]``.
 
         Outputs are written to temporary files and renamed only when every stem
         is complete; on any error (or Ctrl-C) no output file is left behind and
-        existing files are untouched.
+        existing files are untouched. ``bit_depth=None`` follows the input
+        (24-bit in, 24-bit out; 16 for lossy input). With ``allow_truncated`` an
+        input cut short is separated as far as it decodes, and
+        ``result.extra["missing_seconds"]`` says how much was missing.
+        ``mp3_bitrate`` (constant, kb/s) or ``mp3_vbr`` (LAME ``-V`` 0-9) set
+        the MP3 encoder.
         """
         path = Path(path)
         started = time.perf_counter()
         stems = list(outputs)
         self.stems(stems)  # unknown stems fail before decoding
-        with audio.open_audio(path) as reader:
+        with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
             info = reader.info
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
             total_chunks = self.count_chunks(info.frames, info.sample_rate) if info.frames else 0
@@ -615,6 +775,15 @@ class Separator:
             )
             writers: dict[str, audio.AudioWriter] = {}
             frames = 0
+
+            def write(out: dict[str, np.ndarray]) -> None:
+                for stem, y in out.items():
+                    writers[stem].write(y)
+
+            # With a GPU computing, decoding and writing run in threads beside it.
+            blocks: Iterable[np.ndarray] = reader.blocks(block)
+            prefetch = Prefetch(blocks, PREFETCH_BLOCKS) if self.threads else None
+            behind = WriteBehind(write, PREFETCH_BLOCKS) if self.threads else None
             try:
                 for stem in stems:
                     writers[stem] = audio.AudioWriter(
@@ -622,24 +791,47 @@ class Separator:
                         info.sample_rate,
                         oc,
                         format=format,
-                        bit_depth=bit_depth,
+                        bit_depth=audio.output_bit_depth(
+                            bit_depth, info.bit_depth, audio.output_format(outputs[stem], format)
+                        ),
                         clip=clip,
+                        mp3_bitrate=mp3_bitrate,
+                        mp3_vbr=mp3_vbr,
                     )
                 for out in self.stream(
-                    reader.blocks(block), info.sample_rate, info.channels, stems, oc, on_chunk
+                    prefetch if prefetch is not None else blocks,
+                    info.sample_rate,
+                    info.channels,
+                    stems,
+                    oc,
+                    on_chunk,
                 ):
-                    for stem, y in out.items():
-                        writers[stem].write(y)
+                    if behind is not None:
+                        behind.put(out)
+                    else:
+                        write(out)
                     frames += next(iter(out.values())).shape[-1]
+                if behind is not None:
+                    behind.finish()
                 if frames == 0:
                     raise AudioDecodeError(f"{path}: no audio samples")
                 for w in writers.values():  # encode every stem first, so the renames
                     w.prepare()  # publish all of them or (on error) none
                 written = {stem: writers[stem].commit() for stem in stems}
             except BaseException:
+                # stop the threads first: nothing may write into an aborted output
+                for thread in (behind, prefetch):
+                    if thread is not None:
+                        thread.close()
                 for w in writers.values():
                     w.abort()
                 raise
+            finally:
+                if prefetch is not None:
+                    prefetch.close()  # before the reader closes
+        extra: dict[str, float] = {}
+        if reader.missing_frames:
+            extra["missing_seconds"] = reader.missing_frames / info.sample_rate
         return FileResult(
             input=path,
             outputs=written,
@@ -647,4 +839,5 @@ class Separator:
             seconds=time.perf_counter() - started,
             sample_rate=info.sample_rate,
             channels=oc,
+            extra=extra,
         )

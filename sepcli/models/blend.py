@@ -54,6 +54,7 @@ def blend_archives(
     sources: Sequence[str] | None = None,
     weights: Mapping[str, Sequence[float]] | None = None,
     wiener: Sequence[int] | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> Ensemble:
     """An :class:`Ensemble` of loaded archives.
 
@@ -64,6 +65,8 @@ def blend_archives(
             over the members that output them).
         wiener: Wiener iterations per member; default from each member's
             ``phase`` (1 for ``wiener``, else 0).
+        modes: stem -> blend mode (:data:`~sepcli.models.configs.BLEND_MODES`);
+            key ``"*"`` for every other stem; default ``mean``.
     """
     if len(archives) < 2:
         raise UsageError("a blend needs at least two member archives")
@@ -77,9 +80,17 @@ def blend_archives(
         raise UsageError(f"stems must be distinct and not empty, got {sources}")
     if wiener is None:
         wiener = [1 if a.metadata.phase == "wiener" else 0 for a in archives]
+    modes = dict(modes or {})
+    unknown = sorted(set(modes) - set(sources) - {"*"})
+    if unknown:
+        raise UsageError(
+            f"--mode for {', '.join(unknown)}: not a blended stem ({', '.join(sources)})"
+        )
+    per_stem = [modes.get(s, modes.get("*", "mean")) for s in sources]
     return Ensemble.from_archives(
-        archives, sources, _weights_rows(archives, sources, weights), wiener_iterations=wiener
-    )
+        archives, sources, _weights_rows(archives, sources, weights), wiener_iterations=wiener,
+        modes=per_stem,
+    )  # fmt: skip
 
 
 def export_blend(
@@ -90,13 +101,14 @@ def export_blend(
     weights: Mapping[str, Sequence[float]] | None = None,
     wiener: Sequence[int] | None = None,
     description: str | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the blend of ``archives`` to ``output`` (atomically) and return its path.
 
     The recommended chunk ``overlap`` is the largest any member recommends (a
     member whose edges need a long crossfade still gets it).
     """
-    bag = blend_archives(archives, sources, weights, wiener)
+    bag = blend_archives(archives, sources, weights, wiener, modes)
     metas = [a.metadata for a in archives]
     rows = [[float(w) for w in row] for row in bag.config.weights]
     members = []

@@ -157,7 +157,8 @@ class BSRoformer(nn.Module):
         for block in self.layers:
             x = block(x)
         x = self.final_norm(x)
-        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1)
+        # float32 from here on (masks are bf16/fp16 under autocast; complex needs float32)
+        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1).to(spec_ri.dtype)
         sources = masks.shape[1]
         masks = masks.reshape(batch, sources, frames, freqs * channels, 2).permute(0, 1, 3, 2, 4)
         out = torch.view_as_complex(spec_ri.contiguous()).unsqueeze(1) * torch.view_as_complex(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError
 from sepcli.models.archive import (
     Archive,
     ArchiveMetadata,
@@ -47,7 +47,7 @@ __all__ = [
 def build_model(family: str, config: Mapping[str, Any] | Any) -> nn.Module:
     """A randomly initialised model of ``family`` from ``config`` (dict or dataclass).
 
-    Raises :class:`UsageError` for an unknown family or an invalid config.
+    Raises :class:`ConfigError` for an unknown family or an invalid config.
     """
     return family_row(family).build(config_from_dict(family, config))
 
@@ -55,7 +55,9 @@ def build_model(family: str, config: Mapping[str, Any] | Any) -> nn.Module:
 def model_family(model: nn.Module) -> str:
     family = getattr(model, "family", None)
     if family not in FAMILIES:
-        raise UsageError(f"{type(model).__name__} is not a sepcli model family (family={family!r})")
+        raise ConfigError(
+            f"{type(model).__name__} is not a sepcli model family (family={family!r})"
+        )
     return str(family)
 
 
@@ -63,7 +65,7 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     """The config dict a model was built from (from its ``config_json`` attribute)."""
     text = getattr(model, "config_json", None)
     if not isinstance(text, str):
-        raise UsageError(f"{type(model).__name__} carries no config_json")
+        raise ConfigError(f"{type(model).__name__} carries no config_json")
     return json.loads(text)
 
 
@@ -89,7 +91,7 @@ def make_metadata(
         sources = tuple(config["sources"])
     sources = tuple(sources)
     if len(sources) != int(model.num_sources):
-        raise UsageError(
+        raise ConfigError(
             f"{len(sources)} source names given for a model with {model.num_sources} sources"
         )
     values: dict[str, Any] = {

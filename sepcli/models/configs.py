@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models.families import FAMILIES, config_class, config_from_dict, reference_config
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "WaveformConfig",
     "EnsembleMember",
     "EnsembleConfig",
+    "BLEND_MODES",
     "config_from_dict",
     "reference_config",
     "reference_ensemble",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 FOUR_STEMS = ("vocals", "drums", "bass", "other")
+#: How an ensemble combines its members for a stem (:class:`EnsembleConfig`).
+BLEND_MODES = ("mean", "max", "min", "median")
 
 
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
@@ -62,20 +65,20 @@ class _Config:
         if isinstance(data, cls):
             return data
         if not isinstance(data, Mapping):
-            raise UsageError(
+            raise ConfigError(
                 f"{cls.family} config must be a JSON object, got {type(data).__name__}"
             )
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UsageError(f"{cls.family} config has unknown keys {unknown}")
+            raise ConfigError(f"{cls.family} config has unknown keys {unknown}")
         kwargs = dict(data)
         if "sources" in kwargs:
             kwargs["sources"] = tuple(kwargs["sources"])
         try:
             return cls(**kwargs)
         except TypeError as exc:
-            raise UsageError(f"{cls.family} config is incomplete: {exc}") from None
+            raise ConfigError(f"{cls.family} config is incomplete: {exc}") from None
 
     def _check_common(self) -> list[str]:
         out: list[str] = []
@@ -90,7 +93,7 @@ class _Config:
 
     def _raise(self, problems: list[str]) -> None:
         if problems:
-            raise UsageError(f"invalid {self.family} config: " + "; ".join(problems))
+            raise ConfigError(f"invalid {self.family} config: " + "; ".join(problems))
 
 
 def _to_json(value: Any) -> Any:
@@ -309,9 +312,9 @@ class EnsembleMember(_Config):
 
     def __post_init__(self) -> None:
         if self.member_family not in FAMILIES or self.member_family == "ensemble":
-            raise UsageError(f"unknown ensemble member family {self.member_family!r}")
+            raise ConfigError(f"unknown ensemble member family {self.member_family!r}")
         if self.wiener_iterations < 0:
-            raise UsageError("wiener_iterations must be >= 0")
+            raise ConfigError("wiener_iterations must be >= 0")
         cfg = config_class(self.member_family).from_dict(self.config)
         object.__setattr__(self, "config", cfg.to_dict())
 
@@ -327,6 +330,11 @@ class EnsembleConfig(_Config):
     Attributes:
         sources: output stems, in order.
         members: the members.
+        modes: per stem, how members are combined (:data:`BLEND_MODES`): ``mean``
+            (the weighted mean of waveforms) or, in the spectrogram domain, per
+            time-frequency bin the member whose magnitude is the ``max``, ``min``
+            or ``median`` (UVR's "Max Spec" / "Min Spec"; weights then only say
+            which members take part). Empty = ``mean`` for every stem.
         weights: ``len(sources)`` rows of ``len(members)`` non-negative weights;
             a member that does not output a stem must have weight 0 for it.
     """
@@ -335,6 +343,7 @@ class EnsembleConfig(_Config):
     sources: tuple[str, ...] = FOUR_STEMS
     members: tuple[EnsembleMember, ...] = ()
     weights: tuple[tuple[float, ...], ...] = ()
+    modes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         members = tuple(
@@ -346,7 +355,12 @@ class EnsembleConfig(_Config):
         object.__setattr__(
             self, "weights", tuple(tuple(float(w) for w in row) for row in self.weights)
         )
+        object.__setattr__(self, "modes", tuple(self.modes) or ("mean",) * len(self.sources))
         p = self._check_common()
+        if len(self.modes) != len(self.sources) or set(self.modes) - set(BLEND_MODES):
+            p.append(
+                f"modes must be one of {', '.join(BLEND_MODES)} per stem, got {list(self.modes)}"
+            )
         if not members:
             p.append("an ensemble needs at least one member")
         cfgs = [m.member_config() for m in members]
@@ -387,6 +401,8 @@ class EnsembleConfig(_Config):
             "sources": list(self.sources),
             "members": [m.to_dict() for m in self.members],
             "weights": [list(r) for r in self.weights],
+            # only when used, so that the configs of mean-only blends stay as they were
+            **({"modes": list(self.modes)} if set(self.modes) != {"mean"} else {}),
         }
 
 

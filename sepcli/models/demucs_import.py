@@ -33,7 +33,6 @@ with a message that says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -50,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError
+from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata, save_archive
 from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
 
@@ -182,14 +182,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _refusal(path: Path, exc: BaseException) -> ArchiveError:
     """A one-line error for a file the restricted unpickler would not read."""
     text = str(exc)
@@ -275,7 +267,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> DemucsCheckpoint:
             raise ArchiveError(f"{path}: {key!r} given both in 'args' and in 'kwargs'")
         merged[str(key)] = value
     return DemucsCheckpoint(
-        path, name, merged, {str(k): v for k, v in state.items()}, _sha256(path)
+        path, name, merged, {str(k): v for k, v in state.items()}, sha256_file(path)
     )
 
 
@@ -324,7 +316,7 @@ def config_from_kwargs(
         fields[key] = float(fields[key])
     try:
         return HTDemucsConfig(**fields)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"{where}: {exc}") from None
 
 
@@ -403,7 +395,7 @@ def _member_file(folder: Path, sig: str, where: Path) -> Path:
     if len(found) > 1:
         raise UsageError(f"{where}: several files for member {sig!r}: {[f.name for f, _ in found]}")
     file, checksum = found[0]
-    if checksum is not None and not _sha256(file).startswith(checksum.lower()):
+    if checksum is not None and not sha256_file(file).startswith(checksum.lower()):
         raise ArchiveError(f"{file}: SHA-256 does not start with {checksum} (corrupt download?)")
     return file
 
@@ -561,7 +553,7 @@ def bag_model(models: Sequence[HTDemucs], weights: Tensor) -> nn.Module:
     rows = tuple(tuple(float(w) for w in row) for row in weights.t().tolist())
     try:
         config = EnsembleConfig(sources, specs, rows)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"bag weights: {exc}") from None
     members = []
     for model, blend in zip(models, Ensemble.blend_matrices(config), strict=True):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sepcli.dsp.phase import OUTPUT_KINDS, waveform_from_output
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models.archive import Archive
 from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
 
@@ -52,7 +52,7 @@ class MemberModule(nn.Module):
     ) -> None:
         super().__init__()
         if output not in OUTPUT_KINDS:
-            raise UsageError(f"unknown member output {output!r}")
+            raise ConfigError(f"unknown member output {output!r}")
         self.model = model
         self.kind = OUTPUT_KINDS[output]
         self.n_fft = int(n_fft)
@@ -87,7 +87,7 @@ class Ensemble(nn.Module):
         self.num_sources = config.num_sources
         for m in members:
             if int(m.model.audio_channels) != self.audio_channels:
-                raise UsageError("ensemble members must share audio_channels")
+                raise ConfigError("ensemble members must share audio_channels")
         # Members of other rates are resampled by the separator, once per member;
         # forward() (the whole input through every member) needs one rate.
         self.single_rate = all(int(m.model.sample_rate) == self.sample_rate for m in members)
@@ -145,8 +145,8 @@ class Ensemble(nn.Module):
         where = str(archive.path) if archive.path else meta.name
         try:
             cfg = config_from_dict(meta.family, meta.config)
-        except UsageError as exc:
-            raise UsageError(f"{where}: cannot be an ensemble member ({exc})") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: cannot be an ensemble member ({exc})") from None
         if tuple(cfg.sources) != tuple(meta.sources):
             cfg = type(cfg).from_dict({**cfg.to_dict(), "sources": list(meta.sources)})
         return EnsembleMember(meta.family, cfg.to_dict(), wiener_iterations)
@@ -158,6 +158,7 @@ class Ensemble(nn.Module):
         sources: Sequence[str],
         weights: Sequence[Sequence[float]],
         wiener_iterations: Sequence[int] | None = None,
+        modes: Sequence[str] = (),
     ) -> Ensemble:
         """An ensemble of loaded family archives (their modules are reused as is).
 
@@ -166,12 +167,15 @@ class Ensemble(nn.Module):
             sources: output stems.
             weights: ``len(sources)`` rows of ``len(archives)`` weights.
             wiener_iterations: per member (spectrogram members only); default 0.
+            modes: per source, the blend mode (:class:`EnsembleConfig`); default ``mean``.
         """
         iters = list(wiener_iterations) if wiener_iterations is not None else [0] * len(archives)
         if len(iters) != len(archives):
-            raise UsageError("one wiener_iterations value per member is needed")
+            raise ConfigError("one wiener_iterations value per member is needed")
         specs = [cls.member_spec(a, n) for a, n in zip(archives, iters, strict=True)]
-        config = EnsembleConfig(tuple(sources), tuple(specs), tuple(tuple(r) for r in weights))
+        config = EnsembleConfig(
+            tuple(sources), tuple(specs), tuple(tuple(r) for r in weights), tuple(modes)
+        )
         members = []
         for archive, spec, blend in zip(archives, specs, cls.blend_matrices(config), strict=True):
             meta = archive.metadata

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 
 __all__ = [
     "Family",
@@ -171,10 +171,10 @@ TRAINABLE_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILY_TABLE if f.tr
 
 
 def family(name: str) -> Family:
-    """The row of family ``name``; :class:`UsageError` naming the known ones otherwise."""
+    """The row of family ``name``; :class:`ConfigError` naming the known ones otherwise."""
     row = _BY_NAME.get(str(name))
     if row is None:
-        raise UsageError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
     return row
 
 
@@ -187,7 +187,7 @@ def config_from_dict(name: str, data: Mapping[str, Any] | Any) -> Any:
     """The config dataclass of family ``name`` from a dict (or the dataclass itself)."""
     cls = config_class(name)
     if hasattr(data, "to_dict") and not isinstance(data, cls):
-        raise UsageError(f"a {type(data).__name__} is not a config of family {name!r}")
+        raise ConfigError(f"a {type(data).__name__} is not a config of family {name!r}")
     return cls.from_dict(data)
 
 

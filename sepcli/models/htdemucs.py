@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.errors import UsageError
+from sepcli.errors import ConfigError
 from sepcli.models.configs import _Config
 
 __all__ = [
@@ -264,7 +264,7 @@ class HTDemucsConfig(_Config):
         if name == "htdemucs_6s":
             six = ("drums", "bass", "other", "vocals", "guitar", "piano")
             return dataclasses.replace(cls.reference(six), bottom_channels=0)
-        raise UsageError(f"unknown published HT-Demucs {name!r}")
+        raise ConfigError(f"unknown published HT-Demucs {name!r}")
 
 
 def reference_config() -> HTDemucsConfig:

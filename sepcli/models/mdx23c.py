@@ -324,7 +324,8 @@ class MDX23C(nn.Module):
         k = self.num_subbands
         cw = channels * 2
         folded = spec_ri.reshape(batch, cw * k, self.dim_f // k, nframes)
-        out = self._unet(folded)
+        # float32 from here on (bf16/fp16 under autocast; complex needs float32)
+        out = self._unet(folded).to(spec_ri.dtype)
         out = out.reshape(batch, self.num_sources * cw, self.dim_f, nframes)
         out = out.reshape(batch * self.num_sources * channels, 2, self.dim_f, nframes)
         out = F.pad(out, (0, 0, 0, nbins - self.dim_f))

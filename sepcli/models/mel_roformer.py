@@ -149,7 +149,8 @@ class MelRoformer(nn.Module):
         x = self.band_split(x)
         for block in self.layers:
             x = block(x)
-        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1)
+        # float32 from here on (masks are bf16/fp16 under autocast; complex needs float32)
+        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1).to(spec_ri.dtype)
         sources = masks.shape[1]
         picks = self.freq_indices.shape[0]
         masks = masks.reshape(batch, sources, frames, picks, 2).permute(0, 1, 3, 2, 4)

@@ -43,7 +43,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.models.archive import ArchiveMetadata
 
 __all__ = [
@@ -211,7 +211,7 @@ def config_from_msst(
         if model_type == "mdx23c":
             return _mdx23c_config(model, audio, cfg, sources, rate, where)
         return _roformer_config(model_type, model, audio, cfg, sources, rate, where)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"{where}: {exc}") from None
     except KeyError as exc:
         raise ArchiveError(f"{where}: the model section lacks {exc}") from None
