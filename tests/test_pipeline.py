@@ -102,7 +102,7 @@ def test_threaded_interrupt_leaves_nothing(tmp_path, tiny_wave_archive, monkeypa
     existing.write_bytes(b"keep me")
     calls = {"n": 0}
 
-    def interrupt(done, total):
+    def interrupt(event):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt

@@ -29,6 +29,7 @@ from sepcli.cli.common import (
 )
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
+from sepcli.progress import Progress as ProgressEvent
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 _PLACEHOLDERS = {"track", "stem", "ext", "model", "parent", "input_ext"}
@@ -424,8 +425,8 @@ def _process_track(
         return
     chunk_task = progress.add_task(f"  {path.name}", total=None)
 
-    def on_progress(done: int, total: int, _task=chunk_task) -> None:
-        progress.update(_task, completed=done, total=total)
+    def on_progress(event: ProgressEvent, _task=chunk_task) -> None:
+        progress.update(_task, completed=event.done, total=event.total)
 
     started = time.perf_counter()
     try:

@@ -50,6 +50,7 @@ from sepcli.models.archive import (
     load_archive,
     probe_archive,
 )
+from sepcli.progress import Progress, ProgressFn
 
 __all__ = ["Separator", "SeparatorConfig", "StemPlan", "FileResult", "resolve_device", "track_name"]
 
@@ -60,8 +61,6 @@ BLOCK_SECONDS = 10.0
 
 #: Blocks decoded ahead (and stem blocks waiting to be written) when threads are on.
 PREFETCH_BLOCKS = 2
-
-ProgressFn = Callable[[int, int], None]
 
 
 def _stft_needs(archive: Archive) -> tuple[bool, bool]:
@@ -752,7 +751,8 @@ class Separator:
         input cut short is separated as far as it decodes, and
         ``result.extra["missing_seconds"]`` says how much was missing.
         ``mp3_bitrate`` (constant, kb/s) or ``mp3_vbr`` (LAME ``-V`` 0-9) set
-        the MP3 encoder.
+        the MP3 encoder. ``on_progress`` gets :class:`~sepcli.progress.Progress`
+        events (task ``separate``, unit ``chunks``, item the file name).
         """
         path = Path(path)
         started = time.perf_counter()
@@ -768,7 +768,8 @@ class Separator:
                 nonlocal done_chunks
                 done_chunks += n
                 if on_progress is not None:
-                    on_progress(done_chunks, max(total_chunks, done_chunks))
+                    total = max(total_chunks, done_chunks)
+                    on_progress(Progress("separate", done_chunks, total, "chunks", path.name))
 
             oc = out_channels or (
                 info.channels if info.channels <= 2 else self.metadata.audio_channels
