@@ -236,13 +236,13 @@ def test_impossible_segment_is_one_line_usage_error(tmp_path, tiny_wave_archive,
 def test_segment_bound_and_cap():
     import torch
 
-    from sepcli.errors import UsageError
+    from sepcli.errors import ConfigError
     from sepcli.inference.chunking import StreamingOverlapAdd
     from sepcli.inference.config import MAX_SEGMENT_SECONDS, SeparatorConfig
 
     SeparatorConfig(segment_seconds=None)
     SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS)
-    with pytest.raises(UsageError, match="longer than"):
+    with pytest.raises(ConfigError, match="longer than"):
         SeparatorConfig(segment_seconds=MAX_SEGMENT_SECONDS + 1)
     # a chunk longer than the track is capped at the track: the model sees 3 s, not 10
     seen = []

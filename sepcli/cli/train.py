@@ -11,7 +11,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bars
 
-from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.cli.common import bars_shown, err_console, handle_errors, out_console, setup_logging
 from sepcli.models.families import TRAINABLE_FAMILIES
 from sepcli.progress import Progress
 
@@ -186,7 +186,7 @@ def train(
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=err_console,
-        disable=quiet,
+        disable=not bars_shown(quiet),
         transient=True,
     ) as progress:
         tasks: dict[str, Any] = {}
