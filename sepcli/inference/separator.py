@@ -553,11 +553,21 @@ class Separator:
         recipe = make_recipe(member_meta, self.config)
         return _Unit(member_meta.name, make_fn, recipe, rate, blend.shape[1], blend)
 
-    def count_chunks(self, frames: int, sample_rate: int) -> int:
-        """Number of chunks the models will run for ``frames`` input samples."""
+    def _units_for(self, plan: StemPlan, needed: list[int]) -> list[_Unit]:
+        """The units that run for ``plan``: a subset of an archive's networks, or the
+        members of a bag that give at least one of the ``needed`` sources."""
+        units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
+        return [u for u in units if u.blend is None or bool(u.blend[needed].any())]
+
+    def count_chunks(
+        self, frames: int, sample_rate: int, stems: Sequence[str] | None = None
+    ) -> int:
+        """Number of chunks the models will run for ``frames`` input samples and ``stems``."""
+        plan = self.plan(stems)
+        needed = sorted({i for r in plan.recipes for i in r.indices})
         return sum(
             u.recipe.count_chunks(int(math.ceil(frames * u.sample_rate / sample_rate)))
-            for u in self.units
+            for u in self._units_for(plan, needed)
         )
 
     # -- streaming core -----------------------------------------------------
@@ -588,10 +598,8 @@ class Separator:
         meta = self.archive.metadata
         plan = self.plan(stems)
         recipes = plan.recipes
-        plan_units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
         needed = sorted({i for r in recipes for i in r.indices})
-        # members of a bag that give none of the needed sources do not run
-        plan_units = [u for u in plan_units if u.blend is None or bool(u.blend[needed].any())]
+        plan_units = self._units_for(plan, needed)
         model_channels = meta.audio_channels
         if channels < 1:
             raise UsageError("input has no channels")
@@ -761,7 +769,9 @@ class Separator:
         with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
             info = reader.info
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
-            total_chunks = self.count_chunks(info.frames, info.sample_rate) if info.frames else 0
+            total_chunks = (
+                self.count_chunks(info.frames, info.sample_rate, stems) if info.frames else 0
+            )
             done_chunks = 0
 
             def on_chunk(n: int) -> None:
