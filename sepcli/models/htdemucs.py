@@ -549,6 +549,10 @@ class _ChannelGroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.num_groups == 1 and self.weight is not None and self.bias is not None:
+            # one group: normalise over (time, channel) in place, no transposed copies
+            y = F.layer_norm(x, x.shape[1:], eps=self.eps)
+            return torch.addcmul(self.bias, y, self.weight)
         y = F.group_norm(x.transpose(1, 2), self.num_groups, self.weight, self.bias, self.eps)
         return y.transpose(1, 2)
 
@@ -566,7 +570,7 @@ class _AttentionLayer(nn.Module):
     the queries, ``norm2`` for the keys/values, ``norm3`` before the feed-forward).
     """
 
-    __constants__ = ["cross", "norm_first", "gelu"]
+    __constants__ = ["cross", "norm_first", "gelu", "layer_scale"]
 
     def __init__(self, dim: int, cfg: HTDemucsConfig, cross: bool) -> None:
         super().__init__()
@@ -592,6 +596,7 @@ class _AttentionLayer(nn.Module):
         self.norm_out: nn.Module | None = None
         if cfg.t_norm_first and cfg.t_norm_out:
             self.norm_out = _ChannelGroupNorm(1, dim)
+        self.layer_scale = bool(cfg.t_layer_scale)
         self.gamma_1: nn.Module = nn.Identity()
         self.gamma_2: nn.Module = nn.Identity()
         if cfg.t_layer_scale:
@@ -634,15 +639,22 @@ class _AttentionLayer(nn.Module):
         h = F.gelu(h) if self.gelu else F.relu(h)
         return self.dropout2(self.linear2(self.dropout(h)))
 
+    def _residual(self, x: Tensor, y: Tensor, first: bool) -> Tensor:
+        """``x + gamma(y)``; with LayerScale one fused multiply-add."""
+        if self.layer_scale:
+            gamma = self.gamma_1 if first else self.gamma_2
+            return torch.addcmul(x, gamma.scale, y)
+        return x + y
+
     def forward(self, x: Tensor, other: Tensor) -> Tensor:
         """Args: x ``(B, N, D)``; other ``(B, M, D)`` (cross layers). Returns ``(B, N, D)``."""
         if self.norm_first:
             if self.cross:
-                x = x + self.gamma_1(self._attend(self.norm1(x), self.norm2(other)))
-                x = x + self.gamma_2(self._feed_forward(self.norm3(x)))
+                x = self._residual(x, self._attend(self.norm1(x), self.norm2(other)), True)
+                x = self._residual(x, self._feed_forward(self.norm3(x)), False)
             else:
-                x = x + self.gamma_1(self._attend(self.norm1(x), x))
-                x = x + self.gamma_2(self._feed_forward(self.norm2(x)))
+                x = self._residual(x, self._attend(self.norm1(x), x), True)
+                x = self._residual(x, self._feed_forward(self.norm2(x)), False)
             if self.norm_out is not None:
                 x = self.norm_out(x)
         else:
