@@ -31,7 +31,7 @@ side on 2 CPU threads; use ``--seconds 20`` for a shorter check.
 Usage::
 
     python bench/bench_roformer.py [--family bs-roformer|mel-roformer|mdx23c]
-        [--mode chunk|song] [--threads 2] [--rounds 2] [--seconds 180]
+        [--mode chunk|song] [--threads 2] [--rounds 2] [--warmup 0] [--seconds 180]
 
 Needs the test-only reference (tests/audio_separator_reference.py).
 """
@@ -117,7 +117,9 @@ def _snr(ref, est) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
-def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> None:
+def bench_chunk(
+    family: str, threads: int, rounds: int, dim_t: int | None, warmup: int = 0
+) -> None:
     import torch
     from audio_separator_reference import reference_model
 
@@ -148,6 +150,9 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> No
         times: dict[str, list[float]] = {k: [] for k in [*variants, "ours-bf16"]}
         outs = {}
         with torch.no_grad():
+            for _ in range(warmup):  # untimed: TorchScript profiles its first calls
+                for module in variants.values():
+                    module(chunk)
             for _ in range(rounds):
                 for name, module in variants.items():
                     start = time.perf_counter()
@@ -186,7 +191,7 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None) -> No
         print(
             f"{family}: {count_parameters(ours):,} parameters, chunk {plan.chunk} samples "
             f"({plan.chunk / rate:.2f} s), num_overlap {plan.num_overlap}, {chunks} chunks "
-            f"for 3 min; {threads} threads, {rounds} rounds (medians; first round included)"
+            f"for 3 min; {threads} threads, {rounds} rounds after {warmup} untimed (medians)"
         )
         if share:
             print(share)
@@ -254,13 +259,14 @@ def main() -> None:
     parser.add_argument("--mode", choices=("chunk", "song"), default="chunk")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0, help="untimed calls of each variant first")
     parser.add_argument("--seconds", type=int, default=180)
     parser.add_argument(
         "--dim-t", type=int, default=None, help="chunk frames (default: the published dim_t)"
     )
     args = parser.parse_args()
     if args.mode == "chunk":
-        bench_chunk(args.family, args.threads, args.rounds, args.dim_t)
+        bench_chunk(args.family, args.threads, args.rounds, args.dim_t, args.warmup)
     else:
         bench_song(args.family, args.threads, args.rounds, args.seconds)
 

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.device import host_to_device
 from sepcli.inference.recipes import MAX_SHIFT_SECONDS, register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
@@ -142,7 +143,7 @@ def _slice_padded(mix: Tensor, lo: int, hi: int) -> Tensor:
 
 
 def _run(fn: ModelFn, inputs: list[Tensor], num_sources: int, device: torch.device) -> Tensor:
-    batch = torch.stack(inputs).to(device)
+    batch = host_to_device(torch.stack(inputs), device)
     with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
         y = fn(batch)
     if y.dim() != 4 or y.shape[1] != num_sources or y.shape[-1] != batch.shape[-1]:

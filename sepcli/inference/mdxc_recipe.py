@@ -45,6 +45,7 @@ from torch import Tensor
 
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.device import host_to_device
 from sepcli.inference.recipes import register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
@@ -263,7 +264,7 @@ class MdxcStream:
     def _run(self, part: Tensor) -> Tensor:
         """``part (channel, n)`` -> model output ``(source, channel, n)`` on the CPU."""
         with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
-            out = self.model(part.unsqueeze(0).to(self.device))
+            out = self.model(host_to_device(part.unsqueeze(0), self.device))
         if out.dim() != 4 or out.shape[0] != 1 or out.shape[2] != part.shape[0]:
             raise ValueError(
                 f"model returned shape {tuple(out.shape)} for input {(1, *part.shape)}"

@@ -380,11 +380,20 @@ class _FreqEncoder(nn.Module):
     Strided conv along frequency (kernel ``(k, 1)``, padding ``k / 4``), norm,
     GELU, optional DConv (per frequency row, along time), optional rewrite
     conv + norm + GLU.
+
+    Without norms and with a 1x1 rewrite (every published model's layers), no
+    step looks further along frequency than the strided conv's kernel, so the
+    layer runs in blocks of output bins (:func:`_freq_blocks`), each from its
+    own slice of the input: the first layer's activations (66 MB at the
+    published size) never exist whole, which is faster (cache) and lighter.
     """
+
+    __constants__ = ["blocked", "stride", "kernel", "pad"]
 
     def __init__(self, chin: int, chout: int, cfg: HTDemucsConfig, norm: bool, dconv: bool) -> None:
         super().__init__()
         k, s = cfg.kernel_size, cfg.stride
+        self.stride, self.kernel, self.pad = s, k, k // 4
         self.conv = nn.Conv2d(chin, chout, (k, 1), (s, 1), (k // 4, 0))
         self.norm1 = _norm(norm, cfg.norm_groups, chout)
         self.rewrite: nn.Module | None = None
@@ -395,14 +404,34 @@ class _FreqEncoder(nn.Module):
         self.dconv: _DConv | None = None
         if dconv:
             self.dconv = _DConv(chout, cfg.dconv_comp, cfg.dconv_depth, cfg.dconv_init)
+        self.blocked = not norm and (not cfg.rewrite or cfg.context_enc == 0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.blocked:
+            return self._forward_blocked(x)
         y = F.gelu(self.norm1(self.conv(x)))
         if self.dconv is not None:
             y = self.dconv.forward_freq(y)
         if self.rewrite is not None:
             y = F.glu(self.norm2(self.rewrite(y)), dim=1)
         return y
+
+    def _forward_blocked(self, x: Tensor) -> Tensor:
+        b, _, fin, t = x.shape
+        fout = (fin + 2 * self.pad - self.kernel) // self.stride + 1
+        chout = self.conv.weight.shape[0]
+        out = x.new_empty(b, chout, fout, t)
+        for a, e in _freq_blocks(fout, 2 * chout * t * b):
+            lo = a * self.stride - self.pad
+            hi = (e - 1) * self.stride - self.pad + self.kernel
+            part = _rows_zero_padded(x, lo, hi)
+            y = F.gelu(F.conv2d(part, self.conv.weight, self.conv.bias, (self.stride, 1)))
+            if self.dconv is not None:
+                y = self.dconv.forward_freq(y)
+            if self.rewrite is not None:
+                y = F.glu(self.rewrite(y), dim=1)
+            out[:, :, a:e] = y
+        return out
 
 
 class _TimeEncoder(nn.Module):
@@ -446,9 +475,14 @@ class _FreqDecoder(nn.Module):
     Adds the skip, optional rewrite conv (3x3 for ``context=1``) + norm + GLU,
     optional DConv, transposed conv along frequency, norm, crop ``k / 4`` bins on
     each side, GELU unless it is the last layer.
+
+    Without norms it runs in blocks of input bins like :class:`_FreqEncoder`:
+    each block takes ``context`` bins either side for the rewrite conv and adds
+    its transposed conv (bias once, at the end) into the output, whose blocks
+    overlap by ``k - stride`` bins.
     """
 
-    __constants__ = ["last", "pad"]
+    __constants__ = ["last", "pad", "blocked", "stride", "context"]
 
     def __init__(
         self, chin: int, chout: int, cfg: HTDemucsConfig, norm: bool, dconv: bool, last: bool
@@ -457,6 +491,8 @@ class _FreqDecoder(nn.Module):
         k, s = cfg.kernel_size, cfg.stride
         self.last = last
         self.pad = k // 4
+        self.stride = s
+        self.context = cfg.context if cfg.rewrite else 0
         self.conv_tr = nn.ConvTranspose2d(chin, chout, (k, 1), (s, 1))
         self.norm2 = _norm(norm, cfg.norm_groups, chout)
         self.rewrite: nn.Module | None = None
@@ -467,8 +503,11 @@ class _FreqDecoder(nn.Module):
         self.dconv: _DConv | None = None
         if dconv:
             self.dconv = _DConv(chin, cfg.dconv_comp, cfg.dconv_depth, cfg.dconv_init)
+        self.blocked = not norm
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        if self.blocked:
+            return self._forward_blocked(x, skip)
         y = x + skip
         if self.rewrite is not None:
             y = F.glu(self.norm1(self.rewrite(y)), dim=1)
@@ -479,6 +518,44 @@ class _FreqDecoder(nn.Module):
         if not self.last:
             z = F.gelu(z)
         return z
+
+    def _forward_blocked(self, x: Tensor, skip: Tensor) -> Tensor:
+        b, cin, fin, t = x.shape
+        weight = self.conv_tr.weight
+        k, s, c = weight.shape[2], self.stride, self.context
+        full = (fin - 1) * s + k
+        acc = x.new_zeros(b, weight.shape[1], full, t)
+        for a, e in _freq_blocks(fin, 2 * cin * t * b):
+            y = _rows_zero_padded(x, a - c, e + c) + _rows_zero_padded(skip, a - c, e + c)
+            rewrite = self.rewrite
+            if rewrite is not None:
+                y = F.glu(F.conv2d(y, rewrite.weight, rewrite.bias, 1, (0, c)), dim=1)
+            if self.dconv is not None:
+                y = self.dconv.forward_freq(y)
+            acc[:, :, a * s : (e - 1) * s + k] += F.conv_transpose2d(y, weight, None, (s, 1))
+        bias = self.conv_tr.bias
+        if bias is not None:
+            acc += bias[:, None, None]
+        z = acc[:, :, self.pad : full - self.pad, :]
+        if not self.last:
+            z = F.gelu(z)
+        return z
+
+
+def _freq_blocks(rows: int, per_row: int, budget: int = 8 << 20) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``rows`` frequency rows, each block about
+    ``budget`` bytes of a float32 activation with ``per_row`` elements per row."""
+    step = max(1, budget // max(1, 4 * per_row))
+    return [(a, min(rows, a + step)) for a in range(0, rows, step)]
+
+
+def _rows_zero_padded(x: Tensor, lo: int, hi: int) -> Tensor:
+    """Rows ``lo:hi`` of axis 2 of ``x``, with zeros for rows outside it."""
+    n = x.shape[2]
+    part = x[:, :, max(lo, 0) : min(hi, n)]
+    if lo < 0 or hi > n:
+        part = F.pad(part, (0, 0, max(-lo, 0), max(hi - n, 0)))
+    return part
 
 
 class _TimeDecoder(nn.Module):

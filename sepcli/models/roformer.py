@@ -147,7 +147,7 @@ class RMSNorm(nn.Module):
         # ``eps`` below gives the same for every row above that floor and 0 for a
         # zero row.
         d = x.shape[-1]
-        return F.rms_norm(x, [d], self.gamma, 1e-24 / d)
+        return F.rms_norm(x, [d], self.gamma.to(x.dtype), 1e-24 / d)
 
 
 class RotaryEmbedding(nn.Module):
