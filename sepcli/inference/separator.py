@@ -40,6 +40,7 @@ from sepcli.inference.device import (
     plan_devices,
     resolve_device,
 )
+from sepcli.inference.heap import HeapTrimmer
 from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
@@ -614,6 +615,13 @@ class Separator:
         generator = torch.Generator(device=self.devices.output).manual_seed(self.config.seed)
         # a subset of an archive's networks shares the archive's batch limit (same name)
         limits = {u.name: lim for u, lim in zip(self.units, self.batch_limits, strict=True)}
+        trim = HeapTrimmer()
+
+        def chunk_done(n: int) -> None:
+            trim()  # a long track must not creep up through heap fragmentation
+            if on_chunk is not None:
+                on_chunk(n)
+
         units = [
             _UnitStream(
                 u,
@@ -623,7 +631,7 @@ class Separator:
                     u.num_sources,
                     batch_size=limit.size,
                     device=self.devices.model,
-                    on_chunk=on_chunk,
+                    on_chunk=chunk_done,
                 ),
                 sample_rate,
                 model_channels,
