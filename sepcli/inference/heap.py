@@ -3,11 +3,11 @@
 glibc keeps freed memory in its heaps. A model that allocates and frees tens of
 megabytes of activations per chunk, among small objects that live longer, leaves
 the heap fragmented, and the resident size creeps up chunk after chunk over a
-long track (HT-Demucs: about 3 MB per chunk, so a 30-minute track ended far above
-a 3-minute one). ``malloc_trim(0)`` returns the free pages of every arena; done
-after a chunk it costs nothing measurable next to the chunk and keeps the peak
-flat (measured in docs/benchmarks.md, "HT-Demucs"). Elsewhere (macOS, Windows,
-musl) this is a no-op.
+long track (HT-Demucs at the published size: a few MB per chunk in a loop of
+segments). ``malloc_trim(0)`` returns the free pages of every arena; done after
+a chunk it costs nothing measurable next to the chunk and keeps the high-water
+mark flat (docs/benchmarks.md, "HT-Demucs"). Elsewhere (macOS, Windows, musl)
+this is a no-op.
 """
 
 from __future__ import annotations
