@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from bench_memory import measure  # this folder is on sys.path when run as a script
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "musdb18-preview" / "train"
 
@@ -119,25 +118,14 @@ def write_checkpoint(folder: Path, narrow: bool) -> Path:
 
 
 def run_timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a subprocess.
+    """Wall seconds and peak RSS (MB) of a subprocess, by ``bench_memory.measure``.
 
-    The peak comes from ``/usr/bin/time -v`` where it exists: the child's
-    ``ru_maxrss`` seen by this process would include this process's own resident
+    That reads the peak from ``/usr/bin/time -v``: the child's ``ru_maxrss`` seen
+    by this process through ``wait4`` would include this process's own resident
     size at the fork (Linux keeps the high-water mark across ``exec``), and this
     process holds the long song it wrote.
     """
-    timer = shutil.which("time") or "/usr/bin/time"
-    wrapped = [timer, "-v", *cmd] if os.path.exists(timer) else cmd
-    start = time.perf_counter()
-    proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read()
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
-    rss = int(found.group(1)) / 1024 if wrapped is not cmd and found else usage.ru_maxrss / 1024
+    rss, wall = measure(cmd)
     return wall, rss
 
 
