@@ -5,7 +5,7 @@ Both sides read the same WAV (a song made of real MUSDB18 previews from
 16-bit WAV stems; each runs as a fresh subprocess with the same thread count,
 interleaved round by round so that machine load affects both alike. Times are
 wall clock of the whole subprocess (imports, decode, separation, encode); peak
-RSS is the child's ``ru_maxrss``.
+RSS is the child's, as GNU ``time -v`` reports it.
 
 * peer: ``demucs.states.load_model(FILE.th)`` and
   ``apply_model(model, mix, shifts=1, split=True, overlap=0.25)`` after Demucs'

@@ -5,7 +5,7 @@ Usage:
 
 Writes two stereo 44.1 kHz 16-bit WAV files of band-limited noise into a
 temporary folder, runs the installed `sepcli separate` on each under
-`/usr/bin/time -v` (falls back to getrusage when absent) and prints peak RSS,
+GNU `/usr/bin/time -v` (required) and prints peak RSS,
 wall time and the ratio of the peaks. Nothing is kept afterwards.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,21 +44,24 @@ def write_long_wav(path: Path, minutes: float, sample_rate: int = 44100) -> None
 
 
 def measure(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; return (peak RSS in MiB, wall seconds)."""
+    """Run ``cmd`` under GNU ``time -v``; return (peak RSS in MiB, wall seconds).
+
+    The peak is the one ``time`` reports for its child. This process's own
+    ``getrusage(RUSAGE_CHILDREN)`` (or ``wait4``) is no substitute: Linux keeps
+    the high-water mark across ``fork`` and ``exec``, so it would include this
+    process's resident size at the fork, and it is the maximum over every child
+    run so far.
+    """
     timer = shutil.which("time") or "/usr/bin/time"
+    if not os.path.exists(timer):
+        sys.exit("peak RSS needs GNU time (/usr/bin/time); install it, e.g. apt install time")
     start = time.perf_counter()
-    if os.path.exists(timer):
-        proc = subprocess.run([timer, "-v", *cmd], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-        kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-        return kib / 1024, wall
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([timer, "-v", *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, wall
+    kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return kib / 1024, wall
 
 
 def main() -> None:

@@ -117,9 +117,7 @@ def _snr(ref, est) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
-def bench_chunk(
-    family: str, threads: int, rounds: int, dim_t: int | None, warmup: int = 0
-) -> None:
+def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None, warmup: int = 0) -> None:
     import torch
     from audio_separator_reference import reference_model
 

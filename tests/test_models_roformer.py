@@ -200,6 +200,32 @@ def test_scripted_equals_eager(model):
             assert snr_db(ours(mix), scripted(mix)) >= 100
 
 
+@pytest.mark.parametrize("model", ["bs", "mel"])
+@pytest.mark.parametrize("budget", [1, 8 << 20])  # one sequence per block; one block
+def test_inference_blocks_equal_the_autograd_path(model, budget, monkeypatch):
+    # without autograd, attention and feed-forward run in blocks of sequences with
+    # the norm folded into the projections and the rotary turned in place: the
+    # same numbers as the plain path (which training and autograd take)
+    import sepcli.models.blocks as blocks
+
+    monkeypatch.setattr(blocks.row_blocks, "__defaults__", (budget,))
+    cfg = TINY_BS["stereo-2stems"] if model == "bs" else TINY_MEL["stereo-2stems"]
+    ref, ours = _pair(cfg, seed=7)
+    mix = _noise(2, 2, cfg.chunk_samples, seed=11)
+    with torch.no_grad():
+        fast = ours(mix)
+    plain = ours(mix).detach()
+    assert snr_db(plain, fast) >= 100
+    assert snr_db(_ref_out(ref, mix, cfg.num_sources), fast) >= 60
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast16 = ours(mix)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain16 = ours(mix).detach()
+    assert fast16.dtype == torch.float32
+    # bf16 rounding, as far from fp32 as the plain path under autocast
+    assert snr_db(plain, fast16) >= snr_db(plain, plain16) - 3
+
+
 @pytest.mark.parametrize(
     ("sample_rate", "n_fft", "bands"),
     [(44100, 2048, 60), (44100, 2048, 64), (22050, 1024, 40), (44100, 256, 12), (16000, 512, 32)],

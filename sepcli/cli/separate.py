@@ -472,7 +472,7 @@ def _process_track(
 def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """What makes this run's outputs what they are: model, archive bytes, settings."""
     from sepcli import __version__
-    from sepcli.hub.cache import sha256_file
+    from sepcli.hashing import sha256_file
 
     path = getattr(archive, "path", None)
     return {

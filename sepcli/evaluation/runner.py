@@ -524,7 +524,7 @@ def _weights_digest(archive: Any) -> str:
     """SHA-256 of an archive file, or of its weights when it was built in memory."""
     path = getattr(archive, "path", None)
     if path is not None and Path(path).is_file():
-        from sepcli.hub.cache import sha256_file
+        from sepcli.hashing import sha256_file
 
         return sha256_file(Path(path))
     digest = hashlib.sha256(archive.metadata.to_json().encode())

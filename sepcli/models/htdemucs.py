@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepcli.errors import ConfigError
+from sepcli.models.blocks import row_blocks
 from sepcli.models.configs import _Config
 
 __all__ = [
@@ -294,21 +295,6 @@ class _LayerScale(nn.Module):
         return self.scale[:, None] * x
 
 
-#: Bytes of the widest activation of one block of rows (:func:`_row_blocks`):
-#: small enough to stay in cache, large enough for efficient kernels.
-_BLOCK_BYTES = 8 << 20
-
-
-def _row_blocks(rows: int, per_row: int, budget: int = _BLOCK_BYTES) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges covering ``rows`` independent rows, each block about
-    ``budget`` bytes of a float32 activation with ``per_row`` elements per row.
-
-    (``budget`` is an argument because TorchScript cannot read a global.)
-    """
-    step = max(1, budget // max(1, 4 * per_row))
-    return [(a, min(rows, a + step)) for a in range(0, rows, step)]
-
-
 class _DConv(nn.Module):
     """Residual branch of dilated 1-D convolutions, ``(N, C, T) -> (N, C, T)``.
 
@@ -317,12 +303,11 @@ class _DConv(nn.Module):
     LayerScale; added to the input.
 
     Every row ``n`` is independent (GroupNorm(1) normalises each row alone), so
-    :meth:`forward` runs the rows in blocks (:func:`_row_blocks`) of about
-    :data:`_BLOCK_BYTES` of their widest activation (``2 C x T`` floats): on
-    the spectrogram branch the rows are frequency bins (512 x 2C x T is 66 MB
-    for the published first layer), and blocks that stay in cache run about
-    twice as fast. The 1x1
-    convolution is a batched matrix product and the LayerScale is folded into
+    :meth:`forward` runs the rows in blocks (:func:`sepcli.models.blocks.row_blocks`)
+    of about 8 MB of their widest activation (``2 C x T`` floats): on the
+    spectrogram branch the rows are frequency bins (512 x 2C x T is 66 MB for the
+    published first layer), and blocks that stay in cache run about twice as
+    fast. The 1x1 convolution is a batched matrix product and the LayerScale is folded into
     the second norm's affine (``scale * (w x + b)``); both are the reference's
     arithmetic up to float rounding.
     """
@@ -359,7 +344,7 @@ class _DConv(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        blocks = _row_blocks(x.shape[0], 2 * x.shape[1] * x.shape[2])
+        blocks = row_blocks(x.shape[0], 2 * x.shape[1] * x.shape[2])
         if len(blocks) == 1:
             return self._block(x)
         return torch.cat([self._block(x[a:e]) for a, e in blocks])
@@ -372,7 +357,7 @@ class _DConv(nn.Module):
         """
         b, c, fr, t = y.shape
         out = torch.empty_like(y)
-        for a, e in _row_blocks(fr, 2 * c * t * b):
+        for a, e in row_blocks(fr, 2 * c * t * b):
             part = y[:, :, a:e].permute(0, 2, 1, 3).reshape(-1, c, t)
             out[:, :, a:e] = self._block(part).view(b, e - a, c, t).permute(0, 2, 1, 3)
         return out
@@ -391,8 +376,8 @@ class _FreqEncoder(nn.Module):
 
     Without norms and with a 1x1 rewrite (every published model's layers), no
     step looks further along frequency than the strided conv's kernel, so the
-    layer runs in blocks of output bins (:func:`_row_blocks`), each from its
-    own slice of the input: the first layer's activations (66 MB at the
+    layer runs in blocks of output bins (:func:`sepcli.models.blocks.row_blocks`),
+    each from its own slice of the input: the first layer's activations (66 MB at the
     published size) never exist whole, which is faster (cache) and lighter.
     """
 
@@ -429,7 +414,7 @@ class _FreqEncoder(nn.Module):
         fout = (fin + 2 * self.pad - self.kernel) // self.stride + 1
         chout = self.conv.weight.shape[0]
         out = x.new_empty(b, chout, fout, t)
-        for a, e in _row_blocks(fout, 2 * chout * t * b):
+        for a, e in row_blocks(fout, 2 * chout * t * b):
             lo = a * self.stride - self.pad
             hi = (e - 1) * self.stride - self.pad + self.kernel
             part = _rows_zero_padded(x, lo, hi)
@@ -533,7 +518,7 @@ class _FreqDecoder(nn.Module):
         k, s, c = weight.shape[2], self.stride, self.context
         full = (fin - 1) * s + k
         acc = x.new_zeros(b, weight.shape[1], full, t)
-        for a, e in _row_blocks(fin, 2 * cin * t * b):
+        for a, e in row_blocks(fin, 2 * cin * t * b):
             y = _rows_zero_padded(x, a - c, e + c) + _rows_zero_padded(skip, a - c, e + c)
             rewrite = self.rewrite
             if rewrite is not None:

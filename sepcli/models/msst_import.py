@@ -472,7 +472,7 @@ def import_msst(
     Returns:
         the model (eval mode, frozen) and its archive metadata (recipe ``mdxc``).
     """
-    from sepcli.hub.cache import sha256_file
+    from sepcli.hashing import sha256_file
     from sepcli.models.build import build_model, make_metadata
 
     config_path, checkpoint_path = Path(config_path), Path(checkpoint_path)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepcli.models.blocks import row_blocks
 from sepcli.models.configs import _Config
 
 __all__ = [
@@ -163,6 +164,12 @@ class RotaryEmbedding(nn.Module):
         freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
         self.register_buffer("freqs", freqs)
 
+    def turn(self, seq: int, device: torch.device) -> Tensor:
+        """The unit complex numbers ``(seq, dim // 2)`` that turn each pair at each position."""
+        positions = torch.arange(seq, device=device, dtype=torch.float32)
+        angles = positions[:, None] * self.freqs.float()[None, :]
+        return torch.polar(torch.ones_like(angles), angles)
+
     def forward(self, t: Tensor) -> Tensor:
         """Rotate ``t`` ``(batch, heads, seq, dim)`` by position along ``seq``.
 
@@ -171,9 +178,7 @@ class RotaryEmbedding(nn.Module):
         complex product per pair (the reference's ``t * cos + rotate_half(t) *
         sin`` in a single pass).
         """
-        positions = torch.arange(t.shape[-2], device=t.device, dtype=torch.float32)
-        angles = positions[:, None] * self.freqs.float()[None, :]
-        turn = torch.polar(torch.ones_like(angles), angles)
+        turn = self.turn(t.shape[-2], t.device)
         pairs = torch.view_as_complex(t.float().reshape(t.shape[:-1] + (t.shape[-1] // 2, 2)))
         return torch.view_as_real(pairs * turn).reshape(t.shape).to(t.dtype)
 
@@ -185,30 +190,82 @@ class Attention(nn.Module):
     with a sigmoid gate per head and token (``to_gates``).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, rotary: bool) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
         self.dim_head = dim_head
         self.dropout = float(dropout)
         dim_inner = heads * dim_head
-        self.rotary_embed = RotaryEmbedding(dim_head) if rotary else nn.Identity()
+        self.rotary_embed = RotaryEmbedding(dim_head)
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, dim_inner * 3, bias=False)
         self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(dim_inner, dim, bias=False), nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self._forward_autograd(x)
+        return self._forward_blocked(x)
+
+    def _forward_autograd(self, x: Tensor) -> Tensor:
         batch, seq, _ = x.shape
         h = self.norm(x)
         qkv = self.to_qkv(h).reshape(batch, seq, 3, self.heads, self.dim_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)
-        q = self.rotary_embed(qkv[0])
-        k = self.rotary_embed(qkv[1])
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, qkv[2], dropout_p=p)
+        out = self._attend(qkv.permute(2, 0, 3, 1, 4))
         gates = self.to_gates(h).transpose(1, 2).unsqueeze(-1).sigmoid()
         out = (out * gates).transpose(1, 2).reshape(batch, seq, self.heads * self.dim_head)
         return self.to_out(out) + x
+
+    def _attend(self, qkv: Tensor, rotated: bool = False) -> Tensor:
+        """Rotary ``q``, ``k`` (unless ``rotated``) and attention:
+        ``(3, batch, heads, seq, dim_head)`` -> ``(batch, heads, seq, dim_head)``."""
+        q, k = qkv[0], qkv[1]
+        if not rotated:
+            q, k = self.rotary_embed(q), self.rotary_embed(k)
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, qkv[2], dropout_p=p)
+
+    def _forward_blocked(self, x: Tensor) -> Tensor:
+        """Inference: the reference's arithmetic, up to float rounding, in blocks of
+        whole sequences (:func:`sepcli.models.blocks.row_blocks`) whose
+        element-wise steps run in cache.
+
+        The norm's ``sqrt(dim) * gamma`` is folded into the two projections that
+        read it; each block's ``q`` and ``k`` are turned in place while in cache
+        (float32; under autocast the rotary runs at attention time); the gating,
+        output projection and residual add write straight into the result.
+        """
+        batch, seq, dim = x.shape
+        inner = self.heads * self.dim_head
+        scale = self.norm.gamma * dim**0.5
+        w_qkv = self.to_qkv.weight * scale
+        w_gates = self.to_gates.weight * scale
+        turn = self.rotary_embed.turn(seq, x.device)[:, None, None, :]
+        qkv = torch.empty(0)
+        gates = torch.empty(0)
+        rotated = True
+        for a, e in row_blocks(batch, seq * 3 * inner):
+            h = F.normalize(x[a:e], dim=-1)
+            part = F.linear(h, w_qkv).reshape(e - a, seq, 3, self.heads, self.dim_head)
+            gate = F.linear(h, w_gates, self.to_gates.bias).sigmoid()
+            if part.dtype == torch.float32:
+                qk = part[:, :, :2].view(e - a, seq, 2, self.heads, self.dim_head // 2, 2)
+                torch.view_as_complex(qk).mul_(turn)
+            else:
+                rotated = False
+            if a == 0:
+                qkv = x.new_empty([batch, seq, 3, self.heads, self.dim_head], dtype=part.dtype)
+                gates = x.new_empty([batch, seq, self.heads], dtype=gate.dtype)
+            qkv[a:e] = part
+            gates[a:e] = gate
+        out = self._attend(qkv.permute(2, 0, 3, 1, 4), rotated)
+        gates = gates.transpose(1, 2).unsqueeze(-1)
+        weight = self.to_out[0].weight
+        result = torch.empty_like(x)
+        for a, e in row_blocks(batch, seq * dim):
+            gated = (out[a:e] * gates[a:e]).transpose(1, 2).reshape(e - a, seq, inner)
+            torch.add(x[a:e], F.linear(gated, weight), out=result[a:e])
+        return result
 
 
 class LinearAttention(nn.Module):
@@ -258,7 +315,22 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x) + x
+        if self.training or torch.is_grad_enabled():
+            return self.net(x) + x
+        return self._forward_blocked(x)
+
+    def _forward_blocked(self, x: Tensor) -> Tensor:
+        """Inference, per block of sequences (the hidden activations stay in
+        cache; :func:`sepcli.models.blocks.row_blocks`), with the norm's
+        ``sqrt(dim) * gamma`` folded into the first Linear."""
+        norm, up, down = self.net[0], self.net[1], self.net[4]
+        batch, seq, dim = x.shape
+        weight = up.weight * (norm.gamma * dim**0.5)
+        result = torch.empty_like(x)
+        for a, e in row_blocks(batch, seq * weight.shape[0]):
+            hidden = F.gelu(F.linear(F.normalize(x[a:e], dim=-1), weight, up.bias))
+            torch.add(x[a:e], F.linear(hidden, down.weight, down.bias), out=result[a:e])
+        return result
 
 
 class Transformer(nn.Module):
@@ -291,7 +363,7 @@ class Transformer(nn.Module):
             if linear:
                 attn = LinearAttention(dim, heads, dim_head, attn_dropout)
             else:
-                attn = Attention(dim, heads, dim_head, attn_dropout, rotary=True)
+                attn = Attention(dim, heads, dim_head, attn_dropout)
             layers.append(nn.Sequential(attn, FeedForward(dim, ff_dropout)))
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
