@@ -6,6 +6,7 @@ which skips (and says why) when the data is absent.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -205,3 +206,18 @@ def tiny_mask_archive(archive_dir) -> Path:
 def tone_wav(tmp_path) -> Path:
     """A 1.5 s stereo 44.1 kHz float WAV."""
     return write_wav(tmp_path / "in" / "tone.wav", make_tone(1.5))
+
+
+@pytest.fixture
+def terminal_screen(monkeypatch) -> io.StringIO:
+    """The CLI's stderr console drawing live bars into a buffer, as on a terminal."""
+    from sepcli.cli import common
+
+    monkeypatch.setenv("TERM", "xterm")
+    screen = io.StringIO()
+    # _file, not the file property: undoing the property would pin the console to the
+    # stream of this moment, and later CliRunner runs would lose its output
+    monkeypatch.setattr(common.err_console, "_file", screen)
+    monkeypatch.setattr(common.err_console, "_force_terminal", True)
+    monkeypatch.setattr(common.err_console, "is_interactive", True)
+    return screen

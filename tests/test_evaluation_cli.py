@@ -198,6 +198,30 @@ def test_evaluate_with_a_model(dataset: Path, tmp_path: Path, tiny_mask_archive:
     assert np.isfinite(summary["aggregate"]["vocals"]["SDR"]["median"])
 
 
+def test_evaluate_draws_a_download_bar_for_a_registry_model(
+    dataset: Path, tmp_path: Path, tiny_mask_archive: Path, monkeypatch, terminal_screen
+) -> None:
+    # a registry model downloads on first use: evaluate shows the bar that separate shows
+    import time
+
+    import sepcli.hub
+    from sepcli.progress import Progress
+
+    def fake_load_model(name, device=None, progress=None, **kwargs):
+        assert name == "some-model" and progress is not None
+        for done in (0, 500, 1000):
+            progress(Progress("download", done, 1000, "bytes", item=name))
+            time.sleep(0.15)  # long enough for rich to draw the bar
+        return load_archive(tiny_mask_archive)
+
+    monkeypatch.setattr(sepcli.hub, "load_model", fake_load_model)
+    args = ["evaluate", "--data", str(dataset), "--model", "some-model", "--out",
+            str(tmp_path / "out"), "--tracks", "t1", "--stems", "vocals", "--filters-len", "16"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "downloading some-model" in terminal_screen.getvalue()
+
+
 def test_resume_only_into_results_of_the_same_estimator(
     dataset: Path, tmp_path: Path, tiny_mask_archive: Path
 ) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -217,21 +216,16 @@ def test_unresolvable_host_is_one_error_line_without_a_bar(hub_env, tmp_path, mo
     assert not (hub_env / "models").exists()
 
 
-def test_the_packaged_default_shows_no_download_bar(tmp_path, monkeypatch, tone_wav):
+def test_the_packaged_default_shows_no_download_bar(
+    tmp_path, monkeypatch, tone_wav, terminal_screen
+):
     # before: "downloading default ━━━ 0/? bytes" was drawn while the archive loaded
-    from sepcli.cli import common
     from sepcli.models import archive
 
     monkeypatch.setenv("SEPCLI_OFFLINE", "1")
     monkeypatch.setenv("SEPCLI_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SEPCLI_DEFAULT_MODEL", raising=False)
-    monkeypatch.setenv("TERM", "xterm")
-    screen = io.StringIO()  # a terminal, so that rich draws live bars
-    # _file, not the file property: undoing the property would pin the console to the
-    # stream of this moment, and later CliRunner runs would lose its output
-    monkeypatch.setattr(common.err_console, "_file", screen)
-    monkeypatch.setattr(common.err_console, "_force_terminal", True)
-    monkeypatch.setattr(common.err_console, "is_interactive", True)
+    screen = terminal_screen
     real_load = archive.load_archive
 
     def slow_load(*args, **kwargs):

@@ -79,7 +79,9 @@ def _metrics_device(device: str) -> str:
     return str(dev) if dev.type == "cuda" else "cpu"
 
 
-def _make_estimator(model: str | None, estimates: Path | None, options: dict[str, Any]):
+def _make_estimator(
+    model: str | None, estimates: Path | None, options: dict[str, Any], quiet: bool = False
+):
     if (model is None) == (estimates is None):
         raise UsageError("give exactly one of --model or --estimates")
     if estimates is not None:
@@ -87,11 +89,15 @@ def _make_estimator(model: str | None, estimates: Path | None, options: dict[str
     assert model is not None
     if model.startswith("oracle:"):
         return OracleEstimator(model.split(":", 1)[1])
+    from sepcli.cli.bars import download_bar
     from sepcli.hub import load_model
     from sepcli.inference.separator import Separator, resolve_device
 
     device = resolve_device(options["device"])
-    archive = load_model(model, device=device if device.type != "mps" else "cpu")
+    with download_bar(quiet) as on_progress:  # a registry model downloads on first use
+        archive = load_model(
+            model, device=device if device.type != "mps" else "cpu", progress=on_progress
+        )
     separator = Separator(archive, options["separator_config"], device=device)
     return SeparatorEstimator(separator, label=model)
 
@@ -197,7 +203,7 @@ def evaluate(
         tracks = [t for t in tracks if t.name in track_names]
     stem_list = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     options = dict(device=device, separator_config=separator_config)
-    estimator = _make_estimator(model, estimates, options)
+    estimator = _make_estimator(model, estimates, options, quiet)
     config = EvalConfig(metrics=metrics, stems=stem_list, filters_len=filters_len, samples=samples, write_estimates=write_estimates,
                         device=_metrics_device(device))  # fmt: skip
 
