@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 from rich.progress import Progress as Bars
@@ -11,7 +12,7 @@ from rich.progress import Progress as Bars
 from sepcli.cli.common import bars_shown, err_console
 from sepcli.progress import Progress, ProgressFn
 
-__all__ = ["download_bar"]
+__all__ = ["download_bar", "load_model_for_cli"]
 
 
 @contextlib.contextmanager
@@ -37,3 +38,20 @@ def download_bar(quiet: bool = False) -> Iterator[ProgressFn]:
             bars.update(tasks[event.item], completed=event.done, total=event.total)
 
         yield update
+
+
+def load_model_for_cli(
+    model: str,
+    device: Any,
+    cache_dir: str | None = None,
+    offline: bool = False,
+    quiet: bool = False,
+):
+    """Resolve a name or path (downloading on first use, with a progress bar)."""
+    from sepcli.hub import load_model
+
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+    if offline:
+        kwargs["offline"] = True
+    with download_bar(quiet) as on_progress:
+        return load_model(model, device=device, progress=on_progress, **kwargs)

@@ -89,15 +89,11 @@ def _make_estimator(
     assert model is not None
     if model.startswith("oracle:"):
         return OracleEstimator(model.split(":", 1)[1])
-    from sepcli.cli.bars import download_bar
-    from sepcli.hub import load_model
+    from sepcli.cli.bars import load_model_for_cli
     from sepcli.inference.separator import Separator, resolve_device
 
     device = resolve_device(options["device"])
-    with download_bar(quiet) as on_progress:  # a registry model downloads on first use
-        archive = load_model(
-            model, device=device if device.type != "mps" else "cpu", progress=on_progress
-        )
+    archive = load_model_for_cli(model, device if device.type != "mps" else "cpu", quiet=quiet)
     separator = Separator(archive, options["separator_config"], device=device)
     return SeparatorEstimator(separator, label=model)
 

@@ -19,7 +19,7 @@ from rich.progress import (
 
 from sepcli import atomic, audio
 from sepcli.cli import outputs as planning
-from sepcli.cli.bars import download_bar
+from sepcli.cli.bars import load_model_for_cli
 from sepcli.cli.common import (
     bars_shown,
     err_console,
@@ -85,19 +85,6 @@ def check_template(template: str) -> None:
 def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     """Write the JSON report atomically."""
     atomic.write_text(path, json.dumps({"version": 1, "inputs": records}, indent=2))
-
-
-def load_model_for_cli(
-    model: str, device: torch.device, cache_dir: str | None, offline: bool, quiet: bool
-):
-    """Resolve a name or path (downloading on first use, with a progress bar)."""
-    from sepcli.hub import load_model
-
-    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
-    if offline:
-        kwargs["offline"] = True
-    with download_bar(quiet) as on_progress:
-        return load_model(model, device=device, progress=on_progress, **kwargs)
 
 
 @click.command()
