@@ -156,6 +156,12 @@ class RMSNorm(nn.Module):
         d = x.shape[-1]
         return F.rms_norm(x, [d], self.gamma.to(x.dtype), 1e-24 / d)
 
+    def fold_into(self, weight: Tensor) -> Tensor:
+        """``weight`` of a Linear that reads this norm's output, with the norm's
+        ``sqrt(dim) * gamma`` folded in: ``F.linear(F.normalize(x, dim=-1),
+        fold_into(w))`` is ``F.linear(self(x), w)`` up to float rounding."""
+        return weight * (self.gamma * weight.shape[-1] ** 0.5)
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., arXiv:2104.09864) over the sequence axis.
@@ -243,9 +249,8 @@ class Attention(nn.Module):
         """
         batch, seq, dim = x.shape
         inner = self.heads * self.dim_head
-        scale = self.norm.gamma * dim**0.5
-        w_qkv = self.to_qkv.weight * scale
-        w_gates = self.to_gates.weight * scale
+        w_qkv = self.norm.fold_into(self.to_qkv.weight)
+        w_gates = self.norm.fold_into(self.to_gates.weight)
         turn = self.rotary_embed.turn(seq, x.device)[:, None, None, :]
         qkv = torch.empty(0)
         gates = torch.empty(0)
@@ -330,8 +335,8 @@ class FeedForward(nn.Module):
         cache; :func:`sepcli.models.blocks.row_blocks`), with the norm's
         ``sqrt(dim) * gamma`` folded into the first Linear."""
         norm, up, down = self.net[0], self.net[1], self.net[4]
-        batch, seq, dim = x.shape
-        weight = up.weight * (norm.gamma * dim**0.5)
+        batch, seq, _ = x.shape
+        weight = norm.fold_into(up.weight)
         result = torch.empty_like(x)
         for a, e in row_blocks(batch, seq * weight.shape[0]):
             hidden = F.gelu(F.linear(F.normalize(x[a:e], dim=-1), weight, up.bias))
