@@ -20,7 +20,7 @@ it attends over itself.
 
 Without autograd (inference), :class:`Attention` and :class:`FeedForward` run in
 blocks of whole sequences that stay in cache
-(:func:`sepcli.models.blocks.row_blocks`), with the norm folded into the
+(:func:`sepcli.models.nets.blocks.row_blocks`), with the norm folded into the
 projections that read it: the same arithmetic up to float rounding, about 1.2x
 faster on a CPU. Training and autograd take the plain path.
 """
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.models.blocks import row_blocks
 from sepcli.models.configs import _Config
+from sepcli.models.nets.blocks import row_blocks
 
 __all__ = [
     "RoformerConfig",
@@ -239,7 +239,7 @@ class Attention(nn.Module):
 
     def _forward_blocked(self, x: Tensor) -> Tensor:
         """Inference: the reference's arithmetic, up to float rounding, in blocks of
-        whole sequences (:func:`sepcli.models.blocks.row_blocks`) whose
+        whole sequences (:func:`sepcli.models.nets.blocks.row_blocks`) whose
         element-wise steps run in cache.
 
         The norm's ``sqrt(dim) * gamma`` is folded into the two projections that
@@ -332,7 +332,7 @@ class FeedForward(nn.Module):
 
     def _forward_blocked(self, x: Tensor) -> Tensor:
         """Inference, per block of sequences (the hidden activations stay in
-        cache; :func:`sepcli.models.blocks.row_blocks`), with the norm's
+        cache; :func:`sepcli.models.nets.blocks.row_blocks`), with the norm's
         ``sqrt(dim) * gamma`` folded into the first Linear."""
         norm, up, down = self.net[0], self.net[1], self.net[4]
         batch, seq, _ = x.shape

@@ -9,19 +9,19 @@ Archive output ``"waveform"``.
 Arithmetic and state-dict keys follow ``audio-separator`` 0.47.1's
 ``uvr_lib_v5/roformer/mel_band_roformer.py`` (what UVR and audio-separator run
 Kim's and viperx's Mel-Band RoFormer checkpoints with); see
-:mod:`sepcli.models.roformer` and ``tests/test_models_roformer.py``.
+:mod:`sepcli.models.nets.roformer` and ``tests/test_models_roformer.py``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sepcli.models.roformer import (
+from sepcli.models.archive.contract import set_contract
+from sepcli.models.nets.roformer import (
     BAND,
     TIME,
     BandSplit,
@@ -38,7 +38,7 @@ __all__ = ["MelRoformerConfig", "MelRoformer", "reference_config"]
 class MelRoformerConfig(RoformerConfig):
     """Mel-Band RoFormer hyper-parameters (defaults: Kim's vocal model).
 
-    Attributes (beyond :class:`~sepcli.models.roformer.RoformerConfig`):
+    Attributes (beyond :class:`~sepcli.models.nets.roformer.RoformerConfig`):
         num_bands: mel bands (overlapping groups of bins); computed for
             ``sample_rate`` and ``stft_n_fft``.
         mask_estimator_depth: hidden layers of each band's mask MLP (``dim *
@@ -80,12 +80,7 @@ class MelRoformer(nn.Module):
 
     def __init__(self, config: MelRoformerConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "mel-roformer"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.stft_n_fft)
         self.hop_length = int(config.stft_hop_length)
         self.win_length = int(config.stft_win_length)

@@ -9,19 +9,19 @@ Archive output ``"waveform"``.
 Arithmetic and state-dict keys follow ``audio-separator`` 0.47.1's
 ``uvr_lib_v5/roformer/bs_roformer.py`` (the code UVR and audio-separator run
 viperx's ``model_bs_roformer_ep_317_sdr_12.9755.ckpt`` with); see
-:mod:`sepcli.models.roformer` and ``tests/test_models_roformer.py``.
+:mod:`sepcli.models.nets.roformer` and ``tests/test_models_roformer.py``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sepcli.models.roformer import (
+from sepcli.models.archive.contract import set_contract
+from sepcli.models.nets.roformer import (
     ALL,
     BAND,
     TIME,
@@ -45,7 +45,7 @@ VIPERX_FREQS_PER_BANDS: tuple[int, ...] = (
 class BSRoformerConfig(RoformerConfig):
     """BS-RoFormer hyper-parameters (defaults: viperx's ``ep_317_sdr_12.9755``).
 
-    Attributes (beyond :class:`~sepcli.models.roformer.RoformerConfig`):
+    Attributes (beyond :class:`~sepcli.models.nets.roformer.RoformerConfig`):
         freqs_per_bands: bins per band, low to high; they sum to ``stft_n_fft // 2 + 1``.
         linear_transformer_depth: layers of a linear-attention transformer over all
             tokens run before each axial block (0 = none; no published UVR config
@@ -89,12 +89,7 @@ class BSRoformer(nn.Module):
 
     def __init__(self, config: BSRoformerConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "bs-roformer"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.stft_n_fft)
         self.hop_length = int(config.stft_hop_length)
         self.win_length = int(config.stft_win_length)

@@ -22,7 +22,6 @@ only the published chunk reproduces the reference exactly).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepcli.models.archive.contract import set_contract
 from sepcli.models.configs import _Config
 
 __all__ = ["MDX23CConfig", "MDX23C", "reference_config"]
@@ -234,12 +234,7 @@ class MDX23C(nn.Module):
 
     def __init__(self, config: MDX23CConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "mdx23c"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.n_fft)
         self.hop_length = int(config.hop_length)
         self.dim_f = int(config.dim_f)
