@@ -18,19 +18,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from sepcli.models.archive.contract import set_contract
-from sepcli.models.nets.roformer import (
-    ALL,
-    BAND,
-    TIME,
-    BandSplit,
-    MaskEstimator,
-    RMSNorm,
-    RoformerConfig,
-    Transformer,
-)
+from sepcli.models.nets.roformer import Roformer, RoformerConfig
 
 __all__ = ["BSRoformerConfig", "BSRoformer", "VIPERX_FREQS_PER_BANDS", "reference_config"]
 
@@ -80,105 +70,29 @@ def reference_config() -> BSRoformerConfig:
     return BSRoformerConfig(sources=("vocals",), dim=512, depth=12, dim_t=801, num_overlap=4)
 
 
-class BSRoformer(nn.Module):
+class BSRoformer(Roformer):
     """BS-RoFormer; ``forward(mix (B, C, T)) -> (B, S, C, T)`` waveforms.
 
-    ``T`` is any length above ``stft_n_fft // 2`` samples (reflect padding);
-    the published chunk is ``config.chunk_samples``.
+    Bands are contiguous runs of bins (``freqs_per_bands``), so every band reads
+    its bins as they lie and each bin gets its band's mask; a final RMSNorm
+    follows the axial blocks. The forward is :class:`~sepcli.models.nets.roformer.Roformer`'s.
     """
 
     def __init__(self, config: BSRoformerConfig) -> None:
-        super().__init__()
-        set_contract(self, config)
-        self.n_fft = int(config.stft_n_fft)
-        self.hop_length = int(config.stft_hop_length)
-        self.win_length = int(config.stft_win_length)
-        self.normalized = bool(config.stft_normalized)
-        common = dict(
-            dim=config.dim,
-            heads=config.heads,
-            dim_head=config.dim_head,
-            attn_dropout=config.attn_dropout,
-            ff_dropout=config.ff_dropout,
+        band_dims = [2 * f * int(config.audio_channels) for f in config.freqs_per_bands]
+        super().__init__(
+            config,
+            band_dims,
             norm_output=False,
+            final_norm=True,
+            mask_hidden_layers=config.mask_estimator_depth - 1,
+            linear_transformer_depth=config.linear_transformer_depth,
         )
-        blocks = []
-        for _ in range(config.depth):
-            parts: list[nn.Module] = []
-            if config.linear_transformer_depth > 0:
-                parts.append(
-                    Transformer(
-                        depth=config.linear_transformer_depth, axis=ALL, linear=True, **common
-                    )
-                )
-            parts.append(Transformer(depth=config.time_transformer_depth, axis=TIME, **common))
-            parts.append(Transformer(depth=config.freq_transformer_depth, axis=BAND, **common))
-            blocks.append(nn.Sequential(*parts))
-        self.layers = nn.ModuleList(blocks)
-        self.final_norm = RMSNorm(config.dim)
-        band_dims = [2 * f * self.audio_channels for f in config.freqs_per_bands]
-        self.band_split = BandSplit(config.dim, band_dims)
-        self.mask_estimators = nn.ModuleList(
-            MaskEstimator(
-                config.dim,
-                band_dims,
-                hidden_layers=config.mask_estimator_depth - 1,
-                expansion=config.mlp_expansion_factor,
-            )
-            for _ in config.sources
-        )
-        self.register_buffer("window", torch.hann_window(self.win_length), persistent=False)
 
-    def forward(self, mix: Tensor) -> Tensor:
-        """``mix (batch, channel, time)`` -> stems ``(batch, source, channel, time)``."""
-        batch, channels, length = mix.shape
-        spec = torch.stft(
-            mix.reshape(batch * channels, length),
-            self.n_fft,
-            self.hop_length,
-            self.win_length,
-            self.window,
-            center=True,
-            normalized=self.normalized,
-            onesided=True,
-            return_complex=True,
-        )
-        freqs, frames = spec.shape[-2], spec.shape[-1]
-        # bins major, channels interleaved: (B, F * C, N, re/im)
-        spec_ri = torch.view_as_real(spec).reshape(batch, channels, freqs, frames, 2)
-        spec_ri = spec_ri.permute(0, 2, 1, 3, 4).reshape(batch, freqs * channels, frames, 2)
-        x = spec_ri.permute(0, 2, 1, 3).reshape(batch, frames, freqs * channels * 2)
-        x = self.band_split(x)
-        for block in self.layers:
-            x = block(x)
-        x = self.final_norm(x)
-        # float32 from here on (masks are bf16/fp16 under autocast; complex needs float32)
-        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1).to(spec_ri.dtype)
-        sources = masks.shape[1]
-        masks = masks.reshape(batch, sources, frames, freqs * channels, 2).permute(0, 1, 3, 2, 4)
-        out = torch.view_as_complex(spec_ri.contiguous()).unsqueeze(1) * torch.view_as_complex(
-            masks.contiguous()
-        )
-        out = out.reshape(batch, sources, freqs, channels, frames).permute(0, 1, 3, 2, 4)
-        wav = torch.istft(
-            out.reshape(batch * sources * channels, freqs, frames),
-            self.n_fft,
-            self.hop_length,
-            self.win_length,
-            self.window,
-            center=True,
-            normalized=self.normalized,
-            onesided=True,
-            length=length,
-        )
-        return wav.reshape(batch, sources, channels, length)
+    def select_bins(self, spec_ri: Tensor) -> Tensor:
+        """Every row, in order: the bands tile the bins."""
+        return spec_ri
 
-    @torch.jit.unused
-    def archive_timing(self) -> tuple[float, float]:
-        """(segment, context) in seconds: one published chunk, no extra context."""
-        return self.config.chunk_samples / self.sample_rate, 0.0
-
-    @torch.jit.unused
-    def archive_overlap(self) -> float:
-        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
-        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)
+    def bin_masks(self, masks: Tensor, bins: int) -> Tensor:
+        """The band masks are already one per bin."""
+        return torch.view_as_complex(masks.contiguous())
