@@ -13,6 +13,8 @@ metadata on save and load:
 
 ``config`` (the frozen config dataclass) is kept too, for the Python-only
 ``archive_timing``/``archive_overlap`` methods; TorchScript does not see it.
+A family that runs in its published chunks takes those two methods from
+:class:`PublishedChunks`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["set_contract"]
+__all__ = ["set_contract", "PublishedChunks"]
 
 
 def set_contract(
@@ -47,3 +50,23 @@ def set_contract(
     module.sample_rate = int(config.sample_rate if sample_rate is None else sample_rate)
     module.audio_channels = int(config.audio_channels if audio_channels is None else audio_channels)
     module.num_sources = int(config.num_sources)
+
+
+class PublishedChunks:
+    """``archive_timing``/``archive_overlap`` of a family run in the chunks it was
+    published with: ``config.chunk_samples`` samples, ``config.num_overlap``
+    chunks over each sample (MDX23C and the RoFormers, recipe ``mdxc``).
+
+    A mixin before ``nn.Module`` (``class MDX23C(PublishedChunks, nn.Module)``);
+    the methods are Python-only.
+    """
+
+    @torch.jit.unused
+    def archive_timing(self) -> tuple[float, float]:
+        """(segment, context) in seconds: one published chunk, no extra context."""
+        return self.config.chunk_samples / self.sample_rate, 0.0
+
+    @torch.jit.unused
+    def archive_overlap(self) -> float:
+        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
+        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)

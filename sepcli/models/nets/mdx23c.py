@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.models.archive.contract import set_contract
+from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
 
 __all__ = ["MDX23CConfig", "MDX23C", "reference_config"]
@@ -229,7 +229,7 @@ class _DecoderBlock(nn.Module):
         self.tfc_tdf = tfc_tdf
 
 
-class MDX23C(nn.Module):
+class MDX23C(PublishedChunks, nn.Module):
     """TFC-TDF v3 U-Net; ``forward(mix (B, 2, T)) -> (B, S, 2, T)`` waveforms."""
 
     def __init__(self, config: MDX23CConfig) -> None:
@@ -335,13 +335,3 @@ class MDX23C(nn.Module):
             length=length,
         )
         return wav.reshape(batch, self.num_sources, channels, length)
-
-    @torch.jit.unused
-    def archive_timing(self) -> tuple[float, float]:
-        """(segment, context) in seconds: one published chunk, no extra context."""
-        return self.config.chunk_samples / self.sample_rate, 0.0
-
-    @torch.jit.unused
-    def archive_overlap(self) -> float:
-        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
-        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)

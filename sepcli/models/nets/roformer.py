@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.models.archive.contract import set_contract
+from sepcli.dsp.stft import istft, stft
+from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
 from sepcli.models.nets.blocks import row_blocks
 
@@ -453,7 +454,7 @@ class MaskEstimator(nn.Module):
         return torch.cat(outs, dim=-1)
 
 
-class Roformer(nn.Module):
+class Roformer(PublishedChunks, nn.Module):
     """The forward both RoFormers share; ``forward(mix (B, C, T)) -> (B, S, C, T)``.
 
     STFT of each channel, bins interleaved per channel (``(B, F * C, N)``, bin
@@ -515,7 +516,12 @@ class Roformer(nn.Module):
             )
             for _ in config.sources
         )
-        self.register_buffer("window", torch.hann_window(self.win_length), persistent=False)
+        # a shorter window centred in n_fft samples, as torch.stft pads it
+        left = (self.n_fft - self.win_length) // 2
+        window = F.pad(
+            torch.hann_window(self.win_length), (left, self.n_fft - self.win_length - left)
+        )
+        self.register_buffer("window", window, persistent=False)
 
     def select_bins(self, spec_ri: Tensor) -> Tensor:
         """``(B, F * C, N, 2)`` -> the rows the bands read, band by band ``(B, K, N, 2)``."""
@@ -528,21 +534,11 @@ class Roformer(nn.Module):
     def forward(self, mix: Tensor) -> Tensor:
         """``mix (batch, channel, time)`` -> stems ``(batch, source, channel, time)``."""
         batch, channels, length = mix.shape
-        spec = torch.stft(
-            mix.reshape(batch * channels, length),
-            self.n_fft,
-            self.hop_length,
-            self.win_length,
-            self.window,
-            center=True,
-            normalized=self.normalized,
-            onesided=True,
-            return_complex=True,
-        )
+        spec = stft(mix, self.n_fft, self.hop_length, self.window, self.normalized)
         freqs, frames = spec.shape[-2], spec.shape[-1]
         # bins major, channels interleaved: (B, F * C, N, re/im)
-        spec_ri = torch.view_as_real(spec).reshape(batch, channels, freqs, frames, 2)
-        spec_ri = spec_ri.permute(0, 2, 1, 3, 4).reshape(batch, freqs * channels, frames, 2)
+        spec_ri = torch.view_as_real(spec).permute(0, 2, 1, 3, 4)
+        spec_ri = spec_ri.reshape(batch, freqs * channels, frames, 2)
         x = self.select_bins(spec_ri).permute(0, 2, 1, 3).reshape(batch, frames, -1)
         x = self.band_split(x)
         for block in self.layers:
@@ -555,28 +551,7 @@ class Roformer(nn.Module):
         mask = self.bin_masks(masks, freqs * channels)
         out = torch.view_as_complex(spec_ri.contiguous()).unsqueeze(1) * mask
         out = out.reshape(batch, sources, freqs, channels, frames).permute(0, 1, 3, 2, 4)
-        wav = torch.istft(
-            out.reshape(batch * sources * channels, freqs, frames),
-            self.n_fft,
-            self.hop_length,
-            self.win_length,
-            self.window,
-            center=True,
-            normalized=self.normalized,
-            onesided=True,
-            length=length,
-        )
-        return wav.reshape(batch, sources, channels, length)
-
-    @torch.jit.unused
-    def archive_timing(self) -> tuple[float, float]:
-        """(segment, context) in seconds: one published chunk, no extra context."""
-        return self.config.chunk_samples / self.sample_rate, 0.0
-
-    @torch.jit.unused
-    def archive_overlap(self) -> float:
-        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
-        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)
+        return istft(out, self.n_fft, self.hop_length, length, self.window, self.normalized)
 
 
 def _hz_to_mel(freq: float) -> float:
