@@ -8,7 +8,7 @@ for; the issue's setting). The table gives medians. Each variant's output is
 compared with our fp32 eager output (SNR).
 
 * ``demucs``: ``demucs.htdemucs.HTDemucs`` (4.1.0), the reference;
-* ``ours``: :class:`sepcli.models.htdemucs.HTDemucs` in eager mode (attention
+* ``ours``: :class:`sepcli.models.nets.htdemucs.HTDemucs` in eager mode (attention
   through ``F.scaled_dot_product_attention``);
 * ``ours-script``: the same, scripted (what an archive runs);
 * ``ours-frozen``: ``torch.jit.optimize_for_inference(torch.jit.freeze(...))``
@@ -35,7 +35,7 @@ from fractions import Fraction
 
 import torch
 
-import sepcli.models.htdemucs as H
+import sepcli.models.nets.htdemucs as H
 
 
 def main() -> None:

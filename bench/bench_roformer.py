@@ -59,7 +59,7 @@ import numpy as np, soundfile as sf, torch
 torch.set_num_threads(int(sys.argv[4]))
 from ml_collections import ConfigDict
 from audio_separator_reference import reference_model, reference_module
-from sepcli.models.msst_import import read_msst_yaml
+from sepcli.models.importers.msst import read_msst_yaml
 cfg = read_msst_yaml(sys.argv[1])
 model_type = sys.argv[6]
 ref = reference_model(model_type, cfg)
@@ -96,7 +96,7 @@ def _setup(family: str, tmp: Path, dim_t: int | None = None) -> tuple[dict, Path
     import torch
     from audio_separator_reference import PUBLISHED_YAMLS, reference_model, write_msst_yaml
 
-    from sepcli.models.msst_import import import_msst_archive, read_msst_yaml
+    from sepcli.models.importers.msst import import_msst_archive, read_msst_yaml
 
     model_type = MODEL_TYPE[family]
     cfg = read_msst_yaml(PUBLISHED_YAMLS[model_type])
@@ -123,7 +123,7 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None, warmu
 
     from sepcli.inference.mdxc_recipe import MdxcPlan
     from sepcli.models.archive import count_parameters, load_archive
-    from sepcli.models.msst_import import import_msst
+    from sepcli.models.importers.msst import import_msst
 
     torch.set_num_threads(threads)
     model_type = MODEL_TYPE[family]

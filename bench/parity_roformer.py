@@ -38,7 +38,7 @@ def published(rows: list[str]) -> None:
     from audio_separator_reference import PUBLISHED_YAMLS, reference_model
 
     from sepcli.models import build_model
-    from sepcli.models.msst_import import config_from_msst, read_msst_yaml
+    from sepcli.models.importers.msst import config_from_msst, read_msst_yaml
 
     yamls = dict(PUBLISHED_YAMLS)
     yamls["mel_band_roformer (viperx ep_3005)"] = (

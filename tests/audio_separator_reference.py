@@ -83,7 +83,7 @@ def tiny_msst_yaml(
     ``dim_t`` (frames per inference chunk) defaults to a small chunk too;
     ``num_overlap`` to the published one.
     """
-    from sepcli.models.msst_import import read_msst_yaml
+    from sepcli.models.importers.msst import read_msst_yaml
 
     cfg = copy.deepcopy(read_msst_yaml(PUBLISHED_YAMLS[model_type]))
     if model_type == "mdx23c":

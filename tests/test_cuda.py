@@ -81,10 +81,10 @@ _BANDS = (2,) * 8 + (4,) * 4 + (8,) * 2 + (17,)  # 65 bins of a 128-point STFT
 def _tiny_other_families() -> dict:
     """Tiny configs of the families added after umx/tfc-tdf/waveform (chunks of ~0.75 s:
     the mdxc recipe runs one chunk per call, so shorter ones only cost time)."""
-    from sepcli.models.bs_roformer import BSRoformerConfig
-    from sepcli.models.htdemucs import HTDemucsConfig
-    from sepcli.models.mdx23c import MDX23CConfig
-    from sepcli.models.mel_roformer import MelRoformerConfig
+    from sepcli.models.nets.bs_roformer import BSRoformerConfig
+    from sepcli.models.nets.htdemucs import HTDemucsConfig
+    from sepcli.models.nets.mdx23c import MDX23CConfig
+    from sepcli.models.nets.mel_roformer import MelRoformerConfig
 
     two = ("vocals", "other")
     return {

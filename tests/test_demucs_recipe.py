@@ -30,8 +30,8 @@ from sepcli.inference.demucs_recipe import (
     demucs_weight,
     draw_shift_offsets,
 )
-from sepcli.models.demucs_import import config_from_kwargs
-from sepcli.models.htdemucs import HTDemucs
+from sepcli.models.importers.demucs import config_from_kwargs
+from sepcli.models.nets.htdemucs import HTDemucs
 
 htdemucs_ref = pytest.importorskip("demucs.htdemucs", reason="demucs is not installed")
 demucs_apply = pytest.importorskip("demucs.apply", reason="demucs is not installed")

@@ -13,7 +13,7 @@ from test_hub_server import cached_files, file_server, hub_env, write_registry  
 from sepcli.errors import IntegrityError
 from sepcli.hub import load_model, resolve_model, verify_models
 from sepcli.models.configs import UMXConfig
-from sepcli.models.umx import UMX
+from sepcli.models.nets.umx import UMX
 
 pytestmark = pytest.mark.network
 
@@ -112,7 +112,7 @@ def test_builtin_presets_fit_the_converter_and_claimed_parameter_counts(name, hi
     """Published-size weights of one target convert with the registry's preset, and the
     registry's parameter count is 4 targets of that size."""
     from sepcli.hub import load_registry
-    from sepcli.models.openunmix_import import convert
+    from sepcli.models.importers.openunmix import convert
 
     entry = load_registry(registry=[]).get(name)
     net = UMX(UMXConfig(sources=("vocals",), hidden_size=hidden, max_bin=1487)).targets[0]

@@ -33,8 +33,8 @@ from sepcli.inference.mdxc_recipe import (
     roformer_chunk_starts,
 )
 from sepcli.models import build_model
-from sepcli.models.bs_roformer import BSRoformerConfig
-from sepcli.models.mdx23c import MDX23CConfig
+from sepcli.models.nets.bs_roformer import BSRoformerConfig
+from sepcli.models.nets.mdx23c import MDX23CConfig
 
 
 def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:

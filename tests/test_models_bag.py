@@ -16,7 +16,7 @@ from sepcli.errors import RegistryError, UsageError
 from sepcli.hub import load_model, resolve_model
 from sepcli.inference.separator import Separator
 from sepcli.models import WaveformConfig, build_model, export_archive, load_verified
-from sepcli.models.blend import blend_archives, compose_bag, export_bag
+from sepcli.models.bags.blend import blend_archives, compose_bag, export_bag
 
 torch.set_num_threads(2)
 FOUR = ("drums", "bass", "other", "vocals")

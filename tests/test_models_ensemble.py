@@ -23,8 +23,8 @@ from sepcli.models import (
     load_verified,
 )
 from sepcli.models.archive import METADATA_FILE, save_archive
+from sepcli.models.bags.ensemble import Ensemble
 from sepcli.models.build import make_metadata
-from sepcli.models.ensemble import Ensemble
 
 torch.set_num_threads(2)
 

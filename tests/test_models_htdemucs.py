@@ -24,7 +24,7 @@ import torch
 
 from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.models.archive import load_archive
-from sepcli.models.demucs_import import (
+from sepcli.models.importers.demucs import (
     config_from_kwargs,
     import_demucs,
     import_demucs_archive,
@@ -33,7 +33,7 @@ from sepcli.models.demucs_import import (
     read_bag,
     read_checkpoint,
 )
-from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
+from sepcli.models.nets.htdemucs import HTDemucs, HTDemucsConfig
 
 htdemucs_ref = pytest.importorskip("demucs.htdemucs", reason="demucs is not installed")
 demucs_states = pytest.importorskip("demucs.states", reason="demucs is not installed")

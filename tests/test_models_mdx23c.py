@@ -22,8 +22,8 @@ from audio_separator_reference import reference_module
 
 from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
-from sepcli.models.mdx23c import MDX23C, MDX23CConfig
-from sepcli.models.msst_import import config_from_msst, read_msst_yaml
+from sepcli.models.importers.msst import config_from_msst, read_msst_yaml
+from sepcli.models.nets.mdx23c import MDX23C, MDX23CConfig
 
 YAML_8K = Path(__file__).parent / "data" / "msst" / "model_2_stem_full_band_8k.yaml"
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, UsageError
 from sepcli.models.archive import load_archive
-from sepcli.models.msst_import import (
+from sepcli.models.importers.msst import (
     MSSTLoader,
     detect_model_type,
     import_msst,

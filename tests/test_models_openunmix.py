@@ -22,7 +22,7 @@ from sepcli.dsp.stft import stft
 from sepcli.errors import ArchiveError, UsageError
 from sepcli.models import build_model, load_verified, reference_config
 from sepcli.models.archive import count_parameters
-from sepcli.models.openunmix_import import convert, import_openunmix, import_openunmix_archive
+from sepcli.models.importers.openunmix import convert, import_openunmix, import_openunmix_archive
 
 sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
 openunmix_model = pytest.importorskip("openunmix.model", reason="openunmix is not installed")

@@ -24,10 +24,10 @@ from audio_separator_reference import reference_module
 
 from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
-from sepcli.models.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformer, BSRoformerConfig
-from sepcli.models.mel_roformer import MelRoformer, MelRoformerConfig
-from sepcli.models.msst_import import config_from_msst, read_msst_yaml
-from sepcli.models.roformer import mel_band_layout
+from sepcli.models.importers.msst import config_from_msst, read_msst_yaml
+from sepcli.models.nets.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformer, BSRoformerConfig
+from sepcli.models.nets.mel_roformer import MelRoformer, MelRoformerConfig
+from sepcli.models.nets.roformer import mel_band_layout
 
 DATA = Path(__file__).parent / "data" / "msst"
 BS_YAML = DATA / "model_bs_roformer_ep_317_sdr_12.9755.yaml"
@@ -206,7 +206,7 @@ def test_inference_blocks_equal_the_autograd_path(model, budget, monkeypatch):
     # without autograd, attention and feed-forward run in blocks of sequences with
     # the norm folded into the projections and the rotary turned in place: the
     # same numbers as the plain path (which training and autograd take)
-    import sepcli.models.blocks as blocks
+    import sepcli.models.nets.blocks as blocks
 
     monkeypatch.setattr(blocks.row_blocks, "__defaults__", (budget,))
     cfg = TINY_BS["stereo-2stems"] if model == "bs" else TINY_MEL["stereo-2stems"]

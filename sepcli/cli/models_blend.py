@@ -122,7 +122,7 @@ def blend(
     parsed_modes = parse_modes(modes)
     sources = [s.strip() for s in stems.split(",") if s.strip()] if stems else None
     from sepcli.models.archive import read_metadata
-    from sepcli.models.blend import export_blend
+    from sepcli.models.bags.blend import export_blend
 
     archives = [load(member) for member in members]
     path = export_blend(

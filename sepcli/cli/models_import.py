@@ -102,11 +102,11 @@ def import_command(
             raise UsageError("--format demucs takes one SOURCE (FILE.th or BAG.yaml)")
         if preset is not None:
             raise UsageError("--preset applies to --format openunmix only")
-        from sepcli.models.demucs_import import import_demucs_archive
+        from sepcli.models.importers.demucs import import_demucs_archive
 
         path = import_demucs_archive(sources[0], output, name=name)
     else:
-        from sepcli.models.openunmix_import import import_openunmix_archive
+        from sepcli.models.importers.openunmix import import_openunmix_archive
 
         path = import_openunmix_archive(list(sources), output, preset=preset, name=name)
     from sepcli.models.archive import read_metadata
@@ -134,7 +134,7 @@ def _import_msst(
         raise UsageError("--format msst needs --config MODEL.yaml")
     if len(sources) != 1:
         raise UsageError(f"--format msst takes one checkpoint, got {len(sources)}")
-    from sepcli.models.msst_import import import_msst_archive
+    from sepcli.models.importers.msst import import_msst_archive
 
     fields = {} if licence is None else {"licence": licence}
     return import_msst_archive(config_path, sources[0], output, model_type, name, **fields)

@@ -28,7 +28,13 @@ def num_frames(length: int, hop_length: int) -> int:
     return 1 + length // hop_length
 
 
-def stft(x: Tensor, n_fft: int, hop_length: int, window: Tensor | None = None) -> Tensor:
+def stft(
+    x: Tensor,
+    n_fft: int,
+    hop_length: int,
+    window: Tensor | None = None,
+    normalized: bool = False,
+) -> Tensor:
     """Complex STFT of a real waveform.
 
     Args:
@@ -36,6 +42,8 @@ def stft(x: Tensor, n_fft: int, hop_length: int, window: Tensor | None = None) -
         n_fft: FFT size in samples.
         hop_length: hop in samples.
         window: optional precomputed :func:`hann_window` (same device as ``x``).
+        normalized: ``torch.stft(normalized=True)``, times ``n_fft ** -0.5``;
+            only for models trained so (some RoFormer checkpoints).
 
     Returns:
         complex tensor of shape ``(..., n_fft // 2 + 1, 1 + time // hop_length)``.
@@ -50,7 +58,7 @@ def stft(x: Tensor, n_fft: int, hop_length: int, window: Tensor | None = None) -
         hop_length=hop_length,
         window=window.to(flat.dtype),
         center=True,
-        normalized=False,
+        normalized=normalized,
         onesided=True,
         pad_mode="reflect",
         return_complex=True,
@@ -64,6 +72,7 @@ def istft(
     hop_length: int,
     length: int,
     window: Tensor | None = None,
+    normalized: bool = False,
 ) -> Tensor:
     """Inverse of :func:`stft`.
 
@@ -73,6 +82,7 @@ def istft(
         hop_length: hop used by the forward transform.
         length: number of output samples (the original waveform's length).
         window: optional precomputed :func:`hann_window`.
+        normalized: as given to :func:`stft`.
 
     Returns:
         real waveform ``(..., length)``.
@@ -87,7 +97,7 @@ def istft(
         hop_length=hop_length,
         window=window,
         center=True,
-        normalized=False,
+        normalized=normalized,
         onesided=True,
         length=length,
     )

@@ -107,7 +107,7 @@ def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) ->
     """Build our archive at ``dest`` from verified Open-Unmix per-target state dicts
     (``{target: path}`` in output order) and the entry's preset."""
     from sepcli.models.archive import save_archive  # torch loads only when a model does
-    from sepcli.models.openunmix_import import convert_files
+    from sepcli.models.importers.openunmix import convert_files
 
     module, metadata = convert_files(
         files, dict(entry.preset), name=entry.name, licence=entry.licence,
@@ -124,7 +124,7 @@ def _convert_demucs(entry: ModelEntry, files: dict[str, Path], dest: Path) -> No
     import json
 
     from sepcli.models.archive import save_archive
-    from sepcli.models.demucs_import import import_demucs
+    from sepcli.models.importers.demucs import import_demucs
 
     bag = entry.raw.get("bag") or {}
     if not isinstance(bag, dict) or set(bag) - {"weights", "segment"}:
@@ -153,7 +153,7 @@ def _convert_msst(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None
     """Build our archive at ``dest`` from a verified MSST YAML (``config``) and
     checkpoint (``checkpoint``), of the entry's ``model_type`` (or the YAML's)."""
     from sepcli.models.archive import save_archive
-    from sepcli.models.msst_import import import_msst
+    from sepcli.models.importers.msst import import_msst
 
     module, metadata = import_msst(
         files["config"], files["checkpoint"], model_type=entry.raw.get("model_type"),
@@ -210,9 +210,9 @@ def _fill_bag(
 ) -> Path:
     """Each part downloaded and converted once (into its own cache entry), then the
     bag composed from them: every stem from the part that the entry names for it,
-    each member keeping its own chunking (:func:`sepcli.models.blend.compose_bag`)."""
+    each member keeping its own chunking (:func:`sepcli.models.bags.blend.compose_bag`)."""
     from sepcli.models.archive import load_archive  # torch loads only when a model does
-    from sepcli.models.blend import export_bag
+    from sepcli.models.bags.blend import export_bag
 
     offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
     parts = []

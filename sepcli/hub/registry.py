@@ -21,7 +21,7 @@ Manifest layout::
 A ``demucs`` entry lists Demucs checkpoints (``target`` = the model signature,
 in bag order) and optionally the bag's ``weights`` (one row per file) and
 ``segment``; the files are converted once into an archive
-(:mod:`sepcli.models.demucs_import`).
+(:mod:`sepcli.models.importers.demucs`).
 
 Every entry is validated before use (:func:`parse_entry`): safe names, https
 URLs (http only on loopback), full SHA-256 and positive sizes.

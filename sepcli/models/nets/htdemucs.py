@@ -37,7 +37,6 @@ weights were trained with it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -47,8 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepcli.errors import ConfigError
-from sepcli.models.blocks import row_blocks
+from sepcli.models.archive.contract import set_contract
 from sepcli.models.configs import _Config
+from sepcli.models.nets.blocks import row_blocks
 
 __all__ = [
     "HTDemucsConfig",
@@ -303,7 +303,7 @@ class _DConv(nn.Module):
     LayerScale; added to the input.
 
     Every row ``n`` is independent (GroupNorm(1) normalises each row alone), so
-    :meth:`forward` runs the rows in blocks (:func:`sepcli.models.blocks.row_blocks`)
+    :meth:`forward` runs the rows in blocks (:func:`sepcli.models.nets.blocks.row_blocks`)
     of about 8 MB of their widest activation (``2 C x T`` floats): on the
     spectrogram branch the rows are frequency bins (512 x 2C x T is 66 MB for the
     published first layer), and blocks that stay in cache run about twice as
@@ -376,7 +376,7 @@ class _FreqEncoder(nn.Module):
 
     Without norms and with a 1x1 rewrite (every published model's layers), no
     step looks further along frequency than the strided conv's kernel, so the
-    layer runs in blocks of output bins (:func:`sepcli.models.blocks.row_blocks`),
+    layer runs in blocks of output bins (:func:`sepcli.models.nets.blocks.row_blocks`),
     each from its own slice of the input: the first layer's activations (66 MB at the
     published size) never exist whole, which is faster (cache) and lighter.
     """
@@ -825,12 +825,7 @@ class HTDemucs(nn.Module):
 
     def __init__(self, config: HTDemucsConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "htdemucs"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.segment_samples = int(config.segment_samples)
         self.n_fft = int(config.n_fft)
         self.hop_length = config.hop_length

@@ -14,13 +14,13 @@ Training calls ``forward`` (waveform out) and puts the loss on waveforms.
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepcli.models.archive.contract import set_contract
 from sepcli.models.configs import WaveformConfig
 
 __all__ = ["WaveformUNet"]
@@ -143,12 +143,7 @@ class WaveformUNet(nn.Module):
 
     def __init__(self, config: WaveformConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "waveform"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.normalize = bool(config.normalize)
         self.multiple = int(config.stride**config.depth)
         widths = config.layer_channels()

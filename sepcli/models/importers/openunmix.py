@@ -11,7 +11,7 @@ A source is either
   (``umxhq``, ``umx``, ``umxl``, ``umxse``: the public hyper-parameters of
   those releases).
 
-All targets become one multi-target :class:`~sepcli.models.umx.UMX` (output
+All targets become one multi-target :class:`~sepcli.models.nets.umx.UMX` (output
 ``"magnitude"``, default phase ``"wiener"`` like Open-Unmix's separator). Layer
 sizes are read from the state dicts and cross-checked against the JSON / preset;
 a missing or misshaped weight is an error (no ``strict=False``). The only keys
@@ -39,7 +39,7 @@ from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata
 from sepcli.models.build import export_archive, make_metadata
 from sepcli.models.configs import UMXConfig, bandwidth_to_max_bin
-from sepcli.models.umx import UMX
+from sepcli.models.nets.umx import UMX
 
 __all__ = [
     "PRESETS",

@@ -193,9 +193,9 @@ def config_from_msst(
     """The sepcli family config of an MSST YAML dict.
 
     Returns:
-        a :class:`~sepcli.models.bs_roformer.BSRoformerConfig`,
-        :class:`~sepcli.models.mel_roformer.MelRoformerConfig` or
-        :class:`~sepcli.models.mdx23c.MDX23CConfig`.
+        a :class:`~sepcli.models.nets.bs_roformer.BSRoformerConfig`,
+        :class:`~sepcli.models.nets.mel_roformer.MelRoformerConfig` or
+        :class:`~sepcli.models.nets.mdx23c.MDX23CConfig`.
     """
     if model_type is None:
         model_type = detect_model_type(cfg, where)
@@ -289,10 +289,10 @@ def _roformer_config(
         "num_overlap": overlap,
     }
     if mel:
-        from sepcli.models.mel_roformer import MelRoformerConfig
+        from sepcli.models.nets.mel_roformer import MelRoformerConfig
 
         return MelRoformerConfig(num_bands=int(model.get("num_bands", 60)), **values)
-    from sepcli.models.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformerConfig
+    from sepcli.models.nets.bs_roformer import VIPERX_FREQS_PER_BANDS, BSRoformerConfig
 
     bands = model.get("freqs_per_bands", VIPERX_FREQS_PER_BANDS)
     return BSRoformerConfig(
@@ -310,7 +310,7 @@ def _mdx23c_config(
     rate: int,
     where: str,
 ) -> Any:
-    from sepcli.models.mdx23c import MDX23CConfig
+    from sepcli.models.nets.mdx23c import MDX23CConfig
 
     _check_keys(model, _MDX23C_USED, _MDX23C_IGNORED, where)
     missing = sorted(k for k in ("n_fft", "hop_length", "dim_f") if k not in audio)

@@ -3,7 +3,7 @@
 Stöter, Uhlich, Liutkus, Mitsufuji, "Open-Unmix - A Reference Implementation for
 Music Source Separation", JOSS 2019. Layer names and arithmetic follow
 ``openunmix.model.OpenUnmix`` exactly, so its published state dicts load into
-:class:`UMXTarget` unchanged (see :mod:`sepcli.models.openunmix_import`).
+:class:`UMXTarget` unchanged (see :mod:`sepcli.models.importers.openunmix`).
 
 Training calls :meth:`UMX.forward_magnitude` on the mixture magnitude
 ``(B, C, F, N)`` and gets the source magnitude estimates ``(B, S, C, F, N)``
@@ -12,13 +12,12 @@ Training calls :meth:`UMX.forward_magnitude` on the mixture magnitude
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepcli.dsp.stft import stft
+from sepcli.models.archive.contract import set_contract
 from sepcli.models.configs import UMXConfig
 
 __all__ = ["UMXTarget", "UMX"]
@@ -93,12 +92,7 @@ class UMX(nn.Module):
 
     def __init__(self, config: UMXConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "umx"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.n_fft)
         self.hop_length = int(config.hop_length)
         self.targets = nn.ModuleList(

@@ -19,13 +19,12 @@ above ``dim_f`` are zero), for a loss on spectrograms or, after
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepcli.dsp.stft import stft
+from sepcli.models.archive.contract import set_contract
 from sepcli.models.configs import TFCTDFConfig
 
 __all__ = ["TFC", "TDF", "TFCTDFBlock", "TFCTDF"]
@@ -108,12 +107,7 @@ class TFCTDF(nn.Module):
 
     def __init__(self, config: TFCTDFConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "tfc-tdf"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.n_fft)
         self.hop_length = int(config.hop_length)
         self.dim_f = int(config.dim_f)

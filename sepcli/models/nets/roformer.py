@@ -20,7 +20,7 @@ it attends over itself.
 
 Without autograd (inference), :class:`Attention` and :class:`FeedForward` run in
 blocks of whole sequences that stay in cache
-(:func:`sepcli.models.blocks.row_blocks`), with the norm folded into the
+(:func:`sepcli.models.nets.blocks.row_blocks`), with the norm folded into the
 projections that read it: the same arithmetic up to float rounding, about 1.2x
 faster on a CPU. Training and autograd take the plain path.
 """
@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.models.blocks import row_blocks
+from sepcli.dsp.stft import istft, stft
+from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
+from sepcli.models.nets.blocks import row_blocks
 
 __all__ = [
     "RoformerConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "Transformer",
     "BandSplit",
     "MaskEstimator",
+    "Roformer",
     "mel_band_layout",
     "TIME",
     "BAND",
@@ -156,6 +159,7 @@ class RMSNorm(nn.Module):
         d = x.shape[-1]
         return F.rms_norm(x, [d], self.gamma.to(x.dtype), 1e-24 / d)
 
+    @torch.jit.export  # compiled even where the first RMSNorm scripted never calls it
     def fold_into(self, weight: Tensor) -> Tensor:
         """``weight`` of a Linear that reads this norm's output, with the norm's
         ``sqrt(dim) * gamma`` folded in: ``F.linear(F.normalize(x, dim=-1),
@@ -239,7 +243,7 @@ class Attention(nn.Module):
 
     def _forward_blocked(self, x: Tensor) -> Tensor:
         """Inference: the reference's arithmetic, up to float rounding, in blocks of
-        whole sequences (:func:`sepcli.models.blocks.row_blocks`) whose
+        whole sequences (:func:`sepcli.models.nets.blocks.row_blocks`) whose
         element-wise steps run in cache.
 
         The norm's ``sqrt(dim) * gamma`` is folded into the two projections that
@@ -332,7 +336,7 @@ class FeedForward(nn.Module):
 
     def _forward_blocked(self, x: Tensor) -> Tensor:
         """Inference, per block of sequences (the hidden activations stay in
-        cache; :func:`sepcli.models.blocks.row_blocks`), with the norm's
+        cache; :func:`sepcli.models.nets.blocks.row_blocks`), with the norm's
         ``sqrt(dim) * gamma`` folded into the first Linear."""
         norm, up, down = self.net[0], self.net[1], self.net[4]
         batch, seq, _ = x.shape
@@ -448,6 +452,106 @@ class MaskEstimator(nn.Module):
         for i, net in enumerate(self.to_freqs):
             outs.append(net(bands[i]))
         return torch.cat(outs, dim=-1)
+
+
+class Roformer(PublishedChunks, nn.Module):
+    """The forward both RoFormers share; ``forward(mix (B, C, T)) -> (B, S, C, T)``.
+
+    STFT of each channel, bins interleaved per channel (``(B, F * C, N)``, bin
+    major), :meth:`select_bins` -> :class:`BandSplit` -> ``depth`` axial blocks
+    (an optional linear transformer over all tokens, then time, then bands) ->
+    final norm -> one :class:`MaskEstimator` per stem -> :meth:`bin_masks` (one
+    complex mask per bin) -> mask times mixture STFT -> iSTFT. A family says
+    only how bands read bins (:meth:`select_bins`) and how band masks become bin
+    masks (:meth:`bin_masks`), and gives the bins each band reads (``band_dims``:
+    ``2 * bins * channels`` features per band).
+
+    ``T`` is any length above ``stft_n_fft // 2`` samples (reflect padding);
+    the published chunk is ``config.chunk_samples``.
+    """
+
+    def __init__(
+        self,
+        config: RoformerConfig,
+        band_dims: list[int],
+        *,
+        norm_output: bool,
+        final_norm: bool,
+        mask_hidden_layers: int,
+        linear_transformer_depth: int = 0,
+    ) -> None:
+        super().__init__()
+        set_contract(self, config)
+        self.n_fft = int(config.stft_n_fft)
+        self.hop_length = int(config.stft_hop_length)
+        self.win_length = int(config.stft_win_length)
+        self.normalized = bool(config.stft_normalized)
+        common = dict(
+            dim=config.dim,
+            heads=config.heads,
+            dim_head=config.dim_head,
+            attn_dropout=config.attn_dropout,
+            ff_dropout=config.ff_dropout,
+            norm_output=norm_output,
+        )
+        blocks = []
+        for _ in range(config.depth):
+            parts: list[nn.Module] = []
+            if linear_transformer_depth > 0:
+                parts.append(
+                    Transformer(depth=linear_transformer_depth, axis=ALL, linear=True, **common)
+                )
+            parts.append(Transformer(depth=config.time_transformer_depth, axis=TIME, **common))
+            parts.append(Transformer(depth=config.freq_transformer_depth, axis=BAND, **common))
+            blocks.append(nn.Sequential(*parts))
+        self.layers = nn.ModuleList(blocks)
+        self.final_norm = RMSNorm(config.dim) if final_norm else nn.Identity()
+        self.band_split = BandSplit(config.dim, band_dims)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(
+                config.dim,
+                band_dims,
+                hidden_layers=mask_hidden_layers,
+                expansion=config.mlp_expansion_factor,
+            )
+            for _ in config.sources
+        )
+        # a shorter window centred in n_fft samples, as torch.stft pads it
+        left = (self.n_fft - self.win_length) // 2
+        window = F.pad(
+            torch.hann_window(self.win_length), (left, self.n_fft - self.win_length - left)
+        )
+        self.register_buffer("window", window, persistent=False)
+
+    def select_bins(self, spec_ri: Tensor) -> Tensor:
+        """``(B, F * C, N, 2)`` -> the rows the bands read, band by band ``(B, K, N, 2)``."""
+        raise NotImplementedError
+
+    def bin_masks(self, masks: Tensor, bins: int) -> Tensor:
+        """Band masks ``(B, S, K, N, 2)`` -> complex mask per bin ``(B, S, bins, N)``."""
+        raise NotImplementedError
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """``mix (batch, channel, time)`` -> stems ``(batch, source, channel, time)``."""
+        batch, channels, length = mix.shape
+        spec = stft(mix, self.n_fft, self.hop_length, self.window, self.normalized)
+        freqs, frames = spec.shape[-2], spec.shape[-1]
+        # bins major, channels interleaved: (B, F * C, N, re/im)
+        spec_ri = torch.view_as_real(spec).permute(0, 2, 1, 3, 4)
+        spec_ri = spec_ri.reshape(batch, freqs * channels, frames, 2)
+        x = self.select_bins(spec_ri).permute(0, 2, 1, 3).reshape(batch, frames, -1)
+        x = self.band_split(x)
+        for block in self.layers:
+            x = block(x)
+        x = self.final_norm(x)
+        # float32 from here on (masks are bf16/fp16 under autocast; complex needs float32)
+        masks = torch.stack([est(x) for est in self.mask_estimators], dim=1).to(spec_ri.dtype)
+        sources = masks.shape[1]
+        masks = masks.reshape(batch, sources, frames, -1, 2).permute(0, 1, 3, 2, 4)
+        mask = self.bin_masks(masks, freqs * channels)
+        out = torch.view_as_complex(spec_ri.contiguous()).unsqueeze(1) * mask
+        out = out.reshape(batch, sources, freqs, channels, frames).permute(0, 1, 3, 2, 4)
+        return istft(out, self.n_fft, self.hop_length, length, self.window, self.normalized)
 
 
 def _hz_to_mel(freq: float) -> float:

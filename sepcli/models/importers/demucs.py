@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata, save_archive
-from sepcli.models.htdemucs import HTDemucs, HTDemucsConfig
+from sepcli.models.nets.htdemucs import HTDemucs, HTDemucsConfig
 
 __all__ = [
     "DEMUCS_DEFAULTS",
@@ -538,15 +538,15 @@ def single_metadata(model: HTDemucs, ckpt: DemucsCheckpoint, name: str) -> Archi
 
 
 def bag_model(models: Sequence[HTDemucs], weights: Tensor) -> nn.Module:
-    """An :class:`~sepcli.models.ensemble.Ensemble` of HT-Demucs members blended as
+    """An :class:`~sepcli.models.bags.ensemble.Ensemble` of HT-Demucs members blended as
     Demucs' ``BagOfModels``: stem ``s`` is ``sum_m w[m, s] est_m[s] / sum_m w[m, s]``,
     each member chunked with its own ``demucs`` recipe.
 
     Args:
         weights: ``(model, source)`` as in the bag YAML.
     """
+    from sepcli.models.bags.ensemble import Ensemble, MemberModule
     from sepcli.models.configs import EnsembleConfig, EnsembleMember
-    from sepcli.models.ensemble import Ensemble, MemberModule
 
     sources = models[0].config.sources
     specs = tuple(EnsembleMember("htdemucs", m.config.to_dict()) for m in models)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sepcli.dsp.phase import OUTPUT_KINDS, waveform_from_output
 from sepcli.errors import ConfigError
-from sepcli.models.archive import Archive
+from sepcli.models.archive import Archive, set_contract
 from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
 
 __all__ = ["MemberModule", "Ensemble"]
@@ -78,13 +78,13 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: Sequence[MemberModule], config: EnsembleConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "ensemble"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
         first = members[0].model
-        self.sample_rate = int(first.sample_rate)
-        self.audio_channels = int(first.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(
+            self,
+            config,
+            sample_rate=int(first.sample_rate),
+            audio_channels=int(first.audio_channels),
+        )
         for m in members:
             if int(m.model.audio_channels) != self.audio_channels:
                 raise ConfigError("ensemble members must share audio_channels")

@@ -4,7 +4,7 @@ Each member keeps its own weights and inference recipe: magnitude members use
 the phase their metadata recommends (``wiener`` -> one Wiener iteration, as
 Open-Unmix; anything else -> the mixture phase) unless ``wiener`` says
 otherwise. Stem ``s`` of the blend is the weighted mean of the members that
-output ``s`` (:class:`sepcli.models.ensemble.Ensemble`). The archive's
+output ``s`` (:class:`sepcli.models.bags.ensemble.Ensemble`). The archive's
 metadata names every member (name, file, SHA-256, weights) and joins their
 licences and training data, so the terms a member inherits are not lost.
 """
@@ -20,9 +20,9 @@ from sepcli.dsp.phase import OUTPUT_KINDS
 from sepcli.errors import UsageError
 from sepcli.hashing import sha256_file
 from sepcli.models.archive import Archive
+from sepcli.models.bags.ensemble import Ensemble, MemberModule
 from sepcli.models.build import export_archive
 from sepcli.models.configs import EnsembleConfig, EnsembleMember
-from sepcli.models.ensemble import Ensemble, MemberModule
 
 __all__ = ["blend_archives", "compose_bag", "default_weights", "export_bag", "export_blend"]
 

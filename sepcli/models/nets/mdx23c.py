@@ -22,7 +22,6 @@ only the published chunk reproduces the reference exactly).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
 
 __all__ = ["MDX23CConfig", "MDX23C", "reference_config"]
@@ -229,17 +229,12 @@ class _DecoderBlock(nn.Module):
         self.tfc_tdf = tfc_tdf
 
 
-class MDX23C(nn.Module):
+class MDX23C(PublishedChunks, nn.Module):
     """TFC-TDF v3 U-Net; ``forward(mix (B, 2, T)) -> (B, S, 2, T)`` waveforms."""
 
     def __init__(self, config: MDX23CConfig) -> None:
         super().__init__()
-        self.config = config
-        self.family = "mdx23c"
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
-        self.sample_rate = int(config.sample_rate)
-        self.audio_channels = int(config.audio_channels)
-        self.num_sources = config.num_sources
+        set_contract(self, config)
         self.n_fft = int(config.n_fft)
         self.hop_length = int(config.hop_length)
         self.dim_f = int(config.dim_f)
@@ -340,13 +335,3 @@ class MDX23C(nn.Module):
             length=length,
         )
         return wav.reshape(batch, self.num_sources, channels, length)
-
-    @torch.jit.unused
-    def archive_timing(self) -> tuple[float, float]:
-        """(segment, context) in seconds: one published chunk, no extra context."""
-        return self.config.chunk_samples / self.sample_rate, 0.0
-
-    @torch.jit.unused
-    def archive_overlap(self) -> float:
-        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
-        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)

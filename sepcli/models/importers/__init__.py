@@ -1,0 +1,2 @@
+"""Importers of other projects' checkpoints (Demucs, MSST/UVR, Open-Unmix) into
+sepcli archives."""
