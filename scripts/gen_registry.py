@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -387,7 +386,10 @@ def generate(
             why = "no size published"
         elif arch == "scnet":
             why = "SCNet: no config in splifft's data (only an unpinned URL), and no family yet"
-        elif not record.get("config_id") or not (data / "config" / f"{record['config_id']}.json").is_file():
+        elif (
+            not record.get("config_id")
+            or not (data / "config" / f"{record['config_id']}.json").is_file()
+        ):
             why = "no config in splifft's data (only an unpinned URL)"
         elif ident in taken:
             why = "name taken by a hand-written entry"
@@ -480,7 +482,11 @@ def docs_block(manifest: Mapping[str, Any], hand: Mapping[str, Any], table: Mapp
             best: catalog.Score | None = None
             for stem in e.sources:
                 if catalog.STEM_TASKS.get(stem, "instrument") != task and task not in (
-                    "multistem", "dereverb", "denoise", "decrowd", "debleed"
+                    "multistem",
+                    "dereverb",
+                    "denoise",
+                    "decrowd",
+                    "debleed",
                 ):
                     continue
                 s = catalog.published_score(e, "SDR", stem)
@@ -506,7 +512,9 @@ def docs_block(manifest: Mapping[str, Any], hand: Mapping[str, Any], table: Mapp
         if s is None:
             lines.append(f"| {stem} | - | - | - |")
         else:
-            lines.append(f"| {stem} | `{s.source.split(':', 1)[0]}` | {s.value:.2f} | {s.dataset} |")
+            lines.append(
+                f"| {stem} | `{s.source.split(':', 1)[0]}` | {s.value:.2f} | {s.dataset} |"
+            )
     lines += ["", "### Left out", "", "| splifft entry | why |", "|---|---|"]
     lines += [f"| `{ident}` | {why} |" for ident, why in left_out]
     if blocked:

@@ -297,7 +297,10 @@ def _check_msst(data: Mapping[str, Any], files: tuple[FileSpec, ...], where: str
         if not isinstance(inline, Mapping) or not isinstance(inline.get("model"), Mapping):
             raise _fail(where, "an inline 'config' must be an object with a 'model' section")
         if targets != ["checkpoint"]:
-            raise _fail(where, f"an msst entry with an inline config has one file 'checkpoint', got {targets}")
+            raise _fail(
+                where,
+                f"an msst entry with an inline config has one file 'checkpoint', got {targets}",
+            )
     elif targets != ["checkpoint", "config"]:
         raise _fail(where, f"an msst entry has files 'config' and 'checkpoint', got {targets}")
     model_type = data.get("model_type")
