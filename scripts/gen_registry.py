@@ -462,8 +462,8 @@ def docs_block(manifest: Mapping[str, Any], hand: Mapping[str, Any], table: Mapp
     lines.append(
         f"The registry holds {len(generated)} generated entries (from splifft "
         f"{SPLIFFT_VERSION}'s registry) besides the hand-written ones; the configs of "
-        f"{len(generated) - len(blocked)} build with this sepcli, {len(blocked)} wait for "
-        "config keys sepcli does not implement yet (`sepcli models list` marks them)."
+        f"{len(generated) - len(blocked)} build with this sepcli; {len(blocked)} do not yet, "
+        "each named below with the reason (`sepcli models list` marks them `runs: not yet`)."
     )
     lines += ["", "### Top models by task (published scores)", ""]
     lines.append(
