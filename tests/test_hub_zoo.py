@@ -287,3 +287,24 @@ def test_download_by_purpose_remove_and_prune(file_server, hub_env, tmp_path):
         main, ["models", "download", "--purpose", "nothing", "--registry", reg]
     )
     assert none.exit_code == 2 and "purpose 'nothing'" in none.output
+
+
+def test_free_space_counts_only_what_a_resumed_download_still_needs(
+    file_server, hub_env, tmp_path, monkeypatch
+):
+    from test_hub_server import payload, sepcli_entry
+
+    from sepcli.hub.cache import entry_path, part_path
+    from sepcli.hub.space import MARGIN_BYTES
+
+    data = payload(300_000)
+    entry = sepcli_entry("tiny-resume", file_server.add("/r.sepcli", data), data)
+    reg = str(write_registry(tmp_path / "r.json", [entry]))
+    dest = entry_path(hub_env, load_registry(reg, cache_root=hub_env).get("tiny-resume"))
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(data[:200_000])
+    Usage = namedtuple("Usage", "total used free")
+    free = MARGIN_BYTES + 100_000  # enough for the rest, not for the whole file
+    monkeypatch.setattr("sepcli.hub.space.shutil.disk_usage", lambda p: Usage(0, 0, free))
+    assert resolve_model("tiny-resume", registry=reg) == dest
+    assert dest.read_bytes() == data and file_server.bytes_sent == 100_000
