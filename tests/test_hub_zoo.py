@@ -174,6 +174,8 @@ def test_list_filters_and_sorts(hub_env):
         "score: SDR dry (published)" in table.output
         and "mel_roformer-anvuew-dereverb" in table.output
     )
+    typo = CliRunner().invoke(main, ["models", "list", "--purpose", "karoke"])
+    assert "no model matches these filters; did you mean karaoke?" in typo.output
     bad = CliRunner().invoke(main, ["models", "list", "--sort", "vocals"])
     assert bad.exit_code == 2 and "METRIC:STEM" in bad.output
 

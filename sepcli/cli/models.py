@@ -156,6 +156,19 @@ def _matches(card: dict[str, Any], entry: Any, filters: dict[str, tuple[str, ...
     return all(any(tests[key](v) for v in values) for key, values in filters.items() if values)
 
 
+def _purpose_hint(statuses: list[Any], asked: tuple[str, ...]) -> str:
+    """``; did you mean ...`` for purposes no model has (the nearest known ones)."""
+    from sepcli.hub import catalog
+
+    known = sorted(
+        {p for s in statuses for p in catalog.purposes(s.entry, _card(s).get("sources"))}
+    )
+    close = [c for a in asked if a not in known for c in catalog.close_names(a, known, n=2)]
+    if close:
+        return f"; did you mean {', '.join(dict.fromkeys(close))}?"
+    return f" (purposes: {', '.join(known)})" if any(a not in known for a in asked) else ""
+
+
 def _runs(entry: Any) -> str:
     """``yes``, or why this sepcli cannot build the model yet (shortened)."""
     from sepcli.hub.catalog import build_problem
@@ -277,7 +290,7 @@ def list_command(
     )  # fmt: skip
     wide.print(table)
     if not rows:
-        err_console.print("no model matches these filters")
+        err_console.print(f"no model matches these filters{_purpose_hint(statuses, purpose)}")
 
 
 @models.command("info")
@@ -369,7 +382,8 @@ def download_command(
                  and s.entry.verifiable and s.entry.builtin is None
                  and catalog.build_problem(s.entry) is None]  # fmt: skip
         if not found:
-            raise UsageError(f"no verifiable model that sepcli runs has purpose {task!r}")
+            hint = _purpose_hint(list(statuses.values()), (task,))
+            raise UsageError(f"no verifiable model that sepcli runs has purpose {task!r}{hint}")
         wanted += [n for n in found if n not in wanted]
     missing = [statuses[n] for n in wanted if not statuses[n].local and statuses[n].entry.size]
     # a foreign format is converted into an archive about as large as its download
