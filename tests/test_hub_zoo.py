@@ -188,6 +188,14 @@ def test_list_marks_models_that_do_not_build_yet(hub_env):
     assert "mask_estimator" in runs["bs_roformer-unwa-hyperace_v2_vocals"]
 
 
+def test_info_shows_the_card(hub_env):
+    out = run("info", "bs_roformer-unwa-hyperace_v2_vocals").output
+    for text in ("architecture", "bs_roformer", "purpose", "authors", "unwa", "runs",
+                 "not yet", "hash source", "splifft 0.0.9 data/registry.json"):  # fmt: skip
+        assert text in out, text
+    assert "instrumental = 'instrum'" in run("info", "mel_roformer-becruily-deux").output
+
+
 def test_a_typo_suggests_the_nearest_names(hub_env):
     result = CliRunner().invoke(main, ["models", "info", "mel_roformer-becruily-karoke"])
     assert result.exit_code == 4

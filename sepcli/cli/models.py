@@ -169,6 +169,28 @@ def _purpose_hint(statuses: list[Any], asked: tuple[str, ...]) -> str:
     return f" (purposes: {', '.join(known)})" if any(a not in known for a in asked) else ""
 
 
+def _card_rows(table: Table, entry: Any, sources: list[str]) -> None:
+    """``models info``: architecture, purpose, authors, published stem names,
+    whether this sepcli runs it, and where the hashes, config and scores come from."""
+    from sepcli.hub import catalog
+
+    raw = entry.raw
+    names = raw.get("stem_names") or {}
+    rows = {
+        "architecture": catalog.architecture(entry),
+        "purpose": ", ".join(catalog.purposes(entry, sources)),
+        "authors": ", ".join(raw.get("authors") or []),
+        "published stems": ", ".join(f"{s} = {p!r}" for s, p in names.items()),
+        "runs": _runs(entry),
+        "hash source": raw.get("hash_source", ""),
+        "config source": raw.get("config_source", ""),
+    }
+    rows.update({f"scores {d}": src for d, src in (raw.get("score_sources") or {}).items()})
+    for key, value in rows.items():
+        if value:
+            table.add_row(key, str(value))
+
+
 def _runs(entry: Any) -> str:
     """``yes``, or why this sepcli cannot build the model yet (shortened)."""
     from sepcli.hub.catalog import build_problem
@@ -325,6 +347,7 @@ def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
         if value not in (None, "", []):
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     table.add_row("size", _size(entry.size))
+    _card_rows(table, entry, data.get("sources") or [])
     for spec in entry.files:
         head = f"file {spec.target}" if spec.target else "file"
         table.add_row(
