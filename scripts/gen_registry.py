@@ -10,8 +10,10 @@ Inputs (installed Python packages, read as data; nothing is downloaded):
   SHA-256 digests and sizes) and ``splifft/data/config/*.json`` (their configs).
 * audio-separator 0.47.1 (MIT): ``audio_separator/models-scores.json`` (median
   BSSEval scores over its own test tracks, by checkpoint file name).
-* sepcli's hand-written ``sepcli/hub/registry.json`` (for the ranking rule and
-  the docs tables only; it is never rewritten).
+* sepcli's hand-written ``sepcli/hub/registry.json`` (never rewritten): the
+  audio-separator medians of its checkpoints (matched by any URL's file name,
+  Demucs by ``NAME.yaml``) go to ``score_supplements``, which sepcli adds to
+  those entries' scores, so the ranking rule and ``models list --sort`` see them.
 
 Every splifft entry whose architecture sepcli runs (``bs_roformer``,
 ``mel_roformer``, ``mdx23c``; ``scnet`` once the family exists), that has a
@@ -402,12 +404,18 @@ def generate(
             models.append(entry_for(ident, record, cfg, table))
         except ConversionError as exc:
             left_out.append((ident, str(exc)))
+    supplements = {
+        name: {"scores": {"audio-separator-median": scores},
+               "score_sources": {"audio-separator-median": source}}
+        for name, (scores, source) in sorted(hand_scores(hand, table).items())
+    }  # fmt: skip
     manifest = {
         "version": 1,
         "generated_by": "scripts/gen_registry.py",
         "generated_from": [f"splifft {SPLIFFT_VERSION}: splifft/data/registry.json, splifft/data/config/*.json",
                            f"audio-separator {AUDIO_SEPARATOR_VERSION}: audio_separator/models-scores.json"],
         "models": models,
+        "score_supplements": supplements,
     }  # fmt: skip
     return manifest, left_out
 
@@ -433,26 +441,18 @@ def _fmt_size(size: int | None) -> str:
     return "-" if not size else f"{size / 1e6:,.0f} MB"
 
 
-def docs_block(manifest: Mapping[str, Any], hand: Mapping[str, Any], table: Mapping[str, Any],
-               left_out: list[tuple[str, str]]) -> str:  # fmt: skip
+def docs_block(
+    manifest: Mapping[str, Any], hand: Mapping[str, Any], left_out: list[tuple[str, str]]
+) -> str:
     """Markdown: per task, the top models by published score; the ``best`` rule's
     choice; what was left out and why."""
-    import dataclasses
-
     from sepcli.hub import catalog
-    from sepcli.hub.registry import Registry, parse_manifest
+    from sepcli.hub.registry import Registry, _supplement, parse_manifest
 
-    extra = hand_scores(hand, table)
-    hand_entries = []
-    for entry in parse_manifest(hand, "built-in"):
-        if entry.name in extra:
-            scores, source = extra[entry.name]
-            merged = {**entry.scores, "audio-separator-median": scores}
-            raw = {**entry.raw, "scores": merged,
-                   "score_sources": {**entry.raw.get("score_sources", {}),
-                                     "audio-separator-median": source}}  # fmt: skip
-            entry = dataclasses.replace(entry, scores=merged, raw=raw)
-        hand_entries.append(entry)
+    supplements = manifest.get("score_supplements") or {}
+    hand_entries = [
+        _supplement(e, supplements.get(e.name)) for e in parse_manifest(hand, "built-in")
+    ]
     entries = list(Registry([*hand_entries, *parse_manifest(manifest, "built-in")]))
     problems = {e.name: catalog.build_problem(e) for e in entries}
     lines = [DOCS_BEGIN, ""]
@@ -542,9 +542,8 @@ def outputs() -> tuple[str, str]:
     """(community.json text, docs/models.md text) as they should be."""
     data, separator = splifft_dir(), audio_separator_dir()
     hand = json.loads(HAND.read_text(encoding="utf-8"))
-    table = json.loads((separator / "models-scores.json").read_text(encoding="utf-8"))
     manifest, left_out = generate(data, separator, hand)
-    block = docs_block(manifest, hand, table, left_out)
+    block = docs_block(manifest, hand, left_out)
     return render(manifest), splice_docs(DOCS.read_text(encoding="utf-8"), block)
 
 

@@ -318,3 +318,12 @@ def test_free_space_counts_only_what_a_resumed_download_still_needs(
     monkeypatch.setattr("sepcli.hub.space.shutil.disk_usage", lambda p: Usage(0, 0, free))
     assert resolve_model("tiny-resume", registry=reg) == dest
     assert dest.read_bytes() == data and file_server.bytes_sent == 100_000
+
+
+def test_hand_entries_get_generated_scores_with_their_source():
+    kim = load_registry(registry=[]).get("mel-roformer-kim")
+    median = kim.scores["audio-separator-median"]["vocals"]["SDR"]
+    assert 12.0 < median < 13.0 and kim.scores["multisong"]["vocals"]["SDR"] == 10.98
+    assert "vocals_mel_band_roformer.ckpt" in kim.raw["score_sources"]["audio-separator-median"]
+    rule = catalog.best_by_rule(load_registry(registry=[]), ["vocals"])
+    assert rule["vocals"].source.startswith("mel-roformer-kim:")

@@ -401,17 +401,33 @@ BUILTIN_MANIFESTS = ("registry.json", "community.json")
 
 def _builtin_manifest() -> list[ModelEntry]:
     entries: list[ModelEntry] = []
+    supplements: dict[str, Any] = {}
     for filename in BUILTIN_MANIFESTS:
         resource = resources.files("sepcli.hub").joinpath(filename)
         if not resource.is_file():
             continue
-        raw = resource.read_bytes()
-        entries += parse_manifest(_decode(raw, f"built-in {filename}"), "built-in")
+        data = _decode(resource.read_bytes(), f"built-in {filename}")
+        entries += parse_manifest(data, "built-in")
+        supplements.update(data.get("score_supplements") or {})
     names = [e.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise _fail("built-in", f"duplicate model names across {list(BUILTIN_MANIFESTS)}: {dupes}")
-    return entries
+    return [_supplement(e, supplements.get(e.name)) for e in entries]
+
+
+def _supplement(entry: ModelEntry, extra: Any) -> ModelEntry:
+    """``entry`` with the generated manifest's scores for it added
+    (``{"scores": {dataset: ...}, "score_sources": {dataset: source}}``): published
+    figures for hand-written entries, read from public tables, not typed."""
+    if not extra:
+        return entry
+    if not isinstance(extra, Mapping) or set(extra) != {"scores", "score_sources"}:
+        raise _fail("built-in", f"score_supplements for {entry.name!r}: scores and score_sources")
+    scores = {**entry.scores, **extra["scores"]}
+    sources = {**(entry.raw.get("score_sources") or {}), **extra["score_sources"]}
+    raw = {**entry.raw, "scores": scores, "score_sources": sources}
+    return dataclasses.replace(entry, scores=scores, raw=raw)
 
 
 def _is_url(source: str) -> bool:
