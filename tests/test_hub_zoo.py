@@ -327,3 +327,12 @@ def test_hand_entries_get_generated_scores_with_their_source():
     assert "vocals_mel_band_roformer.ckpt" in kim.raw["score_sources"]["audio-separator-median"]
     rule = catalog.best_by_rule(load_registry(registry=[]), ["vocals"])
     assert rule["vocals"].source.startswith("mel-roformer-kim:")
+
+
+def test_separate_names_a_few_models_for_a_missing_stem_best_first(hub_env):
+    from sepcli.cli.separate import _models_hint
+
+    hint = _models_hint(["dry"], None, True)
+    shown = hint.split(": ", 1)[1].split(" and ")[0].split(", ")
+    assert shown[0] == "mel_roformer-anvuew-dereverb_mono" and len(shown) == 5  # 20.40 published
+    assert "more ('sepcli models list --stem dry')" in hint

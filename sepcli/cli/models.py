@@ -107,11 +107,13 @@ def models_offering(
     stems: list[str], *, cache_dir: str | None = None, offline: bool | None = None
 ) -> list[str]:
     """Names of registry models that can make every stem in ``stems`` (their own
-    sources or stems derived from them, such as ``accompaniment``)."""
+    sources or stems derived from them, such as ``accompaniment``): those on disk
+    first, then by the published SDR of the first stem (best first), then by name."""
     from sepcli.errors import UsageError
+    from sepcli.hub.catalog import build_problem, published_score
     from sepcli.inference.stems import plan_stems
 
-    names = []
+    ranked = []
     for status in list_models(cache_dir=cache_dir, offline=offline):
         sources = _card(status).get("sources") or []
         if not sources or not (status.local or status.entry.verifiable):
@@ -120,8 +122,11 @@ def models_offering(
             plan_stems(sources, stems)
         except UsageError:
             continue
-        names.append(status.entry.name)
-    return names
+        if build_problem(status.entry) is not None:
+            continue  # this sepcli cannot run it yet
+        score = published_score(status.entry, "SDR", stems[0]) if stems else None
+        ranked.append((not status.local, -(score.value if score else -1e9), status.entry.name))
+    return [name for *_, name in sorted(ranked)]
 
 
 @click.group()
