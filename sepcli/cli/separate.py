@@ -561,4 +561,8 @@ def _models_hint(stems: list[str] | None, cache_dir: str | None, offline: bool) 
         return ""
     if not names:
         return ""
-    return f". Models that make {', '.join(stems or [])}: {', '.join(names)} (-m NAME)"
+    more = ""
+    if len(names) > 5:  # best first; the registry has over a hundred models
+        more = f" and {len(names) - 5} more ('sepcli models list --stem {(stems or ['?'])[0]}')"
+    shown = ", ".join(names[:5])
+    return f". Models that make {', '.join(stems or [])}: {shown}{more} (-m NAME)"

@@ -23,6 +23,7 @@ from sepcli.errors import DownloadError, IntegrityError, RegistryError
 from sepcli.hashing import sha256_file
 from sepcli.hub.cache import part_path
 from sepcli.hub.registry import FileSpec
+from sepcli.hub.space import check_free_space
 from sepcli.hub.transport import RETRYABLE_STATUS, HttpSettings, new_session, open_url, redact
 from sepcli.progress import Progress, ProgressFn
 
@@ -166,7 +167,8 @@ def download_file(
     Returns ``dest``. Raises :class:`DownloadError` (one line, naming ``label``
     and the URL) when every URL failed, :class:`IntegrityError` when the bytes
     do not match the registry, :class:`RegistryError` for an entry without a
-    full SHA-256.
+    full SHA-256, :class:`~sepcli.hub.space.DiskSpaceError` (before any byte is
+    written) when the disk lacks the bytes still to come.
     """
     label = label or spec.filename
     if not spec.verifiable:
@@ -175,8 +177,10 @@ def download_file(
             "refusing an unverifiable download (add them with an extra registry)"
         )
     settings = settings or HttpSettings.from_env()
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
+    have = part.stat().st_size if part.is_file() else 0
+    check_free_space(dest.parent, (spec.size or 0) - have, label)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     failure: DownloadError | None = None
     with new_session() as session:
         for url in spec.urls:

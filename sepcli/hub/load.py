@@ -8,6 +8,7 @@ Public entry points (re-exported by :mod:`sepcli.hub`): :func:`resolve_model`,
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -155,8 +156,12 @@ def _convert_msst(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None
     from sepcli.models.archive import save_archive
     from sepcli.models.importers.msst import import_msst
 
+    config = files.get("config")
+    if config is None:  # the config is inline in the entry (JSON is YAML)
+        config = files["checkpoint"].with_name(f"{entry.name}.config.json")
+        config.write_text(json.dumps(entry.raw["config"], indent=1) + "\n", encoding="utf-8")
     module, metadata = import_msst(
-        files["config"], files["checkpoint"], model_type=entry.raw.get("model_type"),
+        config, files["checkpoint"], model_type=entry.raw.get("model_type"),
         name=entry.name, licence=entry.licence, training_data=entry.training_data,
         description=entry.description or None, scores=dict(entry.scores),
     )  # fmt: skip

@@ -18,6 +18,13 @@ Manifest layout::
        "files": [{"target": "<signature>", "urls": [".../f7e0c4bc-ba3fe64a.th"], ...}, ...]}
     ]}
 
+An ``msst`` entry is a Music-Source-Separation-Training checkpoint with its
+config: a YAML file (``files`` targets ``config`` and ``checkpoint``) or the
+config inline (``"config": {"audio": ..., "model": ..., "training": ...}``, one
+file ``checkpoint``), converted once by :mod:`sepcli.models.msst_import`.
+``sepcli/hub/community.json`` holds such entries generated from public
+registries by ``scripts/gen_registry.py``; it is built in like this file.
+
 A ``demucs`` entry lists Demucs checkpoints (``target`` = the model signature,
 in bag order) and optionally the bag's ``weights`` (one row per file) and
 ``segment``; the files are converted once into an archive
@@ -257,14 +264,8 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
             if len(set(names)) != len(names):
                 raise _fail(where, f"files have duplicate {key}s: {names}")
         if fmt == "msst":
-            targets = sorted(f.target or "" for f in files)
-            if targets != ["checkpoint", "config"]:
-                raise _fail(
-                    where, f"an msst entry has files 'config' and 'checkpoint', got {targets}"
-                )
-            model_type = data.get("model_type")
-            if model_type is not None and model_type not in MSST_MODEL_TYPES:
-                raise _fail(where, f"model_type must be one of {list(MSST_MODEL_TYPES)}")
+            _check_msst(data, files, where)
+    _check_card(data, where)
     preset = data.get("preset", {})
     scores = data.get("scores", {})
     if not isinstance(preset, Mapping) or not isinstance(scores, Mapping):
@@ -284,6 +285,60 @@ def parse_entry(data: Any, origin: str = "built-in") -> ModelEntry:
         sample_rate=sample_rate, parameters=parameters, scores=dict(scores), preset=dict(preset),
         origin=origin, raw=dict(data), **texts,
     )  # fmt: skip
+
+
+def _check_msst(data: Mapping[str, Any], files: tuple[FileSpec, ...], where: str) -> None:
+    """An ``msst`` entry: files ``config`` (the YAML) and ``checkpoint``, or only
+    ``checkpoint`` with the config inline as ``config`` (MSST's sections ``audio``,
+    ``model``, ``training``, ``inference``), so nothing unverified is downloaded."""
+    targets = sorted(f.target or "" for f in files)
+    inline = data.get("config")
+    if inline is not None:
+        if not isinstance(inline, Mapping) or not isinstance(inline.get("model"), Mapping):
+            raise _fail(where, "an inline 'config' must be an object with a 'model' section")
+        if targets != ["checkpoint"]:
+            raise _fail(
+                where,
+                f"an msst entry with an inline config has one file 'checkpoint', got {targets}",
+            )
+    elif targets != ["checkpoint", "config"]:
+        raise _fail(where, f"an msst entry has files 'config' and 'checkpoint', got {targets}")
+    model_type = data.get("model_type")
+    if model_type is not None and model_type not in MSST_MODEL_TYPES:
+        raise _fail(
+            where,
+            f"model_type {model_type!r} is not one sepcli runs (it runs {', '.join(MSST_MODEL_TYPES)})",
+        )
+
+
+#: Optional card fields: a list of words, a list of texts, or stem -> published name.
+_WORD_LISTS = ("purpose",)
+_TEXT_LISTS = ("authors", "notes")
+
+
+def _check_card(data: Mapping[str, Any], where: str) -> None:
+    """Optional fields that ``models list`` filters on: ``purpose`` (words such as
+    ``vocals``, ``karaoke``, ``dereverb``), ``authors``, ``notes``, ``stem_names``
+    (sepcli stem -> the name its publisher gave it, for display), ``score_sources``
+    (dataset -> who published those scores) and ``hash_source`` (where the pinned
+    hashes were found)."""
+    for key in _WORD_LISTS:
+        if key in data:
+            words = _str_list(data[key], key, where)
+            if not all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", w) for w in words):
+                raise _fail(where, f"{key} words must match [a-z0-9-]+, got {list(words)}")
+    for key in _TEXT_LISTS:
+        if key in data:
+            _str_list(data[key], key, where)
+    for key in ("stem_names", "score_sources"):
+        value = data.get(key, {})
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise _fail(where, f"{key} must map names to strings")
+    for key in ("hash_source", "config_source"):
+        if key in data and not isinstance(data[key], str):
+            raise _fail(where, f"{key} must be a string")
 
 
 def _check_bag(data: Mapping[str, Any], where: str) -> None:
@@ -339,9 +394,40 @@ def _decode(raw: bytes, origin: str) -> Any:
         raise _fail(origin, f"not valid JSON ({exc})") from None
 
 
+#: The built-in manifests: the hand-written one, then the one
+#: ``scripts/gen_registry.py`` generates from public registries (never edited by hand).
+BUILTIN_MANIFESTS = ("registry.json", "community.json")
+
+
 def _builtin_manifest() -> list[ModelEntry]:
-    raw = resources.files("sepcli.hub").joinpath("registry.json").read_bytes()
-    return parse_manifest(_decode(raw, "built-in registry"), "built-in")
+    entries: list[ModelEntry] = []
+    supplements: dict[str, Any] = {}
+    for filename in BUILTIN_MANIFESTS:
+        resource = resources.files("sepcli.hub").joinpath(filename)
+        if not resource.is_file():
+            continue
+        data = _decode(resource.read_bytes(), f"built-in {filename}")
+        entries += parse_manifest(data, "built-in")
+        supplements.update(data.get("score_supplements") or {})
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail("built-in", f"duplicate model names across {list(BUILTIN_MANIFESTS)}: {dupes}")
+    return [_supplement(e, supplements.get(e.name)) for e in entries]
+
+
+def _supplement(entry: ModelEntry, extra: Any) -> ModelEntry:
+    """``entry`` with the generated manifest's scores for it added
+    (``{"scores": {dataset: ...}, "score_sources": {dataset: source}}``): published
+    figures for hand-written entries, read from public tables, not typed."""
+    if not extra:
+        return entry
+    if not isinstance(extra, Mapping) or set(extra) != {"scores", "score_sources"}:
+        raise _fail("built-in", f"score_supplements for {entry.name!r}: scores and score_sources")
+    scores = {**entry.scores, **extra["scores"]}
+    sources = {**(entry.raw.get("score_sources") or {}), **extra["score_sources"]}
+    raw = {**entry.raw, "scores": scores, "score_sources": sources}
+    return dataclasses.replace(entry, scores=scores, raw=raw)
 
 
 def _is_url(source: str) -> bool:
@@ -431,7 +517,8 @@ class Registry:
         close = difflib.get_close_matches(name.lower(), self.names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFoundError(
-            f"unknown model {name!r}: not a file and not in the registry; {hint}known models: {', '.join(self.names)}"
+            f"unknown model {name!r}: not a file and not in the registry; {hint}"
+            f"'sepcli models list' shows all {len(self)} (filter with --purpose, --stem, --arch)"
         )
 
 

@@ -175,6 +175,10 @@ def _chunking(cfg: Mapping[str, Any], hop: int, where: str) -> tuple[int, int]:
             )
         dim_t = int(chunk) // hop + 1
     overlap = inference.get("num_overlap")
+    if inference.get("normalize"):
+        raise ArchiveError(
+            f"{where}: inference.normalize: true (input normalisation) is not supported yet"
+        )
     return int(dim_t), int(overlap) if overlap is not None else 8
 
 
@@ -418,32 +422,44 @@ def _config_sizes(family: str, config: Any) -> dict[str, Any]:
     }
 
 
-def _load_into(model: nn.Module, state: Mapping[str, Tensor], family: str, where: str) -> None:
-    config = model.config  # type: ignore[attr-defined]
-    found = _weight_sizes(family, state)
-    expected = _config_sizes(family, config)
-    for key, value in found.items():
-        if key in expected and value != expected[key]:
-            raise ArchiveError(
-                f"{where}: the weights have {key}={value} but the config says {expected[key]}"
-            )
-    own = model.state_dict()
+def _mismatches(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[str]:
+    """Every weight that does not fit, first in the model's own order, each with
+    both shapes: the config's (``own``) and the checkpoint's (``state``)."""
     ignored = re.compile(r"num_batches_tracked$")
-    missing = sorted(k for k in own if k not in state and not ignored.search(k))
-    unexpected = sorted(k for k in state if k not in own and not ignored.search(k))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} weight(s), e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"unknown {len(unexpected)} weight(s), e.g. {unexpected[:3]}")
-        raise ArchiveError(f"{where}: does not fit its config ({'; '.join(parts)})")
+    out = []
     for key, value in own.items():
-        if key in state and tuple(state[key].shape) != tuple(value.shape):
-            raise ArchiveError(
-                f"{where}: {key} has shape {tuple(state[key].shape)}, the config gives "
+        if ignored.search(key):
+            continue
+        if key not in state:
+            out.append(
+                f"{key}: the config gives shape {tuple(value.shape)}, the checkpoint lacks it"
+            )
+        elif tuple(state[key].shape) != tuple(value.shape):
+            out.append(
+                f"{key}: the checkpoint has shape {tuple(state[key].shape)}, the config gives "
                 f"{tuple(value.shape)}"
             )
+    for key, value in state.items():
+        if key not in own and not ignored.search(key):
+            out.append(
+                f"{key}: the checkpoint has shape {tuple(value.shape)}, the config has no such weight"
+            )
+    return out
+
+
+def _load_into(model: nn.Module, state: Mapping[str, Tensor], family: str, where: str) -> None:
+    config = model.config  # type: ignore[attr-defined]
+    own = model.state_dict()
+    bad = _mismatches(own, state)
+    if bad:
+        found = _weight_sizes(family, state)
+        expected = _config_sizes(family, config)
+        sizes = [f"{k}={v} in the weights, {expected[k]} in the config"
+                 for k, v in found.items() if k in expected and v != expected[k]]  # fmt: skip
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        hint = f"; {', '.join(sizes)}" if sizes else ""
+        raise ArchiveError(f"{where}: does not fit its config: {bad[0]}{more}{hint}")
+    ignored = re.compile(r"num_batches_tracked$")
     given = {k: v for k, v in state.items() if k in own}
     with torch.no_grad():
         model.load_state_dict(given, strict=not any(ignored.search(k) for k in own))
