@@ -176,7 +176,9 @@ def info_command(name, preset_files, cache_dir, offline, as_json) -> None:
         table.add_row("steps", "\n".join(_step_text(preset)))
     for m in row["members"]:
         if m["registry"] is None:
-            text = "[red]missing[/]: not in the registry"
+            text = "[red]missing[/]: not in the registry" + (
+                f" (published as {m['published_as']})" if m.get("published_as") else ""
+            )
         else:
             where = "here" if m["local"] else f"{_size(m['size'])} to download"
             scores = "; ".join(
