@@ -107,7 +107,9 @@ def tiny_archives(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def cached_registry(tmp_path: Path, archives: list[Path], monkeypatch, names=None) -> None:
+def cached_registry(
+    tmp_path: Path, archives: list[Path], monkeypatch, names=None, sources=None
+) -> None:
     """A registry of ``archives`` (as if downloaded: already in the cache)."""
     from sepcli.hub.cache import entry_path
     from sepcli.hub.registry import parse_entry
@@ -119,6 +121,8 @@ def cached_registry(tmp_path: Path, archives: list[Path], monkeypatch, names=Non
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "size": path.stat().st_size,
         }  # fmt: skip
+        if sources:
+            raw["sources"] = sources[len(entries)]
         dest = entry_path(tmp_path / "cache", parse_entry(raw))
         dest.parent.mkdir(parents=True)
         shutil.copy(path, dest)
@@ -218,3 +222,27 @@ def test_user_config_presets_extend_and_override(tmp_path):
     assert load_presets()["best"].origin.startswith(str(folder / "presets.json"))
     assert len(load_presets()) == len(load_presets([])) >= 12  # the others stay
     assert parse_presets(b'{"version": 1, "presets": {}}', "x.json") == {}
+
+
+def test_chain_steps_are_checked_against_the_stems_their_models_make(tmp_path, monkeypatch):
+    from sepcli.hub import open_registry
+    from sepcli.hub.presets import chain_problems, step_preset
+
+    archives = tiny_archives(tmp_path)
+    cached_registry(tmp_path, archives, monkeypatch, sources=[["vocals", "drums"], ["vocals"]])
+    text = (
+        "version = 1\n[presets.c]\nsteps = [\n"
+        '  { input = "mix", model = "tiny-a" },\n'
+        '  { input = "accompaniment", members = ["tiny-a", "tiny-b"], algorithm = "max_fft" },\n'
+        '  { input = "bass", model = "tiny-b" },\n'
+        '  { input = "accompaniment.vocals", model = "tiny-b" },\n'
+        "]\n"
+    )
+    chain = parse_presets(text.encode(), "c.toml")["c"]
+    registry = open_registry()
+    assert chain_problems(chain, registry) == [
+        "c.toml:2: preset 'c': steps[2].input: step 1 makes vocals, drums, not 'bass'"
+    ]
+    second = step_preset(chain, 1)
+    assert second.kind == "ensemble" and second.algorithm == {"*": "max_fft"}
+    assert second.name == "c.step2" and [m.name for m in second.members] == ["tiny-a", "tiny-b"]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sepcli.cli.common import handle_errors, out_console, setup_logging
 from sepcli.hub import list_models, open_registry
-from sepcli.hub.presets import Preset, load_presets, resolve_preset
+from sepcli.hub.presets import Preset, chain_problems, load_presets, resolve_preset
 
 __all__ = ["presets", "presets_file_option"]
 
@@ -191,6 +191,8 @@ def info_command(name, preset_files, cache_dir, offline, as_json) -> None:
             named = f" (registry: {m['registry']})" if m["registry"] != m["name"] else ""
             text = f"{where}{named}" + (f"; SDR {scores}" if scores else "")
         table.add_row(m["name"], text)
+    for problem in chain_problems(preset, registry) if preset.kind == "chain" else []:
+        table.add_row("[red]problem[/]", problem)
     if not row["missing"]:
         table.add_row("to download", _size(row["download_bytes"]))
     if preset.source:

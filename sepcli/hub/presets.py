@@ -65,7 +65,12 @@ __all__ = [
     "Presets",
     "load_presets",
     "parse_presets",
+    "chain_problems",
+    "preset_model",
+    "require_members",
     "resolve_member",
+    "resolve_preset",
+    "step_preset",
     "user_presets_path",
 ]
 
@@ -401,6 +406,51 @@ def require_members(preset: Preset, registry: Registry) -> list[ModelEntry]:
             f"{preset.origin}: preset {preset.name!r}: not in the registry: {', '.join(missing)}"
         )
     return [e for _, e in pairs if e is not None]
+
+
+def step_preset(preset: Preset, index: int) -> Preset:
+    """Step ``index`` of a chain as a model or ensemble preset (for :func:`preset_model`),
+    named ``CHAIN.step<N>`` (1-based)."""
+    step = preset.steps[index]
+    return Preset(
+        name=f"{preset.name}.step{index + 1}",
+        kind="ensemble" if len(step.members) > 1 else "model",
+        description=f"step {index + 1} of {preset.name}: {step.input}",
+        members=step.members,
+        algorithm=step.algorithm,
+        weights=step.weights,
+        source=preset.source,
+        origin=preset.origin,
+    )
+
+
+def chain_problems(preset: Preset, registry: Registry) -> list[str]:
+    """What is wrong with a chain given the registry: a step reading a stem that the
+    step it comes from cannot make (its models' sources, or a stem derived from
+    them such as ``accompaniment``). Steps whose models or sources are unknown are
+    not checked; one line per problem, naming the step."""
+    from sepcli.errors import UsageError
+    from sepcli.inference.stems import plan_stems
+
+    problems = []
+    by_input = {step.input: (i, step) for i, step in enumerate(preset.steps)}
+    for i, step in enumerate(preset.steps):
+        if step.input == "mix":
+            continue
+        parent, _, stem = step.input.rpartition(".")
+        j, maker = by_input[parent or "mix"]
+        entries = [resolve_member(m, registry) for m in maker.members]
+        if any(e is None or not e.sources for e in entries):
+            continue
+        sources = list(dict.fromkeys(s for e in entries if e is not None for s in e.sources))
+        try:
+            plan_stems(sources, [stem])
+        except UsageError:
+            problems.append(
+                f"{preset.origin}: preset {preset.name!r}: steps[{i}].input: step {j + 1} "
+                f"makes {', '.join(sources)}, not {stem!r}"
+            )
+    return problems
 
 
 def bag_key(preset: Preset, entries: Sequence[ModelEntry]) -> str:
