@@ -203,10 +203,18 @@ def test_separate_refuses_bad_presets_before_any_work(tmp_path):
     out = tmp_path / "out"
     result = cli("separate", str(song), "--presets", str(bad), "-o", str(out))
     assert result.exit_code == 2 and "bad.toml:2: preset 'x': algorithm" in result.output
-    missing = cli("separate", str(song), "--preset", "vocal_clean", "-o", str(out))
-    assert missing.exit_code == 2 and "not in the registry: bs_roformer_vocals_revive_v2_unwa" in (
-        missing.output
+    mine = tmp_path / "mine.json"
+    mine.write_text(
+        '{"version": 1, "presets": {\n "x": {"members": ["default", "no-such-model"]}}}'
     )
+    missing = cli("separate", str(song), "--preset", "x", "--presets", str(mine), "-o", str(out))
+    assert missing.exit_code == 2 and (
+        "mine.json:2: preset 'x': not in the registry: no-such-model" in missing.output
+    )
+    # audio-separator's ONNX MDX-Net has no registry entry: refused before any download
+    onnx = cli("separate", str(song), "--preset", "instrumental_low_resource", "-o", str(out))
+    assert onnx.exit_code == 2 and "not in the registry: " in onnx.output
+    assert onnx.output.rstrip().endswith("uvr-mdx-net-inst_hq_5")
     chain = cli("separate", str(song), "--preset", "karaoke-chain", "-o", str(out))
     assert chain.exit_code == 2 and "is a chain" in chain.output
     assert not out.exists()
