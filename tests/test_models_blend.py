@@ -172,3 +172,27 @@ def test_spectral_blend_modes(tmp_path, members, mode):
     torch.testing.assert_close(got["drums"], alone[0]["drums"], rtol=1e-5, atol=1e-6)
     bad = run(*map(str, members), "--mode", "vocals=loudest", "-o", str(tmp_path / "x.sepcli"))
     assert bad.exit_code == 2 and "loudest" in bad.output and not (tmp_path / "x.sepcli").exists()
+
+
+@pytest.mark.parametrize("mode", ["uvr_max_spec", "min_fft", "median_wave"])
+def test_audio_separator_algorithms_as_blend_modes(tmp_path, members, mode, monkeypatch):
+    """``--mode vocals=uvr_max_spec`` (audio-separator's names): the bag's stem is
+    :func:`sepcli.dsp.ensemble.ensemble` of what the members give alone, streamed
+    through the separator in blocks shorter than the track."""
+    from sepcli.dsp.ensemble import ensemble
+    from sepcli.inference import separator as separator_module
+
+    monkeypatch.setattr(separator_module, "BLOCK_SECONDS", 0.25)
+    out = tmp_path / "bag.sepcli"
+    waves = members[:2]
+    result = run(*map(str, waves), "--stems", "vocals,drums", "--mode", f"vocals={mode}",
+                 "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bag = load_verified(out)
+    assert bag.metadata.config["modes"] == [mode, "mean"]
+    x = np.random.default_rng(6).standard_normal((2, 50000)).astype(np.float32) * 0.1
+    got = Separator(bag, device="cpu").separate(x, 44100)
+    alone = [Separator(load_verified(p), device="cpu").separate(x, 44100) for p in waves]
+    expected = ensemble(torch.stack([a["vocals"] for a in alone]), mode)
+    torch.testing.assert_close(got["vocals"], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["drums"], alone[0]["drums"], rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from sepcli import __version__
 COMMANDS = {
     "separate": "sepcli.cli.separate:separate",
     "models": "sepcli.cli.models:models",
+    "presets": "sepcli.cli.presets:presets",
     "evaluate": "sepcli.cli.evaluate:evaluate",
     "compare": "sepcli.cli.evaluate:compare",
     "train": "sepcli.cli.train:train",

@@ -58,7 +58,9 @@ def blend_options(func: F) -> F:
                 multiple=True,
                 metavar="[STEM=]MODE",
                 help="How members are combined: mean (weighted mean of waveforms), or per "
-                "time-frequency bin the member with the max, min or median magnitude; for "
+                "time-frequency bin the member with the max, min or median magnitude, or one "
+                "of audio-separator's algorithms (avg_wave, median_wave, min_wave, max_wave, "
+                "avg_fft, median_fft, min_fft, max_fft, uvr_max_spec, uvr_min_spec); for "
                 "every stem, or STEM=MODE (repeatable) [mean].",
             ),
             click.option(

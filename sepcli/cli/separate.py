@@ -27,6 +27,7 @@ from sepcli.cli.common import (
     separator_options,
     setup_logging,
 )
+from sepcli.cli.presets import load_preset_for_cli, pick_preset, presets_file_option
 from sepcli.errors import SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
 from sepcli.progress import Progress as ProgressEvent
@@ -112,6 +113,14 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     help="Registry name or path of a .sepcli archive; '-m best' is the best published "
     "models per stem (a 1.2 GB download, once), 'sepcli models list' shows the others.",
 )
+@click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="Run a preset: an ensemble of registry models blended with its algorithm, e.g. "
+    "vocal_clean (min_fft of two vocal models); 'sepcli presets list' shows them.",
+)
+@presets_file_option
 @click.option(
     "--device",
     default="auto",
@@ -200,6 +209,8 @@ def separate(
     out_dir,
     stems,
     model,
+    preset,
+    preset_files,
     device,
     cuda,
     separator_config,
@@ -226,6 +237,7 @@ def separate(
     Examples:
       sepcli separate song.mp3 --stems vocals,accompaniment
       sepcli separate song.mp3 -m best      # best quality: RoFormer vocals, HT-Demucs drums/bass/other
+      sepcli separate song.mp3 --preset vocal_clean   # min_fft ensemble of two vocal models
       sepcli separate ~/Music/album/ -o stems/ --format flac
       sepcli separate library/ -r --shard $((SLURM_ARRAY_TASK_ID+1))/16 --report shard.json
     """
@@ -246,6 +258,7 @@ def separate(
         planning.check_writable([report.parent], "--report")
     planning.check_writable([out_dir], "--out")
     stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
+    chosen_preset = pick_preset(model, preset, preset_files, cache_dir, offline)
 
     records: list[dict[str, Any]] = []
     files: list[Path] = []
@@ -282,7 +295,10 @@ def separate(
         raise UsageError("no inputs to separate")
 
     torch_device = resolve_device(device)
-    archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
+    if chosen_preset is not None:
+        archive = load_preset_for_cli(chosen_preset, torch_device, cache_dir, offline, quiet)
+    else:
+        archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     separator = Separator(archive, separator_config, device=torch_device)
     try:
         stem_plan = separator.plan(stem_list)

@@ -9,3 +9,18 @@ PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
 #: (real context on both sides, trapezoid crossfade); ``demucs`` and ``mdxc``
 #: reproduce the chunking the published Demucs and MDX-C/RoFormer models use.
 CHUNKING_RECIPES = ("overlap-add", "demucs", "mdxc")
+
+#: Ensemble algorithms (see :mod:`sepcli.dsp.ensemble`): audio-separator's / UVR's
+#: names, accepted wherever a blend mode is. Waveform ones first, then spectral.
+ENSEMBLE_ALGORITHMS = (
+    "avg_wave",
+    "median_wave",
+    "min_wave",
+    "max_wave",
+    "avg_fft",
+    "median_fft",
+    "min_fft",
+    "max_fft",
+    "uvr_max_spec",
+    "uvr_min_spec",
+)

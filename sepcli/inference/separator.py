@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from sepcli import audio
+from sepcli.dsp.ensemble import ALGORITHMS as ENSEMBLE_ALGORITHMS
 from sepcli.dsp.phase import spectral_blend, to_waveform
 from sepcli.dsp.stft import hann_window
 from sepcli.errors import AudioDecodeError, UsageError
@@ -40,6 +41,7 @@ from sepcli.inference.device import (
     plan_devices,
     resolve_device,
 )
+from sepcli.inference.ensemble_stream import StreamingEnsemble
 from sepcli.inference.heap import HeapTrimmer
 from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
@@ -257,7 +259,9 @@ class _Combiner:
     """The units' estimates of the needed sources -> one waveform per needed source.
 
     ``mean`` sources are the weighted sum (the weights of an ensemble sum to one
-    per source); ``max``/``min``/``median`` sources go through
+    per source); audio-separator's algorithms (``avg_wave`` ... ``uvr_max_spec``)
+    go through :class:`~sepcli.inference.ensemble_stream.StreamingEnsemble`
+    (exact over the stream); ``max``/``min``/``median`` sources go through
     :func:`~sepcli.dsp.phase.spectral_blend` in 10-s chunks with one STFT window
     of context (a streaming overlap-add of its own, so their output lags).
     """
@@ -270,10 +274,16 @@ class _Combiner:
         self.channels = channels
         self.ready = [_Fifo(channels) for _ in modes]
         self.spectral: dict[int, tuple[list[int], StreamingOverlapAdd]] = {}
+        # audio-separator's algorithms (sepcli.dsp.ensemble), exact over the stream
+        self.algorithms: dict[int, tuple[list[int], StreamingEnsemble]] = {}
         for k, mode in enumerate(modes):
             if mode == "mean":
                 continue
             members = [i for i, u in enumerate(units) if float(u.gains[k]) > 0]
+            if mode in ENSEMBLE_ALGORITHMS:
+                gains = torch.tensor([float(units[i].gains[k]) for i in members])
+                self.algorithms[k] = (members, StreamingEnsemble(mode, gains))
+                continue
             width = len(members) * channels
 
             def fn(batch: Tensor, mode: str = mode, m: int = len(members)) -> Tensor:
@@ -304,6 +314,10 @@ class _Combiner:
                     float(u.gains[k]) * est[k] for u, est in zip(self.units, per_unit, strict=True)
                 )
                 self.ready[k].put(np.asarray(y, dtype=np.float32))
+            elif k in self.algorithms:
+                members, blender = self.algorithms[k]
+                stacked = np.stack([per_unit[i][k] for i in members])
+                self.ready[k].put(blender.push(_as_tensor(stacked)).numpy())
             else:
                 members, engine = self.spectral[k]
                 stacked = np.concatenate([per_unit[i][k] for i in members], axis=0)
@@ -312,6 +326,8 @@ class _Combiner:
     def finish(self) -> None:
         for k, (_, engine) in self.spectral.items():
             self.ready[k].put(engine.finish()[0, : self.channels].numpy())
+        for k, (_, blender) in self.algorithms.items():
+            self.ready[k].put(blender.finish().reshape(self.channels, -1).numpy())
 
     @property
     def length(self) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from sepcli.dsp import ENSEMBLE_ALGORITHMS
 from sepcli.errors import ConfigError
 from sepcli.models.families import FAMILIES, config_class, config_from_dict, reference_config
 
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 FOUR_STEMS = ("vocals", "drums", "bass", "other")
-#: How an ensemble combines its members for a stem (:class:`EnsembleConfig`).
-BLEND_MODES = ("mean", "max", "min", "median")
+#: How an ensemble combines its members for a stem (:class:`EnsembleConfig`):
+#: sepcli's own four, then audio-separator's algorithms (:mod:`sepcli.dsp.ensemble`).
+BLEND_MODES = ("mean", "max", "min", "median") + ENSEMBLE_ALGORITHMS
 
 
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
@@ -333,8 +335,10 @@ class EnsembleConfig(_Config):
         modes: per stem, how members are combined (:data:`BLEND_MODES`): ``mean``
             (the weighted mean of waveforms) or, in the spectrogram domain, per
             time-frequency bin the member whose magnitude is the ``max``, ``min``
-            or ``median`` (UVR's "Max Spec" / "Min Spec"; weights then only say
-            which members take part). Empty = ``mean`` for every stem.
+            or ``median`` (weights then only say which members take part), or one
+            of audio-separator's algorithms (``avg_wave`` ... ``uvr_max_spec``,
+            :mod:`sepcli.dsp.ensemble`; only ``avg_*`` use the weights' values).
+            Empty = ``mean`` for every stem.
         weights: ``len(sources)`` rows of ``len(members)`` non-negative weights;
             a member that does not output a stem must have weight 0 for it.
     """
