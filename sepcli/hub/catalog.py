@@ -232,7 +232,7 @@ def build_problem(entry: ModelEntry, *, build: bool = False) -> str | None:
 
 def _problem(config: Mapping[str, Any], model_type: Any, build: bool) -> str | None:
     from sepcli.errors import SepcliError
-    from sepcli.models.msst_import import config_from_msst
+    from sepcli.models.importers.msst import config_from_msst
 
     try:
         family_config = config_from_msst(config, model_type, "config")

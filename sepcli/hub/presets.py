@@ -513,7 +513,7 @@ def _write_bag(
     preset: Preset, entries: Sequence[ModelEntry], paths: Sequence[Path], dest: Path
 ) -> None:
     from sepcli.models.archive import load_archive
-    from sepcli.models.blend import export_blend
+    from sepcli.models.bags.blend import export_blend
 
     archives = [load_archive(p, "cpu") for p in paths]
     sources = list(dict.fromkeys(s for a in archives for s in a.metadata.sources))

@@ -21,7 +21,7 @@ Manifest layout::
 An ``msst`` entry is a Music-Source-Separation-Training checkpoint with its
 config: a YAML file (``files`` targets ``config`` and ``checkpoint``) or the
 config inline (``"config": {"audio": ..., "model": ..., "training": ...}``, one
-file ``checkpoint``), converted once by :mod:`sepcli.models.msst_import`.
+file ``checkpoint``), converted once by :mod:`sepcli.models.importers.msst`.
 ``sepcli/hub/community.json`` holds such entries generated from public
 registries by ``scripts/gen_registry.py``; it is built in like this file.
 
