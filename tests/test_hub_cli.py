@@ -91,8 +91,9 @@ def test_verify_reports_and_repairs_corruption(served, hub_env):
         and "corrupt" in bad.stdout
         and "corrupt and not repaired: tiny" in bad.stderr
     )
-    assert not path.exists()
-    run("download", "tiny", "--registry", reg)
+    assert path.read_bytes()[100:101] == b"!"  # --no-fix reports and never deletes
+    used = run("path", "tiny", "--registry", reg)  # and using it is refused, naming the file
+    assert used.exit_code == 5 and str(path) in used.stderr.replace("\n", "")
     path.write_bytes(b"x" * len(data))
     fixed = run("verify", "--json", "--registry", reg)
     assert fixed.exit_code == 0

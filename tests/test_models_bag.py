@@ -135,7 +135,10 @@ def test_registry_bag_downloads_its_parts_composes_once_and_works_offline(
     assert best.metadata.sources == ("vocals", "drums", "bass", "other")
     assert best.metadata.licence == "voc: voc terms | four: four terms"
     files = [p.split("/")[-1] for p in cached_files(hub_env)]
-    assert sorted(files) == ["best.sepcli", "best.sepcli.sha256", "four.sepcli", "voc.sepcli"]
+    assert sorted(files) == [
+        "best.sepcli", "best.sepcli.verified.json", "four.sepcli", "four.sepcli.verified.json",
+        "voc.sepcli", "voc.sepcli.verified.json",
+    ]  # fmt: skip
     assert resolve_model("best", registry=reg, offline=True) == best.path
     # composed from cached parts offline when only the bag is gone
     best.path.unlink()

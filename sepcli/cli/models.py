@@ -252,13 +252,17 @@ def path_command(hub: dict[str, Any], name: str) -> None:
 @models.command("verify")
 @click.argument("names", nargs=-1)
 @click.option(
-    "--fix/--no-fix", default=True, show_default=True, help="Download corrupt models again."
+    "--fix/--no-fix",
+    default=True,
+    show_default=True,
+    help="Replace corrupt models (--no-fix: only report).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @_command
 def verify_command(hub: dict[str, Any], names: tuple[str, ...], fix: bool, as_json: bool) -> None:
-    """Re-hash cached models (NAMES, or all cached); corrupt files are deleted and,
-    unless --no-fix, downloaded again. Exits 5 if a corrupt model remains."""
+    """Re-hash cached models (NAMES, or all cached). A corrupt file is deleted and
+    downloaded again; with --no-fix it is only reported, never deleted. Exits 5
+    if a corrupt model remains."""
     with download_bar() as progress:
         results = verify_models(list(names) or None, fix=fix, progress=progress, **hub)
     if as_json:
