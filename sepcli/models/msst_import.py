@@ -340,6 +340,25 @@ def _mdx23c_config(
     )
 
 
+def _load_error(path: Path, exc: BaseException) -> ArchiveError:
+    """One line for a checkpoint ``torch.load(weights_only=True)`` would not read.
+
+    torch's own message for a refused pickle starts by suggesting
+    ``weights_only=False``, which would run whatever the file asks for: it is
+    never relayed. What the file asked for is named instead.
+    """
+    text = str(exc).strip()
+    if "weights only load failed" in text.lower():
+        match = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"the Python object {match.group(1)}" if match else "Python objects"
+        return ArchiveError(
+            f"{path}: refused: the checkpoint asks to load {what}, not only tensors; "
+            "sepcli reads checkpoints as data and never runs code from them"
+        )
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return ArchiveError(f"{path}: not a PyTorch checkpoint ({first})")
+
+
 def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The state dict in an MSST checkpoint (``weights_only`` loading)."""
     path = Path(path)
@@ -351,9 +370,7 @@ def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
-            text = str(exc).strip()
-            first = text.splitlines()[0] if text else type(exc).__name__
-            raise ArchiveError(f"{path}: not a PyTorch checkpoint ({first})") from None
+            raise _load_error(path, exc) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
