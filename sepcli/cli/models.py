@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from sepcli.cli.common import err_console, handle_errors, out_console, setup_log
 from sepcli.errors import IntegrityError, ModelNotFoundError
 from sepcli.hub import (
     list_models,
+    local_model_file,
     open_registry,
     remove_model,
     resolve_model,
@@ -177,8 +179,19 @@ def list_command(hub: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @_command
 def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
-    """Everything the registry says about NAME, and where it is on disk."""
+    """Everything the registry says about NAME, and where it is on disk; for an
+    archive file (NAME a path), what its metadata says."""
     registry = open_registry(hub["registry"], cache_dir=hub["cache_dir"], offline=hub["offline"])
+    path = local_model_file(name)
+    if path is not None:  # the same rule as --model: an existing file wins over a name
+        if name in registry:
+            err_console.print(
+                f"note: {name} is a file here and also a registry name; showing the file, "
+                f"which --model {name} would use (use another folder for the registry entry)",
+                soft_wrap=True,
+            )
+        _file_info(path, as_json)
+        return
     entry = registry.get(name)
     status = next(s for s in list_models(**hub) if s.entry.name == name)
     local = status.path
@@ -216,6 +229,33 @@ def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
             shown = " ".join(f"{k}={v}" for k, v in metrics.items())
             table.add_row(f"claimed {dataset}", f"{source}: {shown}")
     table.add_row("local", str(local) if local else "not downloaded")
+    out_console.print(table)
+
+
+def _file_info(path: Path, as_json: bool) -> None:
+    """``models info`` for an archive on disk: its metadata, size and SHA-256."""
+    from sepcli.hashing import sha256_file
+    from sepcli.models.archive import read_metadata
+
+    meta = read_metadata(path)
+    data = {"path": str(path.resolve()), "size": path.stat().st_size,
+            "sha256": sha256_file(path), **json.loads(meta.to_json())}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_header=False, show_edge=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = {
+        "name": meta.name, "description": meta.description, "family": meta.family,
+        "sources": ", ".join(meta.sources), "sample_rate": meta.sample_rate,
+        "parameters": meta.num_parameters or "", "licence": meta.licence,
+        "training_data": meta.training_data, "size": _size(data["size"]),
+        "sha256": data["sha256"], "local": data["path"],
+    }  # fmt: skip
+    for key, value in rows.items():
+        if value not in (None, ""):
+            table.add_row(key, str(value))
     out_console.print(table)
 
 

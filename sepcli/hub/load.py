@@ -42,6 +42,7 @@ __all__ = [
     "ModelStatus",
     "VerifyResult",
     "resolve_model",
+    "local_model_file",
     "load_model",
     "open_registry",
     "ensure_model",
@@ -75,6 +76,23 @@ def _looks_like_path(text: str) -> bool:
         or text.startswith((".", "~"))
         or text.lower().endswith(_MODEL_SUFFIXES)
     )
+
+
+def local_model_file(name_or_path: str) -> Path | None:
+    """The file ``name_or_path`` names on disk (``~`` expanded), or None for a
+    registry name. An existing file wins over a registry name of the same
+    spelling; text that looks like a path (a separator, a leading ``.`` or
+    ``~``, a model suffix) but is no file raises :class:`ModelNotFoundError`."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if _looks_like_path(text):
+        what = (
+            "is a folder, not a model file" if path.is_dir() else "no such model file or model name"
+        )
+        raise ModelNotFoundError(f"{text}: {what}")
+    return None
 
 
 def packaged_asset(filename: str) -> Path:
@@ -410,14 +428,9 @@ def resolve_model(
     :class:`RegistryError`.
     """
     text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if path.is_file():
+    path = local_model_file(text)
+    if path is not None:
         return path
-    if _looks_like_path(text):
-        what = (
-            "is a folder, not a model file" if path.is_dir() else "no such model file or model name"
-        )
-        raise ModelNotFoundError(f"{text}: {what}")
     override = os.environ.get(DEFAULT_ENV, "").strip()
     if text == "default" and override and override != "default":
         return resolve_model(
