@@ -414,6 +414,18 @@ def check_writable(folders: Iterable[Path], what: str) -> None:
             raise AudioEncodeError(f"{what} {shown}: cannot write there ({problem})")
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """Raise ``AudioEncodeError`` naming ``path`` unless it can be created (or
+    replaced, as atomic writes do) where it is: its folder is probed as in
+    :func:`check_writable`."""
+    folder = Path(path).absolute().parent
+    base = _nearest_existing(folder)
+    problem = _probe(base)
+    if problem is not None:
+        where = "" if base == folder else f", in {base}"
+        raise AudioEncodeError(f"{what} {path}: cannot write this file ({problem}{where})")
+
+
 def _probe(folder: Path) -> str | None:
     if not folder.is_dir():
         return "not a folder"
