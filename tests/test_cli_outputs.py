@@ -192,7 +192,7 @@ def test_recursive_rerun_never_takes_its_own_outputs_as_input(tmp_path, identity
             "-m", str(identity_archive)]  # fmt: skip
     assert run(*flat).exit_code == 0
     again = run(*flat)
-    assert "not taking 2 file(s) that are sepcli outputs" in again.output.replace("\n", "")
+    assert "not taking 4 file(s) that are sepcli outputs" in again.output.replace("\n", "")
     assert "0 separated, 2 skipped" in again.output
 
 

@@ -107,7 +107,8 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     "--stems",
     default=None,
     help="Comma-separated stems, e.g. vocals,accompaniment "
-    "(default: every source of the model). Derived: accompaniment, no_<source>.",
+    "(default: every stem the model makes: its sources, and beside a one-source model "
+    "the rest of the mix). Derived: accompaniment, no_<source>.",
 )
 @click.option(
     "-m",

@@ -17,7 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sepcli.errors import IntegrityError, ModelNotFoundError, OfflineError, RegistryError
+from sepcli.errors import (
+    DownloadError,
+    IntegrityError,
+    ModelNotFoundError,
+    OfflineError,
+    RegistryError,
+)
 from sepcli.hashing import sha256_file
 from sepcli.hub.cache import (
     cache_root,
@@ -288,7 +294,16 @@ def _fill_bag(
     offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
     parts = []
     for part, stems in entry.parts:
-        path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        try:
+            path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        except IntegrityError:
+            raise  # the part's bytes are wrong: that part is the news
+        except DownloadError as exc:  # no network, a server down: say what the bag needs
+            raise DownloadError(
+                f"{_bag_needs(entry, root)}; downloading {part.name!r} failed "
+                f"({str(exc).removeprefix(f'model {part.name!r}: ')}); "
+                f"run 'sepcli models download {entry.name}' when online to fetch them all"
+            ) from None
         parts.append((load_archive(path), stems))
     dest = entry_path(root, entry)
     export_bag(
@@ -308,6 +323,21 @@ def _fill_bag(
     st = dest.stat()
     _record(dest, sha256_file(dest), st)
     return dest
+
+
+def _megabytes(num: int | None) -> str:
+    return "size unknown" if num is None else f"{num / 1e6:.1f} MB"
+
+
+def _bag_needs(entry: ModelEntry, root: Path) -> str:
+    """``model 'best' is a bag of 2 models; not in the cache: a (1.0 MB), b (2.0 MB)``."""
+    missing = [part for part, _ in entry.parts if _local_path(part, root) is None]
+    listed = ", ".join(f"{part.name} ({_megabytes(part.size)})" for part in missing)
+    total = sum(part.size or 0 for part in missing)
+    return (
+        f"model {entry.name!r} is a bag of {len(entry.parts)} models; not in the cache: "
+        f"{listed} ({_megabytes(total)} in all)"
+    )
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -364,6 +394,11 @@ def ensure_model(
     parts_local = entry.format == "bag" and all(
         _local_path(part, root) is not None for part, _ in entry.parts
     )
+    if offline and entry.format == "bag" and not parts_local:
+        raise OfflineError(
+            f"{_bag_needs(entry, root)}; offline mode is on; run "
+            f"'sepcli models download {entry.name}' while online to fetch them all"
+        )
     if offline and not parts_local:  # a bag of cached parts is composed offline
         raise OfflineError(
             f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
