@@ -517,3 +517,36 @@ def test_a_real_full_disk(tmp_path, tiny_wave_archive, tiny_disk, monkeypatch):
     r = run(*args)  # without the check, the writer meets ENOSPC itself
     assert r.exit_code == 1 and r.output.count("error:") == 1 and "disk full" in r.output
     assert list(tiny_disk.rglob("*")) == []  # no temp file, no partial stem, no empty folder
+
+
+def test_output_locks_wait_for_each_other_and_leave_no_file(tmp_path):
+    """Two holders of one output's lock (filelock, as on Windows too): the second
+    waits (on_wait said once) until the first releases; no lock file is left."""
+    import threading
+
+    from sepcli.cli.outputs import locked_outputs
+
+    target = tmp_path / "o" / "song" / "vocals.wav"
+    waits: list[Path] = []
+    order: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        entered.wait(10)
+        with locked_outputs([target], on_wait=waits.append):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    with locked_outputs([target]):
+        lock = target.parent / ".vocals.wav.sepcli-lock"
+        assert lock.is_file()
+        thread.start()
+        entered.set()
+        deadline = time.time() + 10
+        while not waits and time.time() < deadline:
+            time.sleep(0.01)
+        order.append("first")
+    thread.join(10)
+    assert order == ["first", "second"] and waits == [lock]
+    assert not lock.exists()
+    assert not target.parent.exists() or list(target.parent.iterdir()) == []
