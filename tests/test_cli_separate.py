@@ -332,3 +332,31 @@ def test_help_lists_every_documented_option():
         "--phase",
     ):
         assert option in r.output
+
+
+def test_quiet_logging_configures_sepcli_and_leaves_the_root_logger(tmp_path, identity_archive):
+    import logging
+
+    from sepcli.cli.common import setup_logging
+
+    root, ours = logging.getLogger(), logging.getLogger("sepcli")
+    root_before = (root.level, list(root.handlers))
+    ours_before = (ours.level, list(ours.handlers))
+    try:
+        src = write_wav(tmp_path / "song.wav", make_tone(0.2))
+        r = run("separate", str(src), "-o", str(tmp_path / "o"), "-m", str(identity_archive), "-q")
+        assert r.exit_code == 0, r.output
+        assert (
+            root.level,
+            list(root.handlers),
+        ) == root_before  # the process's logging is untouched
+        assert ours.level == logging.ERROR
+        setup_logging(quiet=True)
+        setup_logging(verbose=True)
+        added = [h for h in ours.handlers if h not in ours_before[1]]
+        assert len(added) == 1 and ours.level == logging.DEBUG  # one handler, replaced per call
+        assert (root.level, list(root.handlers)) == root_before
+    finally:
+        for handler in [h for h in ours.handlers if h not in ours_before[1]]:
+            ours.removeHandler(handler)
+        ours.setLevel(ours_before[0])
