@@ -7,6 +7,7 @@ class to a one-line message and an exit code (see :data:`EXIT_CODES`).
 from __future__ import annotations
 
 import errno
+import re
 
 __all__ = [
     "SepcliError",
@@ -28,6 +29,7 @@ __all__ = [
     "EXIT_CODES",
     "exit_code_for",
     "os_error_reason",
+    "load_failure_reason",
 ]
 
 
@@ -145,3 +147,23 @@ _OS_REASONS = {
 def os_error_reason(e: OSError) -> str:
     """A few words for an ``OSError`` in a one-line message ("disk full", "permission denied")."""
     return _OS_REASONS.get(e.errno or 0) or e.strerror or str(e) or type(e).__name__
+
+
+def load_failure_reason(exc: BaseException) -> tuple[bool, str]:
+    """``(refused, reason)`` for a ``torch.load(weights_only=True)`` failure, one line.
+
+    ``refused`` is True when the file is a pickle that asks for more than tensors
+    (the reason then names what it asked for); otherwise ``reason`` is the first
+    line of the exception (a damaged or foreign file). torch's own message for a
+    refused pickle starts by suggesting ``weights_only=False``, which would run
+    whatever the file asks for: it is never relayed.
+    """
+    text = str(exc).strip()
+    if "weights only load failed" in text.lower():
+        match = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"the Python object {match.group(1)}" if match else "Python objects"
+        return True, (
+            f"refused: the file asks to load {what}, not only tensors; "
+            "sepcli reads checkpoints as data and never runs code from them"
+        )
+    return False, text.splitlines()[0] if text else type(exc).__name__

@@ -43,7 +43,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from sepcli.errors import ArchiveError, ConfigError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError, load_failure_reason
 from sepcli.models.archive import ArchiveMetadata
 
 __all__ = [
@@ -341,22 +341,11 @@ def _mdx23c_config(
 
 
 def _load_error(path: Path, exc: BaseException) -> ArchiveError:
-    """One line for a checkpoint ``torch.load(weights_only=True)`` would not read.
-
-    torch's own message for a refused pickle starts by suggesting
-    ``weights_only=False``, which would run whatever the file asks for: it is
-    never relayed. What the file asked for is named instead.
-    """
-    text = str(exc).strip()
-    if "weights only load failed" in text.lower():
-        match = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f"the Python object {match.group(1)}" if match else "Python objects"
-        return ArchiveError(
-            f"{path}: refused: the checkpoint asks to load {what}, not only tensors; "
-            "sepcli reads checkpoints as data and never runs code from them"
-        )
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return ArchiveError(f"{path}: not a PyTorch checkpoint ({first})")
+    """One line for a checkpoint ``torch.load(weights_only=True)`` would not read."""
+    refused, reason = load_failure_reason(exc)
+    return ArchiveError(
+        f"{path}: {reason}" if refused else f"{path}: not a PyTorch checkpoint ({reason})"
+    )
 
 
 def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
