@@ -152,18 +152,23 @@ def os_error_reason(e: OSError) -> str:
 def load_failure_reason(exc: BaseException) -> tuple[bool, str]:
     """``(refused, reason)`` for a ``torch.load(weights_only=True)`` failure, one line.
 
-    ``refused`` is True when the file is a pickle that asks for more than tensors
-    (the reason then names what it asked for); otherwise ``reason`` is the first
-    line of the exception (a damaged or foreign file). torch's own message for a
-    refused pickle starts by suggesting ``weights_only=False``, which would run
-    whatever the file asks for: it is never relayed.
+    ``refused`` is True when the file is a pickle that asks for a Python object
+    (the reason then names it); otherwise ``reason`` says what broke (a damaged
+    or foreign file). torch's own message for either starts by suggesting
+    ``weights_only=False``, which would run whatever the file asks for: that
+    advice is never relayed.
     """
     text = str(exc).strip()
-    if "weights only load failed" in text.lower():
-        match = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f"the Python object {match.group(1)}" if match else "Python objects"
+    if "weights only load failed" not in text.lower():
+        return False, text.splitlines()[0] if text else type(exc).__name__
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
         return True, (
-            f"refused: the file asks to load {what}, not only tensors; "
-            "sepcli reads checkpoints as data and never runs code from them"
+            f"refused: the file asks to load the Python object {match.group(1)}, not only "
+            "tensors; sepcli reads checkpoints as data and never runs code from them"
         )
-    return False, text.splitlines()[0] if text else type(exc).__name__
+    advice = ("weights only load failed", "check the documentation", "please file", "(1)", "(2)")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.lower().startswith(advice)]
+    detail = lines[0].removeprefix("WeightsUnpickler error:").strip() if lines else ""
+    return False, f"the tensor-only unpickler stopped: {detail or 'unreadable pickle'}"

@@ -67,6 +67,12 @@ def test_a_refused_pickle_is_named_and_torchs_weights_only_hint_never_relayed(tm
             load(evil)
         message = str(info.value)
         assert message.startswith(f"{evil}: refused") and "weights_only" not in message
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(Exception) as raw:
+        torch.load(junk, weights_only=True)
+    refused, reason = load_failure_reason(raw.value)
+    assert not refused and "weights_only" not in reason and "Unsupported operand" in reason
     assert load_failure_reason(RuntimeError("PytorchStreamReader failed\nmore")) == (
         False,
         "PytorchStreamReader failed",
