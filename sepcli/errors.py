@@ -7,6 +7,7 @@ class to a one-line message and an exit code (see :data:`EXIT_CODES`).
 from __future__ import annotations
 
 import errno
+import re
 
 __all__ = [
     "SepcliError",
@@ -28,6 +29,7 @@ __all__ = [
     "EXIT_CODES",
     "exit_code_for",
     "os_error_reason",
+    "load_failure_reason",
 ]
 
 
@@ -145,3 +147,28 @@ _OS_REASONS = {
 def os_error_reason(e: OSError) -> str:
     """A few words for an ``OSError`` in a one-line message ("disk full", "permission denied")."""
     return _OS_REASONS.get(e.errno or 0) or e.strerror or str(e) or type(e).__name__
+
+
+def load_failure_reason(exc: BaseException) -> tuple[bool, str]:
+    """``(refused, reason)`` for a ``torch.load(weights_only=True)`` failure, one line.
+
+    ``refused`` is True when the file is a pickle that asks for a Python object
+    (the reason then names it); otherwise ``reason`` says what broke (a damaged
+    or foreign file). torch's own message for either starts by suggesting
+    ``weights_only=False``, which would run whatever the file asks for: that
+    advice is never relayed.
+    """
+    text = str(exc).strip()
+    if "weights only load failed" not in text.lower():
+        return False, text.splitlines()[0] if text else type(exc).__name__
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return True, (
+            f"refused: the file asks to load the Python object {match.group(1)}, not only "
+            "tensors; sepcli reads checkpoints as data and never runs code from them"
+        )
+    advice = ("weights only load failed", "check the documentation", "please file", "(1)", "(2)")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.lower().startswith(advice)]
+    detail = lines[0].removeprefix("WeightsUnpickler error:").strip() if lines else ""
+    return False, f"the tensor-only unpickler stopped: {detail or 'unreadable pickle'}"

@@ -40,6 +40,22 @@ def test_default_separates_offline(offline):
         assert y.shape == mix.shape and bool(np.isfinite(y.numpy()).all())
 
 
+def test_the_bare_command_writes_every_stem_the_default_model_makes(offline, tmp_path, monkeypatch):
+    """``sepcli separate song.wav``: no --model, no --stems. The packaged model has
+    one source (vocals), so the rest of the mix comes with it (docs/usage.md)."""
+    from click.testing import CliRunner
+    from conftest import write_wav
+
+    from sepcli.cli import main
+
+    song = write_wav(tmp_path / "song.wav", make_tone(1.0))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["separate", str(song)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "separated" / "song").glob("*.wav"))
+    assert written == ["accompaniment.wav", "vocals.wav"]
+
+
 #: Statistics of the default model's magnitude estimate for :func:`_fixed_input`,
 #: recorded from sepcli/assets/default.sepcli (v1). A change of the weights, the
 #: scripted forward or the STFT shows here; float32 noise across CPUs is ~1e-6.

@@ -91,8 +91,9 @@ def test_verify_reports_and_repairs_corruption(served, hub_env):
         and "corrupt" in bad.stdout
         and "corrupt and not repaired: tiny" in bad.stderr
     )
-    assert not path.exists()
-    run("download", "tiny", "--registry", reg)
+    assert path.read_bytes()[100:101] == b"!"  # --no-fix reports and never deletes
+    used = run("path", "tiny", "--registry", reg)  # and using it is refused, naming the file
+    assert used.exit_code == 5 and str(path) in used.stderr.replace("\n", "")
     path.write_bytes(b"x" * len(data))
     fixed = run("verify", "--json", "--registry", reg)
     assert fixed.exit_code == 0
@@ -238,3 +239,38 @@ def test_the_packaged_default_shows_no_download_bar(
     assert result.exit_code == 0, result.output
     assert "downloading" not in screen.getvalue()
     assert "separated" in screen.getvalue()  # the console was the one drawn on
+
+
+def test_info_takes_an_archive_path_relative_home_or_a_name_that_is_also_a_file(
+    served, tmp_path, monkeypatch
+):
+    reg, _ = served
+    archive = REPO / "sepcli" / "assets" / "default.sepcli"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model.sepcli").write_bytes(archive.read_bytes())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(work))
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    for spelling in (
+        "./model.sepcli",
+        "model.sepcli",
+        "~/model.sepcli",
+        str(work / "model.sepcli"),
+    ):
+        result = run("info", spelling, "--json")
+        assert result.exit_code == 0, (spelling, result.output)
+        data = json.loads(result.stdout)
+        assert data["sha256"] == sha and data["path"] == str(work / "model.sepcli")
+        assert data["family"] and data["sources"]
+    table = run("info", "./model.sepcli")
+    assert table.exit_code == 0 and sha[:16] in table.stdout and "sources" in table.stdout
+    missing = run("info", "./absent.sepcli")
+    assert missing.exit_code == 4 and "./absent.sepcli: no such model file" in missing.stderr
+    # a file in the current folder called like a registry entry: the file, as --model does
+    (work / "tiny").write_bytes(archive.read_bytes())
+    both = run("info", "tiny", "--json", "--registry", reg)
+    assert both.exit_code == 0 and json.loads(both.stdout)["sha256"] == sha
+    assert "also a registry name" in both.stderr
+    (work / "tiny").unlink()
+    assert "test model" in run("info", "tiny", "--registry", reg).stdout

@@ -78,7 +78,7 @@ def test_single_and_bag_entries_convert_once_and_load_offline(file_server, hub_e
         assert _snr(expected, bag.module(mix)) >= 60
     # only the converted archives stay; offline works without fetching again
     names = sorted(p.split("/")[-1] for p in cached_files(hub_env))
-    assert names == ["tiny-bag.sepcli", "tiny-bag.sepcli.sha256",
-                     "tiny-htdemucs.sepcli", "tiny-htdemucs.sepcli.sha256"]  # fmt: skip
+    assert names == ["tiny-bag.sepcli", "tiny-bag.sepcli.verified.json",
+                     "tiny-htdemucs.sepcli", "tiny-htdemucs.sepcli.verified.json"]  # fmt: skip
     assert resolve_model("tiny-bag", registry=reg, offline=True) == bag.path
     assert resolve_model("tiny-htdemucs", registry=reg, offline=True) == single.path

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from test_hub_server import (  # noqa: F401 - fixtures
 
 from sepcli.errors import DownloadError, IntegrityError, OfflineError, RegistryError
 from sepcli.hub import load_model, resolve_model, verify_models
-from sepcli.hub.cache import part_path
+from sepcli.hub.cache import part_path, read_stamp, stamp_path
 from sepcli.progress import Progress
 
 pytestmark = pytest.mark.network
@@ -37,6 +38,11 @@ def _registry(tmp_path: Path, *entries: dict) -> str:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _with_stamp(path: Path, cache: Path) -> list[str]:
+    """``path`` and its verification stamp, as :func:`cached_files` lists them."""
+    return [str(p.relative_to(cache / "models")) for p in (path, stamp_path(path))]
 
 
 def test_cut_download_resumes_from_part_file_on_next_call(file_server, hub_env, tmp_path):
@@ -56,7 +62,7 @@ def test_cut_download_resumes_from_part_file_on_next_call(file_server, hub_env, 
     assert file_server.ranges == [None, f"bytes={offset}-"]
     assert file_server.bytes_sent < 1.3 * len(data)
     assert not part_path(path).exists()
-    assert cached_files(hub_env) == [str(path.relative_to(hub_env / "models"))]
+    assert cached_files(hub_env) == _with_stamp(path, hub_env)
 
 
 def test_cut_download_resumes_within_one_call_when_retrying(file_server, hub_env, tmp_path):
@@ -107,14 +113,87 @@ def test_verify_catches_corruption_and_downloads_again(file_server, hub_env, tmp
     path.write_bytes(b"\x00" + data[1:])  # corrupted on disk, same size
     results = verify_models(["vv"], registry=reg, fix=False)
     assert results[0].status == "corrupt" and "SHA-256" in results[0].detail
-    assert not path.exists()
-
-    resolve_model("vv", registry=reg)
+    assert str(path) in results[0].detail and results[0].path == path
+    assert path.read_bytes()[:1] == b"\x00"  # fix=False reports and leaves the file
+    path.write_bytes(data)  # put back by hand: verify says ok again
+    assert verify_models(["vv"], registry=reg, fix=False)[0].status == "ok"
     path.write_bytes(data[:-1] + b"\x00")
     results = [r for r in verify_models(registry=reg) if r.status != "builtin"]
     assert [(r.name, r.status) for r in results] == [("vv", "repaired")]
     assert _sha(path) == hashlib.sha256(data).hexdigest()
-    assert file_server.gets["/v.sepcli"] == 3
+    assert file_server.gets["/v.sepcli"] == 2
+
+
+def _tamper_in_place(path: Path, keep_mtime: bool) -> None:
+    """Change one byte without changing the size, inode or (``keep_mtime``) mtime."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0xFF]))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_ino) == (st.st_size, st.st_ino)
+    assert not keep_mtime or after.st_mtime_ns == st.st_mtime_ns
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_cached_file_changed_since_it_was_verified_is_hashed_again(
+    file_server, hub_env, tmp_path, monkeypatch, keep_mtime
+):
+    import sepcli.hub.load as load_module
+
+    data = payload(20_000)
+    url = file_server.add("/t.sepcli", data)
+    reg = _registry(tmp_path, sepcli_entry("tt", url, data))
+    path = resolve_model("tt", registry=reg)
+    stamp = read_stamp(path)
+    assert stamp is not None and stamp["sha256"] == hashlib.sha256(data).hexdigest()
+    assert stamp["size"] == len(data) and stamp["inode"] == path.stat().st_ino
+
+    hashed: list[Path] = []
+    real = load_module.sha256_file
+    monkeypatch.setattr(load_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert resolve_model("tt", registry=reg) == path and hashed == []  # unchanged: no hashing
+
+    os.utime(path)  # touched, bytes unchanged: hashed once, then trusted again
+    assert resolve_model("tt", registry=reg) == path and hashed == [path]
+    assert resolve_model("tt", registry=reg) == path and hashed == [path]
+
+    # same size and inode; with keep_mtime the mtime is put back too, and only ctime
+    # (which no one can set) tells: the file is hashed again and refused
+    _tamper_in_place(path, keep_mtime)
+    with pytest.raises(IntegrityError) as err:
+        resolve_model("tt", registry=reg, offline=True)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "'tt'" in message
+    assert "changed since it was verified" in message and "sepcli models verify tt" in message
+    assert len(hashed) == 2 and path.is_file()  # left for verify to repair
+    assert file_server.gets["/t.sepcli"] == 1
+
+
+def test_a_converted_archive_with_only_the_old_sidecar_is_checked_and_stamped(
+    file_server, hub_env, tmp_path
+):
+    """Caches written before stamps (a ``.sha256`` sidecar) still work, and are
+    hashed once, then stamped."""
+    from sepcli.hub import open_registry
+    from sepcli.hub.load import _check_cached
+
+    data = payload(5_000)
+    reg = open_registry(_registry(tmp_path, sepcli_entry("old", "https://x.test/o.sepcli", data)))
+    entry = reg.get("old")
+    object.__setattr__(entry, "format", "demucs")  # a converted entry, minus the conversion
+    path = tmp_path / "old.sepcli"
+    path.write_bytes(data)
+    (tmp_path / "old.sepcli.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    _check_cached(entry, path)
+    assert read_stamp(path)["sha256"] == hashlib.sha256(data).hexdigest()
+    assert not (tmp_path / "old.sepcli.sha256").exists()
+    path.write_bytes(data[::-1])
+    with pytest.raises(IntegrityError, match="changed since it was verified"):
+        _check_cached(entry, path)
 
 
 def _refused_url() -> str:
@@ -250,7 +329,7 @@ def test_two_processes_downloading_the_same_model_share_one_download(
     path = Path(paths.pop())
     assert _sha(path) == hashlib.sha256(data).hexdigest()
     assert file_server.gets["/big.sepcli"] == 1  # the second process waited and reused it
-    assert cached_files(hub_env) == [str(path.relative_to(hub_env / "models"))]
+    assert cached_files(hub_env) == _with_stamp(path, hub_env)
 
 
 UNRESOLVABLE = "https://nonexistent.invalid/m.sepcli"  # RFC 6761: .invalid never resolves

@@ -60,7 +60,7 @@ def test_msst_entry_converts_once_and_loads_offline(file_server, hub_env, tmp_pa
     with torch.no_grad():
         assert _snr(ref(mix)[:, None], archive.module(mix)) >= 60
     names = sorted(p.split("/")[-1] for p in cached_files(hub_env))
-    assert names == ["tiny-bs.sepcli", "tiny-bs.sepcli.sha256"]
+    assert names == ["tiny-bs.sepcli", "tiny-bs.sepcli.verified.json"]
     file_server.stop()
     assert resolve_model("tiny-bs", registry=reg, offline=True) == archive.path
 

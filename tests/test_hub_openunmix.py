@@ -66,7 +66,7 @@ def test_openunmix_entry_is_downloaded_verified_and_converted(
     # the converted archive and its recorded hash stay; the downloaded .pth files go
     assert sorted(p.split("/")[-1] for p in cached_files(hub_env)) == [
         "tiny-umx.sepcli",
-        "tiny-umx.sepcli.sha256",
+        "tiny-umx.sepcli.verified.json",
     ]
     with torch.inference_mode():
         out = archive.module(torch.zeros(1, 2, 4000))

@@ -135,7 +135,10 @@ def test_registry_bag_downloads_its_parts_composes_once_and_works_offline(
     assert best.metadata.sources == ("vocals", "drums", "bass", "other")
     assert best.metadata.licence == "voc: voc terms | four: four terms"
     files = [p.split("/")[-1] for p in cached_files(hub_env)]
-    assert sorted(files) == ["best.sepcli", "best.sepcli.sha256", "four.sepcli", "voc.sepcli"]
+    assert sorted(files) == [
+        "best.sepcli", "best.sepcli.verified.json", "four.sepcli", "four.sepcli.verified.json",
+        "voc.sepcli", "voc.sepcli.verified.json",
+    ]  # fmt: skip
     assert resolve_model("best", registry=reg, offline=True) == best.path
     # composed from cached parts offline when only the bag is gone
     best.path.unlink()
@@ -153,3 +156,59 @@ def test_registry_bag_errors(tmp_path, hub_env):
     reg = str(write_registry(tmp_path / "r2.json", twice))
     with pytest.raises(RegistryError, match="exactly one part"):
         resolve_model("best", registry=reg)
+
+
+@pytest.mark.network
+def test_cli_bag_offline_or_without_network_names_every_part_and_the_one_command(
+    parts, file_server, hub_env, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from sepcli.cli import main
+
+    vocal, four = parts
+    entries = [
+        _served(file_server, vocal.path, "voc"),
+        _served(file_server, four.path, "four"),
+        {"name": "best", "format": "bag", "accompaniment": "mixture-minus-vocals",
+         "parts": [{"model": "voc", "stems": ["vocals"]},
+                   {"model": "four", "stems": ["drums", "bass", "other"]}]},
+    ]  # fmt: skip
+    sizes = {e["name"]: e["size"] for e in entries[:2]}
+    good = str(write_registry(tmp_path / "good.json", entries))
+    for e in entries[:2]:  # the same registry, its host unreachable (no network)
+        e["url"] = f"https://nonexistent.invalid/{e['name']}.sepcli"
+    unreachable = str(write_registry(tmp_path / "down.json", entries))
+    song = tmp_path / "song.wav"
+    import soundfile as sf
+
+    sf.write(song, np.zeros((4410, 2), np.float32), 44100)
+    run = CliRunner().invoke
+
+    def separate(registry, *extra):
+        monkeypatch.setenv("SEPCLI_REGISTRY", registry)
+        return run(main, ["separate", str(song), "-m", "best", "-o", str(tmp_path / "o"), *extra])
+
+    listed = [f"{n} ({sizes[n] / 1e6:.1f} MB)" for n in ("voc", "four")]
+    for result in (separate(good, "--offline"), separate(unreachable)):
+        assert result.exit_code == 5, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert (
+            "model 'best' is a bag of 2 models; not in the cache: " + ", ".join(listed) in lines[0]
+        )
+        assert "run 'sepcli models download best'" in lines[0]
+    assert "downloading 'voc' failed" in lines[0] and "host not found" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+    # the one command fetches every part and composes the bag; then it works offline
+    monkeypatch.delenv("SEPCLI_REGISTRY")
+    fetched = run(main, ["models", "download", "best", "--registry", good])
+    assert fetched.exit_code == 0, fetched.output
+    assert fetched.stdout.startswith("best ") and fetched.stdout.strip().endswith("best.sepcli")
+    assert file_server.gets["/voc.sepcli"] == 1 and file_server.gets["/four.sepcli"] == 1
+    done = separate(good, "--offline")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "o" / "song").glob("*.wav")) == [
+        "bass.wav", "drums.wav", "other.wav", "vocals.wav",
+    ]  # fmt: skip

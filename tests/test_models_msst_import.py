@@ -8,6 +8,7 @@ layouts published checkpoints use: a bare state dict, or one wrapped under
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,39 @@ def test_cli_import(tmp_path):
     assert not (tmp_path / "y.sepcli").exists()
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned",))
+
+
+def test_cli_refused_checkpoint_says_what_and_why_in_one_line(tmp_path, monkeypatch):
+    """A pickle that asks for a function is refused by name; torch's hint to turn
+    weights_only off is never relayed."""
+    monkeypatch.chdir(tmp_path)
+    config, _, _ = _pair(tmp_path, "bs_roformer")
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _RunsCode()}, evil)
+    out = tmp_path / "evil.sepcli"
+    args = [
+        "models",
+        "import",
+        "--format",
+        "msst",
+        "--config",
+        str(config),
+        str(evil),
+        "-o",
+        str(out),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and not out.exists() and not (tmp_path / "pwned").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "evil.ckpt: refused" in lines[0] and "system" in lines[0]  # what was refused
+    assert "never runs code" in lines[0]  # and why
+    assert "weights_only" not in result.output and "trusted source" not in result.output
+
+
 def test_safe_loader_takes_python_tuple_and_nothing_else(tmp_path):
     assert yaml.load("a: !!python/tuple [1, 2]", Loader=MSSTLoader) == {"a": (1, 2)}
     evil = tmp_path / "evil.yaml"
@@ -209,7 +243,7 @@ def test_truncated_and_foreign_files(tmp_path):
     assert not out.exists()
     pickled = tmp_path / "pickled.ckpt"
     torch.save({"net": Path("somewhere")}, pickled)
-    with pytest.raises(ArchiveError, match=r"pickled\.ckpt: not a PyTorch checkpoint"):
+    with pytest.raises(ArchiveError, match=r"pickled\.ckpt: refused: .*pathlib\.PosixPath"):
         import_msst(config, pickled)
     half_yaml = tmp_path / "half.yaml"
     half_yaml.write_text(config.read_text()[:40] + "\n  - [unclosed")

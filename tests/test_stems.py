@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sepcli.errors import UsageError
-from sepcli.inference.stems import available_stems, plan_stems
+from sepcli.inference.stems import available_stems, default_stems, plan_stems
 
 FOUR = ["drums", "bass", "other", "vocals"]
 
@@ -11,6 +11,18 @@ FOUR = ["drums", "bass", "other", "vocals"]
 def test_direct_sources_default_to_all():
     assert [r.name for r in plan_stems(FOUR, None)] == FOUR
     assert all(r.kind == "source" for r in plan_stems(FOUR, None))
+
+
+def test_a_one_source_model_also_gives_the_rest_of_the_mix_by_default():
+    assert default_stems(["vocals"]) == ["vocals", "accompaniment"]
+    assert default_stems(["drums"]) == ["drums", "no_drums"]
+    assert default_stems(FOUR) == FOUR and default_stems(["vocals", "other"]) == ["vocals", "other"]
+    recipes = plan_stems(["vocals"], None)
+    assert [(r.name, r.kind) for r in recipes] == [
+        ("vocals", "source"),
+        ("accompaniment", "mix_minus"),
+    ]
+    assert [r.name for r in plan_stems(["vocals"], ["vocals"])] == ["vocals"]  # asked: only that
 
 
 def test_accompaniment_is_sum_of_others_for_four_stem_models():

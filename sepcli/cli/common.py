@@ -86,13 +86,27 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The one handler :func:`setup_logging` puts on the ``sepcli`` logger (replaced
+#: on each call, so an in-process CLI run writes to that run's stderr).
+_handler: logging.Handler | None = None
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """Route library logging to stderr; warnings from torch.jit are silenced."""
+    """Route sepcli's logging to stderr; warnings from torch.jit are silenced.
+
+    Only the ``sepcli`` logger is configured (its level and one stderr handler):
+    the root logger, and with it the logging of a program that runs the CLI
+    in-process, is left as it was.
+    """
+    global _handler
     level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
-    logging.basicConfig(
-        level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True
-    )
-    logging.getLogger("sepcli").setLevel(level)
+    logger = logging.getLogger("sepcli")
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(level)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from sepcli.cli.common import err_console, handle_errors, out_console, setup_log
 from sepcli.errors import IntegrityError, ModelNotFoundError
 from sepcli.hub import (
     list_models,
+    local_model_file,
     open_registry,
     remove_model,
     resolve_model,
@@ -325,8 +327,19 @@ def list_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @_command
 def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
-    """Everything the registry says about NAME, and where it is on disk."""
+    """Everything the registry says about NAME, and where it is on disk; for an
+    archive file (NAME a path), what its metadata says."""
     registry = open_registry(hub["registry"], cache_dir=hub["cache_dir"], offline=hub["offline"])
+    path = local_model_file(name)
+    if path is not None:  # the same rule as --model: an existing file wins over a name
+        if name in registry:
+            err_console.print(
+                f"note: {name} is a file here and also a registry name; showing the file, "
+                f"which --model {name} would use (use another folder for the registry entry)",
+                soft_wrap=True,
+            )
+        _file_info(path, as_json)
+        return
     entry = registry.get(name)
     status = next(s for s in list_models(**hub) if s.entry.name == name)
     local = status.path
@@ -365,6 +378,33 @@ def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
             shown = " ".join(f"{k}={v}" for k, v in metrics.items())
             table.add_row(f"claimed {dataset}", f"{source}: {shown}")
     table.add_row("local", str(local) if local else "not downloaded")
+    out_console.print(table)
+
+
+def _file_info(path: Path, as_json: bool) -> None:
+    """``models info`` for an archive on disk: its metadata, size and SHA-256."""
+    from sepcli.hashing import sha256_file
+    from sepcli.models.archive import read_metadata
+
+    meta = read_metadata(path)
+    data = {"path": str(path.resolve()), "size": path.stat().st_size,
+            "sha256": sha256_file(path), **json.loads(meta.to_json())}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_header=False, show_edge=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = {
+        "name": meta.name, "description": meta.description, "family": meta.family,
+        "sources": ", ".join(meta.sources), "sample_rate": meta.sample_rate,
+        "parameters": meta.num_parameters or "", "licence": meta.licence,
+        "training_data": meta.training_data, "size": _size(data["size"]),
+        "sha256": data["sha256"], "local": data["path"],
+    }  # fmt: skip
+    for key, value in rows.items():
+        if value not in (None, ""):
+            table.add_row(key, str(value))
     out_console.print(table)
 
 
@@ -440,13 +480,17 @@ def path_command(hub: dict[str, Any], name: str) -> None:
 @models.command("verify")
 @click.argument("names", nargs=-1)
 @click.option(
-    "--fix/--no-fix", default=True, show_default=True, help="Download corrupt models again."
+    "--fix/--no-fix",
+    default=True,
+    show_default=True,
+    help="Replace corrupt models (--no-fix: only report).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @_command
 def verify_command(hub: dict[str, Any], names: tuple[str, ...], fix: bool, as_json: bool) -> None:
-    """Re-hash cached models (NAMES, or all cached); corrupt files are deleted and,
-    unless --no-fix, downloaded again. Exits 5 if a corrupt model remains."""
+    """Re-hash cached models (NAMES, or all cached). A corrupt file is deleted and
+    downloaded again; with --no-fix it is only reported, never deleted. Exits 5
+    if a corrupt model remains."""
     with download_bar() as progress:
         results = verify_models(list(names) or None, fix=fix, progress=progress, **hub)
     if as_json:

@@ -14,9 +14,12 @@ Rules (docs/usage.md, "Outputs"):
   found then is a leftover of a killed run and is removed;
 * folders scanned for inputs never yield our own outputs.
 
-Locks use ``fcntl.flock`` on short-lived hidden files removed on release
-(``filelock`` leaves its lock files behind, in the user's output folders); on
-platforms without ``fcntl`` there is no locking.
+Locks are :class:`filelock.FileLock` (``flock`` on POSIX, ``msvcrt`` on
+Windows, as the model cache uses) on short-lived hidden files beside the
+outputs, removed on release so that none is left in the user's folders: the
+holder unlinks its file before unlocking, and a waiter that then gets the lock
+on the unlinked file notices (filelock checks the file is still linked) and
+locks the path afresh.
 """
 
 from __future__ import annotations
@@ -33,13 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from sepcli import atomic, audio
 from sepcli.errors import AudioEncodeError
-
-try:  # POSIX only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "PROVENANCE_FILE",
@@ -167,18 +167,9 @@ def read_provenance(folder: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in outputs.items() if isinstance(v, dict)} if outputs else {}
 
 
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the folder itself (no file is created)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+def _folder_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the lock of ``folder``'s provenance file (a hidden file beside it)."""
+    return _lock_file(_lock_path(folder / PROVENANCE_FILE))
 
 
 def record_outputs(outputs: Mapping[str, Path], record: Mapping[str, Any]) -> None:
@@ -289,42 +280,33 @@ def _lock_file(path: Path, on_wait: Any = None) -> Iterator[None]:
     """Exclusive lock on a hidden file created for the purpose and removed on release.
 
     A waiter that locked a file already removed by its holder retries on the
-    new one, so removal never lets two holders in.
+    new one (filelock checks that the locked file is still linked), so removal
+    never lets two holders in. On Windows an open file cannot be unlinked;
+    filelock removes it there after unlocking.
     """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
+    lock = FileLock(path)
     waited = False
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except FileNotFoundError:  # another run removed the empty folder it had made
-            path.parent.mkdir(parents=True, exist_ok=True)
-            continue
+    for _ in range(100):
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                lock.acquire(timeout=0)
+            except Timeout:
                 if on_wait is not None and not waited:
                     on_wait(path)
                 waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+                lock.acquire()
+        except FileNotFoundError:  # another run removed the empty folder it had made
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        break
+    else:
+        raise OSError(f"{path}: could not lock (its folder keeps disappearing)")
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
-        os.close(fd)
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -412,6 +394,18 @@ def check_writable(folders: Iterable[Path], what: str) -> None:
         if problem is not None:
             shown = folder if base == Path(folder).absolute() else f"{folder} (in {base})"
             raise AudioEncodeError(f"{what} {shown}: cannot write there ({problem})")
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """Raise ``AudioEncodeError`` naming ``path`` unless it can be created (or
+    replaced, as atomic writes do) where it is: its folder is probed as in
+    :func:`check_writable`."""
+    folder = Path(path).absolute().parent
+    base = _nearest_existing(folder)
+    problem = _probe(base)
+    if problem is not None:
+        where = "" if base == folder else f", in {base}"
+        raise AudioEncodeError(f"{what} {path}: cannot write this file ({problem}{where})")
 
 
 def _probe(folder: Path) -> str | None:

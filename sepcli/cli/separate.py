@@ -28,7 +28,7 @@ from sepcli.cli.common import (
     setup_logging,
 )
 from sepcli.cli.presets import load_preset_for_cli, pick_preset, presets_file_option
-from sepcli.errors import SepcliError, UsageError
+from sepcli.errors import AudioEncodeError, SepcliError, UsageError
 from sepcli.inference.separator import Separator, resolve_device, track_name
 from sepcli.progress import Progress as ProgressEvent
 
@@ -84,8 +84,13 @@ def check_template(template: str) -> None:
 
 
 def write_report(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write the JSON report atomically."""
-    atomic.write_text(path, json.dumps({"version": 1, "inputs": records}, indent=2))
+    """Write the JSON report atomically; a failure is one line naming the file."""
+    try:
+        atomic.write_text(path, json.dumps({"version": 1, "inputs": records}, indent=2))
+    except OSError as exc:
+        raise AudioEncodeError(
+            f"--report {path}: cannot write this file ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 @click.command()
@@ -103,7 +108,8 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     "--stems",
     default=None,
     help="Comma-separated stems, e.g. vocals,accompaniment "
-    "(default: every source of the model). Derived: accompaniment, no_<source>.",
+    "(default: every stem the model makes: its sources, and beside a one-source model "
+    "the rest of the mix). Derived: accompaniment, no_<source>.",
 )
 @click.option(
     "-m",
@@ -255,7 +261,7 @@ def separate(
     if report is not None:
         if report.is_dir():
             raise UsageError(f"--report {report}: is a folder; give a file name")
-        planning.check_writable([report.parent], "--report")
+        planning.check_writable_file(report, "--report")
     planning.check_writable([out_dir], "--out")
     stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
     chosen_preset = pick_preset(model, preset, preset_files, cache_dir, offline)
@@ -528,19 +534,24 @@ def _report_skips(
 
 
 def _print_summary(records: list[dict[str, Any]], kinds: dict[str, int], quiet: bool) -> None:
+    """``N separated, N skipped, N failed`` counts inputs; the output files that
+    were kept are counted apart, since an input that wrote one stem and kept
+    another is separated, not skipped."""
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     if not quiet:
         why = []
         if kinds["done"]:
-            why.append(f"{kinds['done']} file(s) done earlier with this model and settings")
+            why.append(f"{kinds['done']} done earlier with this model and settings")
         if kinds["other"]:
             why.append(f"{kinds['other']} made differently")
         if kinds["foreign"]:
             why.append(f"{kinds['foreign']} not written by sepcli")
-        kept = f" ({'; '.join(why)}; --force to redo)" if why else ""
+        total = kinds["done"] + kinds["other"] + kinds["foreign"]
+        noun = "file" if total == 1 else "files"
+        kept = f"; kept {total} existing output {noun} ({', '.join(why)}; --force to redo)"
         err_console.print(
-            f"{counts['ok']} separated, {counts['skipped']} skipped{kept}, "
-            f"{counts['failed']} failed",
+            f"{counts['ok']} separated, {counts['skipped']} skipped, {counts['failed']} failed"
+            + (kept if why else ""),
             soft_wrap=True,
         )
     if counts["failed"]:

@@ -17,6 +17,7 @@ from sepcli.hub.load import (
     ensure_model,
     list_models,
     load_model,
+    local_model_file,
     offline_mode,
     open_registry,
     remove_model,
@@ -37,6 +38,7 @@ from sepcli.progress import Progress, ProgressFn  # re-exported: the events of p
 __all__ = [
     "resolve_model",
     "load_model",
+    "local_model_file",
     "list_models",
     "verify_models",
     "remove_model",

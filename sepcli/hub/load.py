@@ -18,7 +18,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sepcli.errors import ModelNotFoundError, OfflineError, RegistryError
+from sepcli.errors import (
+    DownloadError,
+    IntegrityError,
+    ModelNotFoundError,
+    OfflineError,
+    RegistryError,
+)
 from sepcli.hashing import sha256_file
 from sepcli.hub.cache import (
     cache_root,
@@ -26,6 +32,10 @@ from sepcli.hub.cache import (
     entry_path,
     file_lock,
     model_root,
+    read_stamp,
+    stamp_is_current,
+    stamp_path,
+    write_stamp,
 )
 from sepcli.hub.download import download_file
 from sepcli.hub.registry import NAME_RE, ModelEntry, Registry, load_registry
@@ -39,6 +49,7 @@ __all__ = [
     "ModelStatus",
     "VerifyResult",
     "resolve_model",
+    "local_model_file",
     "load_model",
     "open_registry",
     "ensure_model",
@@ -74,6 +85,23 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+def local_model_file(name_or_path: str) -> Path | None:
+    """The file ``name_or_path`` names on disk (``~`` expanded), or None for a
+    registry name. An existing file wins over a registry name of the same
+    spelling; text that looks like a path (a separator, a leading ``.`` or
+    ``~``, a model suffix) but is no file raises :class:`ModelNotFoundError`."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if _looks_like_path(text):
+        what = (
+            "is a folder, not a model file" if path.is_dir() else "no such model file or model name"
+        )
+        raise ModelNotFoundError(f"{text}: {what}")
+    return None
+
+
 def packaged_asset(filename: str) -> Path:
     """Path of ``sepcli/assets/<filename>`` inside the installed package (may not exist)."""
     return Path(str(resources.files("sepcli").joinpath("assets", filename)))
@@ -97,11 +125,59 @@ def _is_cached(entry: ModelEntry, path: Path) -> bool:
         return False
     if entry.format == "sepcli":
         return path.stat().st_size == entry.files[0].size
-    return _sidecar(path).is_file()
+    return _expected_sha256(entry, path) != ""
 
 
-def _sidecar(path: Path) -> Path:
+def _legacy_sidecar(path: Path) -> Path:
+    """``<archive>.sha256``: where sepcli before stamps recorded a converted archive's hash."""
     return path.with_name(path.name + ".sha256")
+
+
+def _expected_sha256(entry: ModelEntry, path: Path) -> str:
+    """What ``path`` must hash to: the registry's SHA-256 for a ``sepcli`` entry,
+    else the hash recorded when sepcli converted (or composed) the archive; ``""``
+    when nothing was recorded."""
+    if entry.format == "sepcli":
+        return entry.files[0].sha256 or ""
+    stamp = read_stamp(path)
+    if stamp is not None:
+        return str(stamp["sha256"])
+    try:
+        return _legacy_sidecar(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _record(path: Path, sha256: str, st: os.stat_result | None = None) -> None:
+    """Stamp ``path`` as hashing to ``sha256`` (replacing a legacy ``.sha256`` sidecar)."""
+    write_stamp(path, sha256, st)
+    _legacy_sidecar(path).unlink(missing_ok=True)
+
+
+def _forget(path: Path) -> None:
+    """Delete a cached file and what was recorded about it."""
+    for p in (path, stamp_path(path), _legacy_sidecar(path)):
+        p.unlink(missing_ok=True)
+
+
+def _check_cached(entry: ModelEntry, path: Path) -> None:
+    """Hash ``path`` again unless its stamp says it is unchanged since it was last
+    verified; raise :class:`IntegrityError` naming the file when it no longer
+    matches (the file is left for ``sepcli models verify`` to repair)."""
+    expected = _expected_sha256(entry, path)
+    if stamp_is_current(path, expected):
+        return
+    st = path.stat()
+    actual = sha256_file(path)
+    if actual != expected:
+        raise IntegrityError(
+            f"model {entry.name!r}: {path} changed since it was verified (SHA-256 {actual[:16]}... "
+            f"is not {expected[:16]}...); run 'sepcli models verify {entry.name}' to download it again"
+        )
+    log.info(
+        "model %r: %s changed on disk since its last check; hash still matches", entry.name, path
+    )
+    _record(path, actual, st)
 
 
 def _convert_openunmix(entry: ModelEntry, files: dict[str, Path], dest: Path) -> None:
@@ -192,6 +268,7 @@ def _fill(
         download_file(
             entry.files[0], dest, settings, files_progress(0), label=f"model {entry.name!r}"
         )
+        _record(dest, entry.files[0].sha256 or "")  # download_file hashed it
         return dest
     src = entry_dir(root, entry) / "src"
     paths: dict[str, Path] = {}
@@ -204,8 +281,8 @@ def _fill(
         assert spec.target is not None
         paths[spec.target] = path
     _CONVERTERS[entry.format](entry, paths, dest)
-    sidecar = _sidecar(dest)
-    sidecar.write_text(sha256_file(dest) + "\n")
+    st = dest.stat()
+    _record(dest, sha256_file(dest), st)
     shutil.rmtree(src, ignore_errors=True)  # the converted archive is what we keep
     return dest
 
@@ -222,7 +299,16 @@ def _fill_bag(
     offline = all(_local_path(part, root) is not None for part, _ in entry.parts)
     parts = []
     for part, stems in entry.parts:
-        path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        try:
+            path = ensure_model(part, root, offline=offline, settings=settings, progress=progress)
+        except IntegrityError:
+            raise  # the part's bytes are wrong: that part is the news
+        except DownloadError as exc:  # no network, a server down: say what the bag needs
+            raise DownloadError(
+                f"{_bag_needs(entry, root)}; downloading {part.name!r} failed "
+                f"({str(exc).removeprefix(f'model {part.name!r}: ')}); "
+                f"run 'sepcli models download {entry.name}' when online to fetch them all"
+            ) from None
         parts.append((load_archive(path), stems))
     dest = entry_path(root, entry)
     export_bag(
@@ -239,8 +325,24 @@ def _fill_bag(
             for (part, _), (archive, _) in zip(entry.parts, parts, strict=True)
         ],
     )
-    _sidecar(dest).write_text(sha256_file(dest) + "\n")
+    st = dest.stat()
+    _record(dest, sha256_file(dest), st)
     return dest
+
+
+def _megabytes(num: int | None) -> str:
+    return "size unknown" if num is None else f"{num / 1e6:.1f} MB"
+
+
+def _bag_needs(entry: ModelEntry, root: Path) -> str:
+    """``model 'best' is a bag of 2 models; not in the cache: a (1.0 MB), b (2.0 MB)``."""
+    missing = [part for part, _ in entry.parts if _local_path(part, root) is None]
+    listed = ", ".join(f"{part.name} ({_megabytes(part.size)})" for part in missing)
+    total = sum(part.size or 0 for part in missing)
+    return (
+        f"model {entry.name!r} is a bag of {len(entry.parts)} models; not in the cache: "
+        f"{listed} ({_megabytes(total)} in all)"
+    )
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -292,10 +394,16 @@ def ensure_model(
         return _builtin_path(entry)
     dest = entry_path(root, entry)
     if _is_cached(entry, dest):
+        _check_cached(entry, dest)
         return dest
     parts_local = entry.format == "bag" and all(
         _local_path(part, root) is not None for part, _ in entry.parts
     )
+    if offline and entry.format == "bag" and not parts_local:
+        raise OfflineError(
+            f"{_bag_needs(entry, root)}; offline mode is on; run "
+            f"'sepcli models download {entry.name}' while online to fetch them all"
+        )
     if offline and not parts_local:  # a bag of cached parts is composed offline
         raise OfflineError(
             f"model {entry.name!r} is not in the cache ({root}) and offline mode is on; "
@@ -312,6 +420,7 @@ def ensure_model(
     new_folders = _missing_folders(folder)
     with file_lock(folder / ".lock"):
         if _is_cached(entry, dest):  # another process finished it while we waited
+            _check_cached(entry, dest)
             return dest
         try:
             return _fill(entry, root, settings or HttpSettings.from_env(), progress)
@@ -359,14 +468,9 @@ def resolve_model(
     :class:`RegistryError`.
     """
     text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if path.is_file():
+    path = local_model_file(text)
+    if path is not None:
         return path
-    if _looks_like_path(text):
-        what = (
-            "is a folder, not a model file" if path.is_dir() else "no such model file or model name"
-        )
-        raise ModelNotFoundError(f"{text}: {what}")
     override = os.environ.get(DEFAULT_ENV, "").strip()
     if text == "default" and override and override != "default":
         return resolve_model(
@@ -426,8 +530,9 @@ class VerifyResult:
     """Outcome of re-hashing one model.
 
     ``status`` is ``"ok"``, ``"repaired"`` (was corrupt, downloaded again),
-    ``"corrupt"`` (deleted, not repaired), ``"missing"`` (not in the cache) or
-    ``"builtin"`` (packaged with sepcli; nothing to verify).
+    ``"corrupt"`` (not repaired: left in place with ``fix=False``, deleted when
+    offline), ``"missing"`` (not in the cache) or ``"builtin"`` (packaged with
+    sepcli; nothing to verify).
     """
 
     name: str
@@ -438,26 +543,18 @@ class VerifyResult:
 
 def _check(entry: ModelEntry, path: Path) -> str:
     """Empty string when ``path`` matches what the registry (or the recorded hash
-    of a converted archive) says; else what is wrong. Deletes a bad file."""
-    if entry.format == "sepcli":
-        spec = entry.files[0]
-        size = path.stat().st_size
-        problem = f"size {size} != {spec.size}" if size != spec.size else ""
-        if not problem:
-            actual = sha256_file(path)
-            problem = f"SHA-256 {actual} != {spec.sha256}" if actual != spec.sha256 else ""
-    else:
-        sidecar = _sidecar(path)
-        expected = sidecar.read_text().strip() if sidecar.is_file() else ""
-        actual = sha256_file(path)
-        problem = (
-            f"SHA-256 {actual} != recorded {expected or '(none)'}" if actual != expected else ""
-        )
-        if problem:
-            sidecar.unlink(missing_ok=True)
-    if problem:
-        path.unlink(missing_ok=True)
-    return problem
+    of a converted archive) says, and then its stamp is renewed; else what is
+    wrong. Always hashes; never deletes."""
+    expected = _expected_sha256(entry, path)
+    st = path.stat()
+    if entry.format == "sepcli" and st.st_size != entry.files[0].size:
+        return f"size {st.st_size} != {entry.files[0].size}"
+    actual = sha256_file(path)
+    if actual != expected:
+        recorded = "" if entry.format == "sepcli" else "recorded "
+        return f"SHA-256 {actual} != {recorded}{expected or '(none)'}"
+    _record(path, actual, st)
+    return ""
 
 
 def verify_models(
@@ -471,7 +568,8 @@ def verify_models(
 ) -> list[VerifyResult]:
     """Re-hash cached models (``names``, or every cached one) against the registry.
 
-    A corrupt file is deleted and, when ``fix`` (and not offline), downloaded again.
+    With ``fix`` a corrupt file is deleted and (unless offline) downloaded again;
+    without, it is only reported and left where it is.
     """
     offline = offline_mode(offline)
     root = cache_root(cache_dir)
@@ -489,9 +587,15 @@ def verify_models(
                 results.append(VerifyResult(entry.name, "missing", None, "not in the cache"))
                 continue
             problem = _check(entry, path)
+            if problem and fix:
+                _forget(path)
         if not problem:
             results.append(VerifyResult(entry.name, "ok", path))
-        elif fix and not offline:
+        elif not fix:
+            results.append(
+                VerifyResult(entry.name, "corrupt", path, f"{problem} in {path}; left as is")
+            )
+        elif not offline:
             log.warning("model %r: %s in %s; downloading again", entry.name, problem, path)
             fixed = ensure_model(entry, root, settings=settings, progress=progress)
             results.append(VerifyResult(entry.name, "repaired", fixed, problem))

@@ -9,6 +9,12 @@ output directly:
 * ``no_<source>``: the sum of every other source when the model's sources make up
   the whole mixture (it outputs drums, bass, other and vocals), otherwise
   ``mixture - <source>``.
+
+With no stems asked for, a model gives every stem it makes
+(:func:`default_stems`): its sources, and for a one-source model the rest of
+the mixture too (``accompaniment`` beside ``vocals``, ``no_<source>`` beside
+any other source), since a model that splits one source off splits the mixture
+in two.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 
 from sepcli.errors import UsageError
 
-__all__ = ["ACCOMPANIMENT_RULES", "StemRecipe", "available_stems", "plan_stems"]
+__all__ = ["ACCOMPANIMENT_RULES", "StemRecipe", "available_stems", "default_stems", "plan_stems"]
 
 _FOUR = ("drums", "bass", "other", "vocals")
 
@@ -62,6 +68,16 @@ def available_stems(sources: Sequence[str]) -> list[str]:
     return names
 
 
+def default_stems(sources: Sequence[str]) -> list[str]:
+    """The stems written when none are asked for: every source, plus the rest of
+    the mixture for a one-source model (``["vocals", "accompaniment"]`` for a
+    vocal model, ``["drums", "no_drums"]`` for a drum model)."""
+    names = list(sources)
+    if len(names) == 1:
+        names.append("accompaniment" if names[0] == "vocals" else f"no_{names[0]}")
+    return names
+
+
 #: How ``accompaniment`` is made: ``auto`` (the sum of drums, bass and other when
 #: the model outputs all three, else mixture - vocals) or ``mixture-minus-vocals``
 #: (a bag whose vocals come from a stronger vocal model than its instruments).
@@ -71,7 +87,7 @@ ACCOMPANIMENT_RULES = ("auto", "mixture-minus-vocals")
 def plan_stems(
     sources: Sequence[str], requested: Sequence[str] | None, accompaniment: str = "auto"
 ) -> list[StemRecipe]:
-    """Recipes for the requested stems (``None`` = every source of the model).
+    """Recipes for the requested stems (``None``: :func:`default_stems`).
 
     ``accompaniment`` is one of :data:`ACCOMPANIMENT_RULES` (an archive's
     ``metadata.extra["accompaniment"]``).
@@ -81,7 +97,7 @@ def plan_stems(
     """
     sources = list(sources)
     if not requested:
-        requested = sources
+        requested = default_stems(sources)
     recipes: list[StemRecipe] = []
     for name in requested:
         name = name.strip().lower()

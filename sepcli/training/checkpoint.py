@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sepcli import atomic
-from sepcli.errors import TrainingError
+from sepcli.errors import TrainingError, load_failure_reason
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -94,8 +94,9 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged zip/pickle
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"{path}: not a readable checkpoint ({first})") from None
+        refused, reason = load_failure_reason(exc)
+        what = reason if refused else f"not a readable checkpoint ({reason})"
+        raise TrainingError(f"{path}: {what}") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise TrainingError(f"{path}: not a sepcli training checkpoint")
     return state

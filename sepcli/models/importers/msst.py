@@ -43,7 +43,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from sepcli.errors import ArchiveError, ConfigError, UsageError
+from sepcli.errors import ArchiveError, ConfigError, UsageError, load_failure_reason
 from sepcli.models.archive import ArchiveMetadata
 
 __all__ = [
@@ -344,6 +344,14 @@ def _mdx23c_config(
     )
 
 
+def _load_error(path: Path, exc: BaseException) -> ArchiveError:
+    """One line for a checkpoint ``torch.load(weights_only=True)`` would not read."""
+    refused, reason = load_failure_reason(exc)
+    return ArchiveError(
+        f"{path}: {reason}" if refused else f"{path}: not a PyTorch checkpoint ({reason})"
+    )
+
+
 def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The state dict in an MSST checkpoint (``weights_only`` loading)."""
     path = Path(path)
@@ -355,9 +363,7 @@ def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
-            text = str(exc).strip()
-            first = text.splitlines()[0] if text else type(exc).__name__
-            raise ArchiveError(f"{path}: not a PyTorch checkpoint ({first})") from None
+            raise _load_error(path, exc) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

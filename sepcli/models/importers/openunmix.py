@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sepcli.errors import ArchiveError, UsageError
+from sepcli.errors import ArchiveError, UsageError, load_failure_reason
 from sepcli.hashing import sha256_file
 from sepcli.models.archive import ArchiveMetadata
 from sepcli.models.build import export_archive, make_metadata
@@ -134,8 +134,9 @@ def _load_state(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArchiveError(f"{path}: not a PyTorch state dict ({first})") from None
+        refused, reason = load_failure_reason(exc)
+        what = reason if refused else f"not a PyTorch state dict ({reason})"
+        raise ArchiveError(f"{path}: {what}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # a training checkpoint (<target>.chkpnt)
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
