@@ -243,7 +243,7 @@ def test_inline_config_entry_downloads_verifies_and_converts(file_server, hub_en
     snr = 10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum().clamp_min(1e-30))
     assert snr >= 60
     assert sorted(p.split("/")[-1] for p in cached_files(hub_env)) == [
-        "tiny-inline.sepcli", "tiny-inline.sepcli.sha256"
+        "tiny-inline.sepcli", "tiny-inline.sepcli.verified.json"
     ]  # fmt: skip
 
 
