@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import make_tone
+
 from sepcli.audio import ffmpeg_available
 from sepcli.audio.stream import (
     PCM_ENCODINGS,

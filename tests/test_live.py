@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
-
 from conftest import make_tone, write_wav
+
 from sepcli.audio import ffmpeg_available
 from sepcli.audio.stream import PcmFormat
 from sepcli.errors import UsageError
@@ -189,7 +189,9 @@ def test_live_engine_counts_underruns_and_keeps_its_delay(tiny_wave_archive):
     assert st.underruns > 0
     assert st.overruns > 0 and st.dropped_frames == st.overruns * block
     assert engine._in.qsize() <= engine._in.maxsize
-    assert len(engine._ready) == 0 or engine._ready_upto - engine._ready[0][0] <= delay + RATE + RATE
+    assert (
+        len(engine._ready) == 0 or engine._ready_upto - engine._ready[0][0] <= delay + RATE + RATE
+    )
 
 
 # -- pipes, end to end ----------------------------------------------------------------
@@ -391,7 +393,9 @@ def test_pipe_in_real_time_stays_within_the_reported_latency(tiny_mask_archive):
     meta = load_archive(tiny_mask_archive).metadata
     plan = live.plan_for_latency(meta, SeparatorConfig(), 0.5)
     with torch.no_grad():
-        offline = Separator(tiny_mask_archive, plan.config, device="cpu").separate(x, RATE, ["vocals"])
+        offline = Separator(tiny_mask_archive, plan.config, device="cpu").separate(
+            x, RATE, ["vocals"]
+        )
     np.testing.assert_array_equal(y, offline["vocals"].numpy())
     assert "measured latency" in rest
 

@@ -60,14 +60,7 @@ def _prepare(
     ``(latency seconds, warm-up)``; raises :class:`TooSlowError` when it cannot keep up."""
     from sepcli.inference import live
 
-    alg = live.algorithmic_latency(separator, stems, sample_rate, channels, block)
-    seconds = max(2.0, 1.2 * alg / sample_rate + 1.0)
-    warm = live.warm_up(separator, stems, sample_rate, channels, block, seconds)
-    if warm.rtf > live.MAX_RTF:
-        raise live.TooSlowError(
-            live.too_slow_message(separator.metadata.name, warm.rtf, len(stems))
-        )
-    latency = alg / sample_rate + 1.5 * warm.max_push_seconds + 0.05
+    latency, alg, warm = live.prepare(separator, stems, sample_rate, channels, block)
     if not quiet:
         what = "the model's own chunk plan" if plan.offline else (
             f"chunks of {plan.segment_seconds:.3f} s + {plan.context_seconds:.3f} s look-ahead"

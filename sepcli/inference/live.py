@@ -54,6 +54,7 @@ __all__ = [
     "algorithmic_latency",
     "Warmup",
     "warm_up",
+    "prepare",
     "PipeStats",
     "run_pipe",
     "LiveEngine",
@@ -78,11 +79,11 @@ class TooSlowError(UsageError):
 
 def too_slow_message(name: str, rtf: float, stems: int) -> str:
     """The one line that says the model cannot keep up, and what to do instead."""
+    faster = "" if name == "default" else "a faster model (-m default), "
     fewer = ", fewer --stems" if stems > 1 else ""
     return (
         f"{name} cannot keep up on this machine (real-time factor {rtf:.2f}, needs < "
-        f"{MAX_RTF:g}): try a faster model (-m default), more --latency{fewer}, "
-        "or --device cuda"
+        f"{MAX_RTF:g}): try {faster}more --latency{fewer}, or --device cuda"
     )
 
 
@@ -274,6 +275,33 @@ def _timed_run(
     total = time.perf_counter() - started
     audio = n * block_frames / sample_rate
     return Warmup(total / audio, max(times, default=0.0), audio)
+
+
+def prepare(
+    separator,  # noqa: ANN001 - Separator
+    stems: Sequence[str] | None,
+    sample_rate: int,
+    channels: int,
+    block_frames: int,
+    *,
+    check: bool = True,
+) -> tuple[float, int, Warmup]:
+    """Latency to promise and what it rests on: ``(seconds, algorithmic frames, warm-up)``.
+
+    The promise is the plan's delay (:func:`algorithmic_latency`) plus 1.5 times the
+    longest push of the warm-up (one chunk's compute) plus 50 ms for scheduling.
+
+    Raises:
+        TooSlowError: the warm-up's real-time factor is above :data:`MAX_RTF`
+            (unless ``check`` is false: benchmarks measure what happens then).
+    """
+    alg = algorithmic_latency(separator, stems, sample_rate, channels, block_frames)
+    seconds = max(2.0, 1.2 * alg / sample_rate + 1.0)
+    warm = warm_up(separator, stems, sample_rate, channels, block_frames, seconds)
+    if check and warm.rtf > MAX_RTF:
+        count = len(stems) if stems else len(separator.sources)
+        raise TooSlowError(too_slow_message(separator.metadata.name, warm.rtf, count))
+    return alg / sample_rate + 1.5 * warm.max_push_seconds + 0.05, alg, warm
 
 
 # -- pipes ---------------------------------------------------------------------
