@@ -437,3 +437,126 @@ def test_live_on_an_alsa_null_device(identity_archive, tmp_path):
     err = done.stderr.decode()
     assert done.returncode == 0, err
     assert "underrun(s)" in err and "s separated" in err
+
+
+class _FakeSoundDevice:
+    """The parts of the ``sounddevice`` module that ``sepcli live`` uses, with a stream
+    whose callback a thread calls in real time (no sound card here). ``stop_after``
+    makes the device vanish (``active`` turns false), as an unplugged one does."""
+
+    class PortAudioError(Exception):
+        pass
+
+    def __init__(self, stop_after: float | None = None) -> None:
+        self.stop_after = stop_after
+        self.played: list[np.ndarray] = []
+
+    def query_devices(self) -> str:
+        return "  0 fake, Fake (0 in, 2 out)"
+
+    def OutputStream(self, *, samplerate, channels, blocksize, dtype, device, callback):  # noqa: N802
+        return _FakeStream(self, samplerate, channels, blocksize, callback)
+
+    def Stream(self, **kwargs):  # noqa: N802
+        raise self.PortAudioError("Error querying device -1")
+
+
+class _FakeStream:
+    latency = 0.01
+
+    def __init__(self, sd, rate, channels, block, callback) -> None:
+        self.sd, self.rate, self.channels, self.block, self.callback = (
+            sd, rate, channels, block, callback,
+        )  # fmt: skip
+        self.active = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while self.active:
+            if self.sd.stop_after is not None and n >= self.sd.stop_after * self.rate:
+                self.active = False
+                return
+            out = np.zeros((self.block, self.channels), np.float32)
+            self.callback(out, self.block, None, None)
+            self.sd.played.append(out.T.copy())
+            n += self.block
+            wait = start + n / self.rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+
+    def __enter__(self):
+        self.active = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+        self._thread.join(5)
+
+
+def test_live_command_plays_a_file_through_an_in_process_stream(
+    tiny_wave_archive, tmp_path, monkeypatch
+):
+    from sepcli.cli import main
+
+    fake = _FakeSoundDevice()
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    x = make_tone(1.0)
+    wav = write_wav(tmp_path / "in.wav", x)
+    result = CliRunner().invoke(
+        main,
+        ["live", str(wav), "-m", str(tiny_wave_archive), "--latency", "0.4",
+         "--mix", "vocals=0.5,accompaniment=1", "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(r"latency [0-9.]+ s", result.output)
+    assert "0 underrun(s), 0 overrun(s)" in result.output
+    played = np.concatenate(fake.played, axis=1)
+    start = int(np.argmax(np.abs(played).sum(axis=0) > 0))
+    meta = load_archive(tiny_wave_archive).metadata
+    plan = live.plan_for_latency(meta, SeparatorConfig(), 0.4)
+    ref = Separator(tiny_wave_archive, plan.config, device="cpu").separate(
+        x, RATE, ["vocals", "accompaniment"]
+    )
+    want = 0.5 * ref["vocals"].numpy() + ref["accompaniment"].numpy()
+    first = int(np.argmax(np.abs(want).sum(axis=0) > 0))
+    got = played[:, start - first : start - first + x.shape[1]]
+    np.testing.assert_allclose(got, want, atol=1e-6)  # every sample, in order, no gap
+
+
+def test_live_command_device_errors_are_one_line(tiny_wave_archive, tmp_path, monkeypatch):
+    from sepcli.cli import main
+
+    fake = _FakeSoundDevice(stop_after=0.3)
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    wav = write_wav(tmp_path / "in.wav", make_tone(3.0))
+    args = ["-m", str(tiny_wave_archive), "--latency", "0.4", "--threads", "1"]
+    vanished = CliRunner().invoke(main, ["live", str(wav), *args])
+    assert vanished.exit_code == 3
+    assert "error: the audio device stopped" in vanished.output
+    no_input = CliRunner().invoke(main, ["live", *args])  # the fake has no input device
+    assert no_input.exit_code == 2
+    assert "cannot open the audio device" in no_input.output
+
+
+def test_pipe_ctrl_c_leaves_nothing_behind(tiny_mask_archive, tmp_path):
+    import signal
+
+    out = tmp_path / "out.wav"
+    proc = subprocess.Popen(
+        _sepcli("separate", "-", "-o", str(out), "-m", str(tiny_mask_archive), "--stems", "vocals"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(_wav_bytes(make_tone(1.0))[:-8])  # the source is still playing
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.wav.*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the temp output exists: separation is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip() == "interrupted"
+    assert list(tmp_path.iterdir()) == []
