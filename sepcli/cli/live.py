@@ -130,7 +130,10 @@ def separate_stream(
     target = str(out)
     per_stem = "{stem}" in target
     if target != "-" and not per_stem and (out.is_dir() or target == "separated"):
+        out.mkdir(exist_ok=True)  # the default folder; an existing one
         target, per_stem = str(out / "{stem}.wav"), True
+    if gains and per_stem:
+        raise UsageError("--mix makes one output and -o with {stem} one per stem: give one")
 
     torch_device = resolve_device(device)
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
@@ -169,7 +172,10 @@ def separate_stream(
         enc = pipes.encoding_for_bits(bits)
         out_fmt = pipes.PcmFormat(enc, info.sample_rate, oc)
         if per_stem:
-            by_stem = {n: target.format(stem=n) for n in names}
+            try:
+                by_stem = {n: target.format(stem=n) for n in names}
+            except (KeyError, IndexError, ValueError):
+                raise UsageError(f"-o {target}: the only placeholder is {{stem}}") from None
             if len(set(by_stem.values())) < len(by_stem):
                 raise UsageError("-o: give each stem its own path with {stem}")
             for path in by_stem.values():
@@ -442,6 +448,7 @@ def live_command(
     except (sd.PortAudioError, ValueError) as e:
         raise UsageError(f"cannot open the audio device ({str(e).splitlines()[0]})") from None
     keys = _Keys(engine, names, quiet)
+    warned = False
     started = time.monotonic()
     source = None
     try:
@@ -475,6 +482,15 @@ def live_command(
                     break
                 if engine._error is not None:
                     break
+                st = engine.stats
+                behind = st.overruns or (st.frames_in > 5 * rate and st.rtf > 1.0)
+                if behind and not warned and not quiet:
+                    warned = True  # continuous watching: say it once, the counts go on
+                    err_console.print(
+                        "[yellow]warning:[/] "
+                        + live.too_slow_message(separator.metadata.name, st.rtf, len(names)),
+                        soft_wrap=True,
+                    )
     except sd.PortAudioError as e:
         failed.append(f"audio device error ({str(e).splitlines()[0]})")
     finally:
