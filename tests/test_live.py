@@ -1,4 +1,8 @@
-"""Live separation: the latency dial, pipes end to end, the real-time engine."""
+"""Live separation: the latency dial, pipes end to end, the real-time engine.
+
+Tests that run the ``sepcli`` command in a subprocess are marked ``slow`` (a
+torch import each); CI runs them (``-m ''``).
+"""
 
 from __future__ import annotations
 
@@ -195,6 +199,7 @@ def test_live_engine_counts_underruns_and_keeps_its_delay(tiny_wave_archive):
 
 
 # -- pipes, end to end ----------------------------------------------------------------
+@pytest.mark.slow
 def test_pipe_equals_offline_run(tiny_mask_archive, tmp_path):
     """`separate - -o -` (the model's own plan) is bit-equal to `separate FILE`."""
     x = make_tone(1.5)
@@ -215,6 +220,7 @@ def test_pipe_equals_offline_run(tiny_mask_archive, tmp_path):
     np.testing.assert_array_equal(streamed, offline.T)
 
 
+@pytest.mark.slow
 def test_pipe_mix_raw_and_per_stem_fifos(tiny_mask_archive, tmp_path):
     x = make_tone(1.0)
     fmt = PcmFormat("s16le", RATE, 2)
@@ -252,6 +258,7 @@ def test_pipe_mix_raw_and_per_stem_fifos(tiny_mask_archive, tmp_path):
     np.testing.assert_allclose(y, 0.2 * stems["vocals"] + stems["drums"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pipe_broken_pipe_ends_quietly(tiny_mask_archive):
     proc = subprocess.Popen(
         _sepcli("separate", "-", "-o", "-", "-m", str(tiny_mask_archive), "--stems", "vocals"),
@@ -278,6 +285,7 @@ def _ignore_epipe(fh, data: bytes) -> None:
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -318,6 +326,7 @@ def test_pipe_bad_input_is_one_line(tiny_mask_archive, tmp_path, case, message):
     assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg")
 def test_pipe_in_real_time_stays_within_the_reported_latency(tiny_mask_archive):
     """ffmpeg -re plays a 3-s tone in real time into `separate - -o - --latency 0.5`.
@@ -541,6 +550,7 @@ def test_live_command_device_errors_are_one_line(tiny_wave_archive, tmp_path, mo
     assert "cannot open the audio device" in no_input.output
 
 
+@pytest.mark.slow
 def test_pipe_ctrl_c_leaves_nothing_behind(tiny_mask_archive, tmp_path):
     import signal
 
