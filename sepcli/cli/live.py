@@ -65,9 +65,16 @@ def _prepare(
         what = "the model's own chunk plan" if plan.offline else (
             f"chunks of {plan.segment_seconds:.3f} s + {plan.context_seconds:.3f} s look-ahead"
         )  # fmt: skip
+        asked = plan.requested
+        over = (
+            f"; more than the {asked:g} s asked: this machine computes a chunk in "
+            f"{warm.max_push_seconds:.2f} s now"
+            if asked is not None and latency > asked
+            else ""
+        )
         err_console.print(
             f"latency {latency:.3f} s ({what}; {alg / sample_rate:.3f} s of audio + compute), "
-            f"real-time factor {warm.rtf:.3f} (warm-up)",
+            f"real-time factor {warm.rtf:.3f} (warm-up){over}",
             soft_wrap=True,
         )
     return latency, warm

@@ -97,12 +97,14 @@ class LatencyPlan:
         offline: the model's own plan was kept (stems equal an offline run).
         segment_seconds: chunk kept per chunk (``None``: the recipe's own).
         context_seconds: look-ahead per side (``None``: the recipe's own).
+        requested: the latency asked for (``None``: none).
     """
 
     config: SeparatorConfig
     offline: bool
     segment_seconds: float | None = None
     context_seconds: float | None = None
+    requested: float | None = None
 
 
 def _own_plan(meta: ArchiveMetadata, config: SeparatorConfig) -> tuple[float, float]:
@@ -140,13 +142,15 @@ def plan_for_latency(
     segment, context = _own_plan(meta, config)
     budget = PLAN_SHARE * latency_seconds
     if segment + context <= budget or meta.recipe not in ("overlap-add", "demucs"):
-        return LatencyPlan(config, True)
+        return LatencyPlan(config, True, requested=latency_seconds)
     window = meta.stft.n_fft / meta.sample_rate if meta.stft is not None else 0.0
     if meta.recipe == "demucs":
         new_segment = budget
         if new_segment * meta.sample_rate < 1:
             raise UsageError(f"--latency {latency_seconds:g} s is too short")
-        return LatencyPlan(config.replace(segment_seconds=new_segment), False, new_segment, 0.0)
+        return LatencyPlan(
+            config.replace(segment_seconds=new_segment), False, new_segment, 0.0, latency_seconds
+        )
     new_context = min(context, max(window, CONTEXT_SHARE * budget))
     new_segment = budget - new_context
     if new_segment < max(window, 1.0 / meta.sample_rate):
@@ -162,6 +166,7 @@ def plan_for_latency(
         False,
         new_segment,
         new_context,
+        latency_seconds,
     )
 
 
