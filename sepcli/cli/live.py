@@ -423,8 +423,8 @@ def live_command(
     block = int(round(live.DEFAULT_BLOCK_SECONDS * rate))
     reported, _ = _prepare(separator, names, rate, channels, block, plan, quiet)
     # every stem at 1 (vocals + accompaniment = the original; key 1 mutes vocals);
-    # with --mix, the stems it leaves out start muted
-    start_gains = {n: gains.get(n, 0.0) for n in names} if gains else None
+    # --mix sets some (--mix vocals=0: karaoke)
+    start_gains = {n: gains.get(n, 1.0) for n in names}
     engine = live.LiveEngine(
         separator, names, rate, channels, int(round(reported * rate)),
         gains=start_gains, block_frames=block,
