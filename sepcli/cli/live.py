@@ -125,6 +125,14 @@ def separate_stream(
 
     if fmt not in ("wav", "raw"):
         raise UsageError("standard input writes --format wav or raw (streams)")
+    if sys.stdin.isatty():
+        raise UsageError(
+            "'-' reads audio from standard input: pipe it in (ffmpeg -i X -f wav - | ...)"
+        )
+    if str(out) == "-" and sys.stdout.isatty():
+        raise UsageError(
+            "-o - writes audio to standard output: pipe it on (| ffplay -), not a terminal"
+        )
     raw = None
     if raw_format or raw_rate or raw_channels:
         if not (raw_format and raw_rate and raw_channels):
