@@ -43,7 +43,22 @@ def _declared() -> set[str]:
     return names
 
 
+def _optional() -> set[str]:
+    """Modules of the extras a user installs for a feature (``live``: sounddevice);
+    ``test`` is for the test suite, never imported by the package."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = set()
+    for extra, requirements in extras.get("optional-dependencies", {}).items():
+        if extra == "test":
+            continue
+        for requirement in requirements:
+            dist = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+            names.add(MODULE_OF.get(dist, dist.replace("-", "_")))
+    return names
+
+
 def test_runtime_dependencies_are_what_the_package_imports():
     imported, declared = _third_party_imports(), _declared()
-    assert imported - declared - TRANSITIVE == set(), "imported but not a dependency"
+    assert imported - declared - _optional() - TRANSITIVE == set(), "imported but not a dependency"
+    assert _optional() <= imported, "an extra nothing in sepcli imports"
     assert declared - imported == set(), "a dependency nothing in sepcli imports (test-only?)"

@@ -15,6 +15,7 @@ from sepcli import __version__
 #: command name -> "module:attribute" of the click command.
 COMMANDS = {
     "separate": "sepcli.cli.separate:separate",
+    "live": "sepcli.cli.live:live_command",
     "models": "sepcli.cli.models:models",
     "presets": "sepcli.cli.presets:presets",
     "evaluate": "sepcli.cli.evaluate:evaluate",

@@ -52,7 +52,9 @@ def bars_shown(quiet: bool = False) -> bool:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one error line on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape  # a message may hold brackets: 'sepcli[live]', paths
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 

@@ -138,9 +138,10 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["wav", "flac", "mp3", "ogg"]),
+    type=click.Choice(["wav", "flac", "mp3", "ogg", "raw"]),
     default="wav",
     show_default=True,
+    help="Output format; raw (PCM, no header) only for standard input ('-').",
 )
 @click.option(
     "--bit-depth",
@@ -208,6 +209,28 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     help="Model cache folder (default: SEPCLI_CACHE or the user cache).",
 )
 @click.option("--offline", is_flag=True, help="Never use the network to fetch a model.")
+@click.option(
+    "--raw-format",
+    type=click.Choice(["f32le", "f64le", "s16le", "s24le", "s32le", "u8"]),
+    default=None,
+    help="Standard input is raw PCM in this sample format (with --raw-rate, --raw-channels).",
+)
+@click.option(
+    "--raw-rate", type=click.IntRange(1, 1_000_000), default=None, help="Raw PCM rate (Hz)."
+)
+@click.option("--raw-channels", type=click.IntRange(1, 64), default=None, help="Raw PCM channels.")
+@click.option(
+    "--mix",
+    default=None,
+    help="Standard input: mix stems into one output with these gains, e.g. vocals=0.2,accompaniment=1.",
+)
+@click.option(
+    "--latency",
+    type=float,
+    default=None,
+    help="Standard input: seconds from input to output; chooses chunk length and look-ahead "
+    "(default: the model's own chunks, equal to a file run). Prints the latency reached.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def separate(
@@ -235,6 +258,11 @@ def separate(
     report,
     cache_dir,
     offline,
+    raw_format,
+    raw_rate,
+    raw_channels,
+    mix,
+    latency,
     quiet,
 ) -> None:
     """Separate audio files (or every audio file in folders) into stems.
@@ -246,12 +274,28 @@ def separate(
       sepcli separate song.mp3 --preset vocal_clean   # min_fft ensemble of two vocal models
       sepcli separate ~/Music/album/ -o stems/ --format flac
       sepcli separate library/ -r --shard $((SLURM_ARRAY_TASK_ID+1))/16 --report shard.json
+      ffmpeg -i URL -f wav - | sepcli separate - -o - --stems accompaniment | ffplay -
     """
     setup_logging(quiet)
     if threads:
         torch.set_num_threads(threads)
     if cuda:
         device = "cuda"
+    if any(str(item) == "-" for item in inputs):
+        if len(inputs) != 1:
+            raise UsageError("'-' (standard input) cannot be mixed with other inputs")
+        from sepcli.cli.live import separate_stream
+
+        separate_stream(
+            out=out_dir, stems=[s.strip().lower() for s in stems.split(",") if s.strip()]
+            if stems else None, model=model, device=device, separator_config=separator_config,
+            fmt=fmt, bit_depth=bit_depth, channels=channels, raw_format=raw_format,
+            raw_rate=raw_rate, raw_channels=raw_channels, mix=mix, latency=latency,
+            cache_dir=cache_dir, offline=offline, quiet=quiet,
+        )  # fmt: skip
+        return
+    if raw_format or raw_rate or raw_channels or mix or latency is not None or fmt == "raw":
+        raise UsageError("--raw-*, --mix, --latency and --format raw are for standard input ('-')")
     check_template(template)
     if mp3_bitrate is not None and mp3_vbr is not None:
         raise UsageError("--mp3-bitrate (constant) and --mp3-vbr (variable): give one")
