@@ -21,7 +21,7 @@ __all__ = ["import_command", "import_"]
 _PRESETS = ("umx", "umxhq", "umxl", "umxse")
 
 
-_MSST_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c")
+_MSST_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c", "scnet")
 
 
 @click.command("import")
