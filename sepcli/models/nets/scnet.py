@@ -121,8 +121,8 @@ class SCNetConfig(_Config):
                 p.append("a strided band's kernel must be >= its stride")
         if self.compress < 1 or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             p.append("compress >= 1 and an odd conv_kernel are required")
-        elif min(self.dims) < self.compress:
-            p.append("every width in dims must be >= compress")
+        elif len(self.dims) > 1 and min(self.dims[1:]) < self.compress:
+            p.append("the encoder widths dims[1:] must be >= compress")
         if self.num_dplayer < 0 or self.num_dplayer % 2:
             p.append(f"num_dplayer must be even, got {self.num_dplayer}")
         if self.expand < 1:
