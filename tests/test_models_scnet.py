@@ -26,6 +26,8 @@ from sepcli.models import build_model, export_archive, load_verified
 from sepcli.models.msst_import import config_from_msst, import_msst, read_msst_yaml
 from sepcli.models.nets.scnet import SCNet, SCNetConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "scnet_golden.pt"
 MODULE_CASES = ("musdb18", "xl", "vocals-mono")
