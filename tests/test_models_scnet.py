@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.inference.msst_recipe import MsstPlan, MsstStream, demix, fade_window
-from sepcli.models import build_model, export_archive, load_verified
+from sepcli.models import build_model, export_archive, load_verified, reference_config
 from sepcli.models.msst_import import config_from_msst, import_msst, read_msst_yaml
 from sepcli.models.nets.scnet import SCNet, SCNetConfig
 
@@ -237,3 +237,9 @@ def test_any_length_and_archive_round_trip(tmp_path):
             out = model(mix)
             assert out.shape == (1, 2, 2, length)
             torch.testing.assert_close(loaded.module(mix), out, rtol=0, atol=1e-5)
+
+
+def test_reference_parameter_count():
+    # StarryTong's scnet_checkpoint_musdb18.ckpt is 42,434,986 bytes (splifft 0.0.9's registry)
+    model = build_model("scnet", reference_config("scnet"))
+    assert sum(p.numel() for p in model.parameters()) == 10_578_768

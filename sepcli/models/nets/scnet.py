@@ -109,10 +109,14 @@ class SCNetConfig(_Config):
             p.append(f"bad STFT nfft={self.nfft} hop_size={self.hop_size} win_size={self.win_size}")
         bands = (self.band_SR, self.band_stride, self.band_kernel, self.conv_depths)
         if any(len(b) != 3 for b in bands):
-            p.append("band_SR, band_stride, band_kernel and conv_depths need 3 values (low, mid, high)")
+            p.append(
+                "band_SR, band_stride, band_kernel and conv_depths need 3 values (low, mid, high)"
+            )
         else:
             if min(self.band_SR) <= 0 or abs(sum(self.band_SR) - 1.0) > 1e-3:
-                p.append(f"band_SR must be positive proportions summing to 1, got {list(self.band_SR)}")
+                p.append(
+                    f"band_SR must be positive proportions summing to 1, got {list(self.band_SR)}"
+                )
             if min(self.band_stride) < 1 or min(self.band_kernel) < 1:
                 p.append("band_stride and band_kernel must be >= 1")
             elif any(
@@ -182,9 +186,7 @@ class _SparseDown(nn.Module):
     """The bands of ``(B, C, bins, T)``, each compressed along frequency by its own
     strided convolution (zero-padded to a whole number of strides)."""
 
-    def __init__(
-        self, c_in: int, c_out: int, bins: int, config: SCNetConfig
-    ) -> None:
+    def __init__(self, c_in: int, c_out: int, bins: int, config: SCNetConfig) -> None:
         super().__init__()
         edges = [0, *_band_splits(bins, config.band_SR)]
         self.starts: list[int] = edges[:3]
