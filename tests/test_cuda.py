@@ -85,6 +85,7 @@ def _tiny_other_families() -> dict:
     from sepcli.models.nets.htdemucs import HTDemucsConfig
     from sepcli.models.nets.mdx23c import MDX23CConfig
     from sepcli.models.nets.mel_roformer import MelRoformerConfig
+    from sepcli.models.nets.scnet import SCNetConfig
 
     two = ("vocals", "other")
     return {
@@ -106,6 +107,10 @@ def _tiny_other_families() -> dict:
             sources=two, n_fft=256, hop_length=64, dim_f=128, dim_t=512, num_overlap=2,
             num_subbands=2, num_scales=2, num_blocks_per_scale=2, num_channels=8, growth=4,
             bottleneck_factor=2, norm="InstanceNorm", act="gelu",
+        ),
+        "scnet": SCNetConfig(
+            sources=two, dims=(4, 8, 8, 16), nfft=256, hop_size=64, win_size=256,
+            num_dplayer=2, chunk_size=33075, num_overlap=2, batch_size=1,
         ),
     }  # fmt: skip
 

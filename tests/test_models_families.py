@@ -90,13 +90,17 @@ def test_families_listed():
         "bs-roformer",
         "mel-roformer",
         "mdx23c",
+        "scnet",
         "ensemble",
     )
 
 
 @pytest.mark.parametrize(
     "family",
-    ["umx", "tfc-tdf", "waveform", "htdemucs", "bs-roformer", "mel-roformer", "mdx23c", "ensemble"],
+    [
+        "umx", "tfc-tdf", "waveform", "htdemucs", "bs-roformer", "mel-roformer", "mdx23c",
+        "scnet", "ensemble",
+    ],  # fmt: skip
 )
 def test_config_json_round_trip(family):
     cfg = reference_config(family)

@@ -174,9 +174,11 @@ def test_detects_the_architecture_from_the_keys():
 
 def test_yaml_of_another_architecture(tmp_path):
     config, ckpt, _ = _pair(tmp_path, "bs_roformer")
+    # MSST's scnet_unofficial (config_vocals_scnet_unofficial.yaml keys)
     scnet = tmp_path / "scnet.yaml"
     scnet.write_text(
-        "audio: {sample_rate: 44100}\nmodel: {dims: [4, 32, 64], nfft: 4096, band_SR: [0.2, 0.3]}\n"
+        "audio: {sample_rate: 44100}\nmodel: {dims: [4, 32, 64], n_fft: 4096, "
+        "bandsplit_ratios: [0.2, 0.3, 0.5]}\n"
         "training: {instruments: [drums, bass, other, vocals], target_instrument: null}\n"
     )
     with pytest.raises(ArchiveError, match=r"scnet\.yaml: cannot tell the architecture"):

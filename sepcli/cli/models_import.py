@@ -21,7 +21,7 @@ __all__ = ["import_command", "import_"]
 _PRESETS = ("umx", "umxhq", "umxl", "umxse")
 
 
-_MSST_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c")
+_MSST_TYPES = ("bs_roformer", "mel_band_roformer", "mdx23c", "scnet")
 
 
 @click.command("import")
@@ -77,8 +77,8 @@ def import_command(
 
     MSST: one SOURCE, a checkpoint MODEL.ckpt of ZFTurbo's Music-Source-
     Separation-Training as UVR and audio-separator use them, with its YAML given
-    by --config: BS-RoFormer, Mel-Band RoFormer or MDX23C. The archive keeps
-    their published chunking (recipe "mdxc").
+    by --config: BS-RoFormer, Mel-Band RoFormer, MDX23C or SCNet. The archive
+    keeps their published chunking (recipe "mdxc"; SCNet: "msst").
 
     \b
     Examples:

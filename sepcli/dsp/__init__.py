@@ -7,8 +7,9 @@ PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
 #: Chunking recipes (see :mod:`sepcli.inference.recipes`): how a track is cut into
 #: the chunks a model sees and blended back. ``overlap-add`` is sepcli's own
 #: (real context on both sides, trapezoid crossfade); ``demucs`` and ``mdxc``
-#: reproduce the chunking the published Demucs and MDX-C/RoFormer models use.
-CHUNKING_RECIPES = ("overlap-add", "demucs", "mdxc")
+#: reproduce the chunking the published Demucs and MDX-C/RoFormer models use,
+#: ``msst`` Music-Source-Separation-Training's generic demix (SCNet).
+CHUNKING_RECIPES = ("overlap-add", "demucs", "mdxc", "msst")
 
 #: Ensemble algorithms (see :mod:`sepcli.dsp.ensemble`): audio-separator's / UVR's
 #: names, accepted wherever a blend mode is. Waveform ones first, then spectral.

@@ -179,6 +179,7 @@ def register_recipe(
 _RECIPE_MODULES: dict[str, str] = {
     "demucs": "sepcli.inference.demucs_recipe",
     "mdxc": "sepcli.inference.mdxc_recipe",
+    "msst": "sepcli.inference.msst_recipe",
 }
 
 

@@ -153,6 +153,16 @@ FAMILY_TABLE: tuple[Family, ...] = (
         summary="MDX23C: TFC-TDF v3 U-Net of the SDX 2023 entry (Kim et al., 2023)",
     ),
     Family(
+        "scnet",
+        "sepcli.models.nets.scnet:SCNetConfig",
+        "sepcli.models.nets.scnet:SCNet",
+        output="waveform",
+        reference="sepcli.models.nets.scnet:reference_config",
+        recipe="msst",
+        summary="SCNet: sparse compression network, band-wise down-sampling and dual-path "
+        "LSTMs (Tong et al., ICASSP 2024)",
+    ),
+    Family(
         "ensemble",
         f"{_CONFIGS}:EnsembleConfig",
         "sepcli.models.bags.ensemble:Ensemble",

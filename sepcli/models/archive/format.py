@@ -102,8 +102,8 @@ class ArchiveMetadata:
             output (``"mixture"``, ``"wiener"``, ``"griffin-lim"``).
         recipe: chunking recipe (:mod:`sepcli.inference.recipes`): how the
             separator cuts a track into the chunks this module sees and blends
-            them back (``"overlap-add"``; ``"demucs"`` and ``"mdxc"`` reproduce
-            the published models' own chunking).
+            them back (``"overlap-add"``; ``"demucs"``, ``"mdxc"`` and ``"msst"``
+            reproduce the published models' own chunking).
         extra: free-form JSON for anything else (training run, versions...).
         format_version: archive format version.
     """

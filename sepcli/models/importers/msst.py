@@ -3,9 +3,9 @@
 ZFTurbo's Music-Source-Separation-Training (MSST) stores a model as a YAML config
 (sections ``audio``, ``model``, ``training``, ``inference``) and a PyTorch
 checkpoint; UVR and ``audio-separator`` use the same pair. This module turns
-such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer`` or
-``mdx23c`` (MSST's ``--model_type`` ``bs_roformer``, ``mel_band_roformer``,
-``mdx23c``).
+such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer``,
+``mdx23c`` or ``scnet`` (MSST's ``--model_type`` ``bs_roformer``,
+``mel_band_roformer``, ``mdx23c``, ``scnet``).
 
 * The YAML is read with :class:`MSSTLoader`, a ``yaml.SafeLoader`` that also
   accepts the ``!!python/tuple`` tag the published configs use (as a tuple);
@@ -15,7 +15,7 @@ such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer`` or
   ``module.`` prefix of ``DataParallel``.
 * The family comes from ``model_type`` or, when absent, from the YAML's model
   keys (``freqs_per_bands``: BS-RoFormer; ``num_bands``: Mel-Band RoFormer;
-  ``num_subbands`` / ``num_scales``: MDX23C).
+  ``num_subbands`` / ``num_scales``: MDX23C; ``band_SR`` / ``num_dplayer``: SCNet).
 * Every key of the YAML's ``model`` section is either used, checked, or known to
   matter only for training or speed (dropout, flash/sage attention, gradient
   checkpointing, the multi-resolution STFT loss); an unknown key is an error.
@@ -26,7 +26,10 @@ such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer`` or
 Stem names are ``training.target_instrument`` (one stem) or
 ``training.instruments``, lower-cased. Chunking follows the published inference
 settings: ``inference.dim_t`` frames per chunk and ``inference.num_overlap``
-(audio-separator's fallback 8 when absent).
+(audio-separator's fallback 8 when absent); SCNet: MSST's ``audio.chunk_size``
+(or ``inference.chunk_size``), ``inference.num_overlap`` and
+``inference.batch_size`` for the ``msst`` recipe. ``inference.normalize: true``
+(MSST normalises the whole track before ``demix``) is refused for SCNet.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ MODEL_TYPES: dict[str, str] = {
     "bs_roformer": "bs-roformer",
     "mel_band_roformer": "mel-roformer",
     "mdx23c": "mdx23c",
+    "scnet": "scnet",
 }
 
 #: Keys of the YAML ``model`` section that only matter for training or speed.
@@ -95,6 +99,11 @@ _MDX23C_USED = {
     "num_scales", "num_subbands", "scale",
 }  # fmt: skip
 _MDX23C_IGNORED = {"name"}
+_SCNET_USED = {
+    "sources", "audio_channels", "dims", "nfft", "hop_size", "win_size", "normalized",
+    "band_SR", "band_stride", "band_kernel", "conv_depths", "compress", "conv_kernel",
+    "num_dplayer", "expand",
+}  # fmt: skip
 
 
 class MSSTLoader(yaml.SafeLoader):
@@ -136,6 +145,8 @@ def detect_model_type(cfg: Mapping[str, Any], where: str = "config") -> str:
         return "mel_band_roformer"
     if "num_subbands" in keys or "num_scales" in keys:
         return "mdx23c"
+    if "band_SR" in keys or "num_dplayer" in keys:
+        return "scnet"
     raise ArchiveError(
         f"{where}: cannot tell the architecture from its model keys "
         f"({', '.join(sorted(keys)) or 'none'}); sepcli imports "
@@ -198,8 +209,9 @@ def config_from_msst(
 
     Returns:
         a :class:`~sepcli.models.nets.bs_roformer.BSRoformerConfig`,
-        :class:`~sepcli.models.nets.mel_roformer.MelRoformerConfig` or
-        :class:`~sepcli.models.nets.mdx23c.MDX23CConfig`.
+        :class:`~sepcli.models.nets.mel_roformer.MelRoformerConfig`,
+        :class:`~sepcli.models.nets.mdx23c.MDX23CConfig` or
+        :class:`~sepcli.models.nets.scnet.SCNetConfig`.
     """
     if model_type is None:
         model_type = detect_model_type(cfg, where)
@@ -214,6 +226,8 @@ def config_from_msst(
     try:
         if model_type == "mdx23c":
             return _mdx23c_config(model, audio, cfg, sources, rate, where)
+        if model_type == "scnet":
+            return _scnet_config(model, audio, cfg, sources, rate, where)
         return _roformer_config(model_type, model, audio, cfg, sources, rate, where)
     except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"{where}: {exc}") from None
@@ -352,6 +366,49 @@ def _load_error(path: Path, exc: BaseException) -> ArchiveError:
     )
 
 
+def _scnet_config(
+    model: Mapping[str, Any],
+    audio: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    sources: tuple[str, ...],
+    rate: int,
+    where: str,
+) -> Any:
+    from sepcli.models.nets.scnet import SCNetConfig
+
+    _check_keys(model, _SCNET_USED, set(), where)
+    inference = _section(cfg, "inference", where)
+    if inference.get("normalize"):
+        raise ArchiveError(
+            f"{where}: inference.normalize: true is not supported (MSST normalises the whole "
+            "track by its mean and std before demix; sepcli streams the track)"
+        )
+    count = len(model.get("sources") or sources)
+    if count != len(sources):
+        raise ArchiveError(
+            f"{where}: model.sources names {count} stem(s) but training names "
+            f"{len(sources)} {list(sources)}"
+        )
+    channels = int(model.get("audio_channels", 2))
+    if "num_channels" in audio and int(audio["num_channels"]) != channels:
+        raise ArchiveError(
+            f"{where}: audio.num_channels={audio['num_channels']} but model.audio_channels="
+            f"{channels}"
+        )
+    chunk = inference.get("chunk_size", audio.get("chunk_size"))
+    if chunk is None or "num_overlap" not in inference:
+        raise ArchiveError(f"{where}: SCNet needs audio.chunk_size and inference.num_overlap")
+    values = {k: model[k] for k in _SCNET_USED - {"sources"} if k in model}
+    return SCNetConfig(
+        sources=sources,
+        sample_rate=rate,
+        chunk_size=int(chunk),
+        num_overlap=int(inference["num_overlap"]),
+        batch_size=int(inference.get("batch_size", 1)),
+        **values,
+    )
+
+
 def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The state dict in an MSST checkpoint (``weights_only`` loading)."""
     path = Path(path)
@@ -397,6 +454,13 @@ def _weight_sizes(family: str, state: Mapping[str, Tensor]) -> dict[str, Any]:
         gates = [k for k in state if k.endswith(".to_gates.weight")]
         if gates:
             out["heads"] = int(state[gates[0]].shape[0])
+    elif family == "scnet":
+        out["blocks"] = _count(state, r"encoder\.(\d+)\.")
+        out["num_dplayer"] = _count(state, r"separation_net\.dp_modules\.(\d+)\.")
+        w = state.get(f"decoder.{out['blocks'] - 1}.1.convtrs.0.weight")
+        first = state.get("encoder.0.SDlayer.convs.0.weight")
+        if w is not None and first is not None:
+            out["stems"] = int(w.shape[1]) // int(first.shape[1])
     else:
         w = state.get("first_conv.weight")
         if w is not None:
@@ -413,6 +477,12 @@ def _config_sizes(family: str, config: Any) -> dict[str, Any]:
         bands = len(config.freqs_per_bands)
     elif family == "mel-roformer":
         bands = config.num_bands
+    elif family == "scnet":
+        return {
+            "blocks": len(config.dims) - 1,
+            "num_dplayer": config.num_dplayer,
+            "stems": config.num_sources,
+        }
     else:
         return {
             "num_channels": config.num_channels,
@@ -487,12 +557,13 @@ def import_msst(
         config_path: the YAML config.
         checkpoint_path: the checkpoint.
         model_type: MSST's ``--model_type`` (``bs_roformer``,
-            ``mel_band_roformer``, ``mdx23c``); ``None`` infers it from the YAML.
+            ``mel_band_roformer``, ``mdx23c``, ``scnet``); ``None`` infers it from the YAML.
         name: archive name (default: the checkpoint's file stem, cleaned).
         licence, training_data, description, scores: metadata the caller knows.
 
     Returns:
-        the model (eval mode, frozen) and its archive metadata (recipe ``mdxc``).
+        the model (eval mode, frozen) and its archive metadata (recipe ``mdxc``;
+        ``msst`` for SCNet).
     """
     from sepcli.hashing import sha256_file
     from sepcli.models.build import build_model, make_metadata
