@@ -206,7 +206,7 @@ def test_checkpoint_that_does_not_fit_names_the_key(tmp_path, golden):
     del state["separation_net.dp_modules.1.norm_layers.0.weight"]
     state = {k: v for k, v in state.items() if ".dp_modules.1." not in k}
     torch.save(state, ckpt)
-    with pytest.raises(ArchiveError, match="num_dplayer=1 but the config says 2"):
+    with pytest.raises(ArchiveError, match="num_dplayer=1 in the weights, 2 in the config"):
         import_msst(config, ckpt)
 
 
