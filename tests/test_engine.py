@@ -100,3 +100,24 @@ def test_accumulator_emits_weighted_means_and_refuses_samples_without_weight() -
     acc.add(8, torch.ones(1, 1, 2), torch.ones(2), end=100)
     with pytest.raises(AssertionError, match="without weight"):
         acc.emit(10, lambda total, weight: total / weight)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_memory_does_not_grow_with_the_track(name: str) -> None:
+    recipe = RECIPES[name]
+    engine = recipe.engine(_fn, 2, 2, batch_size=2)
+    gen = torch.Generator().manual_seed(0)
+    held = []
+    for _ in range(300):
+        engine.push(torch.randn(2, 97, generator=gen))
+        held.append(engine.window.held + sum(a.held for a in engine.accumulators))
+    assert max(held[100:]) <= max(held[:100]) <= 8 * 64 * len(engine.accumulators) + 97
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_an_empty_track_runs_no_chunk(name: str) -> None:
+    calls: list[int] = []
+    engine = RECIPES[name].engine(_fn, 2, 2, on_chunk=calls.append)
+    assert engine.push(torch.zeros(2, 0)).shape == (2, 2, 0)
+    assert engine.finish().shape == (2, 2, 0)
+    assert calls == [] and RECIPES[name].count_chunks(0) == 0

@@ -178,7 +178,10 @@ def _schedule(
     recipe: Recipe, heap: list[tuple[int, int]], received: int, finished: bool
 ) -> Iterator[tuple[int, Chunk]]:
     """``(grid, chunk)`` for each chunk that can run now, in start order; ``heap``
-    (next start, grid) is advanced past each chunk before it is yielded."""
+    (next start, grid) is advanced past each chunk before it is yielded. An empty
+    track runs no chunk."""
+    if finished and received == 0:
+        heap.clear()
     while heap:
         start, grid = heap[0]
         chunk = recipe.chunk(start, received, finished)
