@@ -121,7 +121,7 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None, warmu
     import torch
     from audio_separator_reference import reference_model
 
-    from sepcli.inference.mdxc_recipe import MdxcPlan
+    from sepcli.inference.mdxc_recipe import MdxcPlan, MdxcRecipe
     from sepcli.models.archive import count_parameters, load_archive
     from sepcli.models.importers.msst import import_msst
 
@@ -185,7 +185,7 @@ def bench_chunk(family: str, threads: int, rounds: int, dim_t: int | None, warmu
         if expected.dim() == 3:
             expected = expected.unsqueeze(1)
         song = 180 * rate
-        chunks = plan.count_chunks(song)
+        chunks = MdxcRecipe(plan).count_chunks(song)
         print(
             f"{family}: {count_parameters(ours):,} parameters, chunk {plan.chunk} samples "
             f"({plan.chunk / rate:.2f} s), num_overlap {plan.num_overlap}, {chunks} chunks "

@@ -119,7 +119,7 @@ def test_memory_is_bounded_while_streaming():
     sizes = []
     for _ in range(200):
         eng.push(torch.randn(2, 500))
-        sizes.append(eng._inp.shape[-1] + eng._acc.shape[-1])
+        sizes.append(eng.window.held + eng.accumulators[0].held)
     # accumulator capacity 2 * segment, input at most segment + 2 * context + one block
     assert max(sizes) <= 2 * 1000 + 1000 + 2 * 100 + 500
     assert max(sizes[100:]) <= max(sizes[:20])  # no growth with the amount pushed

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from sepcli.inference.demucs_recipe import (
+    DemucsChunkRecipe,
     DemucsRecipe,
-    DemucsStreamer,
     apply_bag,
     apply_fixed_segment,
     chunk_window,
@@ -109,7 +109,7 @@ def test_reference_and_streaming_equal_apply_model(models, length: int, shifts: 
     whole = apply_fixed_segment(ours, mix, 3, recipe, offsets, batch_size=3)
     assert snr_db(expected, whole) >= 60
     for block, batch in ((997, 1), (SEGMENT * 3, 4)):
-        streamer = DemucsStreamer(ours, 2, 3, recipe, offsets, batch_size=batch)
+        streamer = DemucsChunkRecipe(recipe, tuple(offsets)).engine(ours, 2, 3, batch_size=batch)
         parts = list(streamer.run(iter(mix.split(block, dim=-1))))
         streamed = torch.cat(parts, dim=-1)
         assert streamed.shape == expected.shape
@@ -137,7 +137,7 @@ def test_streaming_memory_is_bounded() -> None:
         return torch.stack([batch, 2 * batch], dim=1)
 
     recipe = DemucsRecipe(seg, 0.25, 1.0, max_shift=300)
-    streamer = DemucsStreamer(fn, 2, 2, recipe, offsets=[10, 250], batch_size=2)
+    streamer = DemucsChunkRecipe(recipe, (10, 250)).engine(fn, 2, 2, batch_size=2)
     total, largest_input, largest_acc = 0, 0, 0
     gen = torch.Generator().manual_seed(0)
     pieces = []
@@ -146,8 +146,8 @@ def test_streaming_memory_is_bounded() -> None:
         pieces.append(block)
         out = streamer.push(block)
         total += out.shape[-1]
-        largest_input = max(largest_input, streamer._inp.shape[-1])
-        largest_acc = max(largest_acc, max(g.acc.shape[-1] for g in streamer._grids))
+        largest_input = max(largest_input, streamer.window.held)
+        largest_acc = max(largest_acc, max(a.held for a in streamer.accumulators))
     total += streamer.finish().shape[-1]
     assert total == 300 * 517
     assert largest_input <= 2 * seg + 517
@@ -162,7 +162,7 @@ def test_identity_model_reconstructs_the_input() -> None:
         for offsets in ((), (0, 20, 7)):
             out = apply_fixed_segment(lambda b: b[:, None], mix, 1, recipe, offsets)
             assert torch.allclose(out[0], mix, atol=1e-6)
-            streamer = DemucsStreamer(lambda b: b[:, None], 1, 1, recipe, offsets)
+            streamer = DemucsChunkRecipe(recipe, offsets).engine(lambda b: b[:, None], 1, 1)
             streamed = torch.cat(list(streamer.run(iter(mix.split(9, dim=-1)))), dim=-1)
             assert torch.allclose(streamed[0], mix, atol=1e-6)
 

@@ -27,7 +27,7 @@ from audio_separator_reference import reference_module
 
 from sepcli.inference.mdxc_recipe import (
     MdxcPlan,
-    MdxcStream,
+    MdxcRecipe,
     demix,
     hamming_window,
     roformer_chunk_starts,
@@ -172,13 +172,12 @@ def test_stream_equals_whole_track_and_stays_bounded(mode, block):
     mix = _mix(2, 4321, seed=3)
     with torch.no_grad():
         whole = demix(model, mix, plan, 2)
-        stream = MdxcStream(model, plan, 2, 2)
+        stream = MdxcRecipe(plan).engine(model, 2, 2)
         parts = []
         for start in range(0, mix.shape[-1], block):
             parts.append(stream.push(mix[:, start : start + block]))
-            held = stream._input.shape[-1] if stream._input is not None else 0
-            assert held <= 2 * plan.chunk + block
-            assert stream._acc.shape[-1] <= 2 * plan.chunk
+            assert stream.window.held <= 2 * plan.chunk + block
+            assert stream.accumulators[0].held <= 2 * plan.chunk
         parts.append(stream.finish())
     assert torch.equal(torch.cat(parts, dim=-1), whole)
 

@@ -1,14 +1,17 @@
-"""Chunked inference with overlap-add, in pure pieces and one streaming engine.
+"""sepcli's own chunking, overlap-add: its pure pieces and its recipe.
 
 The pieces (after Demucs ``apply.py``, see STYLE.md):
 
 * :func:`plan_chunks` — where chunks start (pure);
 * :func:`blend_window` — how much each output sample of a chunk counts (pure);
 * :func:`overlap_add` — accumulate ``out += w * y``, ``weight += w``, divide (pure);
-* :class:`StreamingOverlapAdd` — the same arithmetic fed block by block, so that
-  memory stays bounded whatever the track length. Each chunk is given ``context``
-  samples of real neighbouring audio on both sides (zero only beyond the track
-  ends) and only its central ``segment`` samples are kept.
+* :class:`OverlapAddRecipe` — the ``overlap-add`` recipe: what the streaming
+  engine (:mod:`sepcli.inference.engine`) needs to run the same arithmetic block
+  by block. Each chunk is given ``context`` samples of real neighbouring audio on
+  both sides (zero only beyond the track ends) and only its central ``segment``
+  samples are kept. A track no longer than one ``segment`` is run once at its own
+  length (zero-padded to ``min_length`` at most): padding it to a whole chunk
+  would cost up to a chunk of work and change what a recurrent model sees.
 
 Shifts (Défossez et al., Demucs) are extra chunk grids offset by seeded random
 amounts; every grid adds into the same accumulator, so the result is the
@@ -17,22 +20,32 @@ weighted mean over grids. Lengths here are in samples.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from sepcli.inference.device import host_to_device
+from sepcli.errors import UsageError
+from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.engine import Chunk, ChunkStream, ModelFn, Recipe
+from sepcli.models.archive import ArchiveMetadata
 
 __all__ = [
+    "MAX_SHIFT_SECONDS",
     "chunk_stride",
     "plan_chunks",
     "blend_window",
     "overlap_add",
     "shift_offsets",
+    "OverlapAddRecipe",
     "StreamingOverlapAdd",
 ]
+
+#: Largest random time shift, as in Demucs (seconds).
+MAX_SHIFT_SECONDS = 0.5
 
 
 def chunk_stride(segment: int, overlap: float) -> int:
@@ -121,35 +134,110 @@ def shift_offsets(shifts: int, max_shift: int, seed: int) -> list[int]:
     return [int(v) for v in torch.randint(0, max_shift, (shifts,), generator=gen)]
 
 
-class StreamingOverlapAdd:
-    """Feed a waveform block by block through ``fn`` in overlapping chunks.
+@dataclass(frozen=True)
+class OverlapAddRecipe(Recipe):
+    """The ``overlap-add`` recipe (module docstring).
 
-    Args:
-        fn: maps a batch of chunks ``(batch, channel, context + segment + context)``
-            to ``(batch, source, channel, same length)``.
-        channels: number of input channels.
-        num_sources: number of sources ``fn`` outputs.
-        segment: chunk length in samples (the part kept from each chunk).
-        overlap: fraction of a segment shared by consecutive chunks, in [0, 1).
-        context: samples of real neighbouring audio given on each side of a chunk.
-        offsets: one chunk grid per offset (see :func:`shift_offsets`).
-        batch_size: chunks per call of ``fn``.
-        device: device the chunks are sent to; outputs come back on the CPU.
-        on_chunk: called with the number of chunks just processed.
-        min_length: shortest input ``fn`` accepts (e.g. an STFT window).
+    Attributes:
+        segment: samples kept from each chunk.
+        overlap: fraction of ``segment`` shared with the next chunk.
+        context: samples of real audio each chunk sees on both sides.
+        offsets: one chunk grid per random time shift (``(0,)`` = no shifts).
+        min_length: shortest input the model accepts (an STFT window).
+    """
 
-    A track no longer than one ``segment`` is run once at its own length
-    (zero-padded to ``min_length`` at most): padding it to a whole chunk would
-    cost up to a chunk of work and change what a recurrent model sees.
+    name: ClassVar[str] = "overlap-add"
+    segment: int
+    overlap: float = 0.25
+    context: int = 0
+    offsets: tuple[int, ...] = (0,)
+    min_length: int = 1
 
-    Use :meth:`push` for each input block ``(channel, n)`` and :meth:`finish` at
-    the end; both return the output samples that are final, ``(source, channel, m)``,
-    in order. Concatenated, they have exactly as many samples as were pushed.
+    def __post_init__(self) -> None:
+        chunk_stride(self.segment, self.overlap)  # validates both
+        if self.context < 0:
+            raise ValueError("context must be >= 0")
+        for o in self.offsets:
+            if not 0 <= o < self.segment:
+                raise ValueError(f"offset {o} not in [0, segment)")
+
+    @classmethod
+    def from_metadata(cls, meta: ArchiveMetadata, config: SeparatorConfig) -> OverlapAddRecipe:
+        rate = meta.sample_rate
+        seconds = meta.segment_seconds if config.segment_seconds is None else config.segment_seconds
+        segment = max(1, int(round(seconds * rate)))
+        if meta.stft is not None and segment < meta.stft.n_fft:
+            raise UsageError(
+                f"segment {seconds:g}s is shorter than the model's STFT window "
+                f"({meta.stft.n_fft / rate:.3f}s)"
+            )
+        overlap = meta.overlap if config.overlap is None else config.overlap
+        if config.context_seconds is None:
+            context = int(round(meta.context_seconds * rate))
+            if meta.stft is not None:
+                context = max(context, meta.stft.n_fft)
+        else:
+            context = int(round(config.context_seconds * rate))
+        max_shift = min(int(MAX_SHIFT_SECONDS * rate), segment)
+        offsets = tuple(shift_offsets(config.shifts, max_shift, config.seed))
+        min_length = meta.stft.n_fft if meta.stft is not None else 1
+        return cls(segment, overlap, context, offsets, min_length)
+
+    @property
+    def grid_starts(self) -> tuple[int, ...]:
+        return tuple(-o for o in self.offsets)
+
+    @property
+    def stride(self) -> int:
+        return chunk_stride(self.segment, self.overlap)
+
+    @property
+    def latency_samples(self) -> int:
+        # a chunk needs its context ahead; nothing runs before the track is known
+        # to be longer than one segment (a shorter one runs whole at the end)
+        return max(self.segment + self.context, self.segment + 1)
+
+    @cached_property
+    def window(self) -> Tensor:
+        """:func:`blend_window` of the segment."""
+        return blend_window(self.segment, self.overlap)
+
+    def chunk(self, start: int, received: int, finished: bool) -> Chunk | None:
+        if finished and 0 < received <= self.segment:  # the whole track, once
+            whole = max(received, self.min_length)
+            return Chunk(0, 0, whole, 0, torch.ones(received), last=True)
+        if finished:
+            if start >= received:
+                return None
+        elif received <= self.segment or start + self.segment + self.context > received:
+            return None
+        return Chunk(
+            start, start - self.context, self.segment + 2 * self.context, self.context, self.window
+        )
+
+    def reach(self, start: int, received: int) -> tuple[int, int]:
+        return start, start - self.context
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "recipe": self.name,
+            "segment_samples": self.segment,
+            "overlap": self.overlap,
+            "context_samples": self.context,
+            "offsets": list(self.offsets),
+        }
+
+
+class StreamingOverlapAdd(ChunkStream):
+    """The engine with an :class:`OverlapAddRecipe`, from its parameters.
+
+    ``fn`` maps ``(batch, channel, context + segment + context)`` to
+    ``(batch, source, channel, same length)``; see :class:`ChunkStream`.
     """
 
     def __init__(
         self,
-        fn: Callable[[Tensor], Tensor],
+        fn: ModelFn,
         channels: int,
         num_sources: int,
         segment: int,
@@ -161,190 +249,13 @@ class StreamingOverlapAdd:
         on_chunk: Callable[[int], None] | None = None,
         min_length: int = 1,
     ) -> None:
-        if context < 0:
-            raise ValueError("context must be >= 0")
-        self.fn = fn
-        self.channels = channels
-        self.num_sources = num_sources
-        self.segment = segment
-        self.stride = chunk_stride(segment, overlap)
-        self.context = context
-        self.batch_size = max(1, batch_size)
-        self.device = torch.device(device)
-        self.on_chunk = on_chunk
-        self.min_length = max(1, min_length)
-        self._ran = False
-        self.window = blend_window(segment, overlap)
-        for o in offsets:
-            if not 0 <= o < segment:
-                raise ValueError(f"offset {o} not in [0, segment)")
-        # Next chunk start of each grid; a heap yields chunks in start order.
-        self._heap: list[tuple[int, int]] = [(-o, g) for g, o in enumerate(offsets)]
-        heapq.heapify(self._heap)
-        self._inp = torch.zeros(channels, 0)  # input samples [inp_start, inp_start + len)
-        self._inp_start = 0
-        self._pushed = 0
-        # Output accumulator for positions [out_start, out_start + acc_len); the
-        # buffers have spare capacity so that chunks are added without reallocating.
-        self._acc = torch.zeros(num_sources, channels, 2 * segment)
-        self._wsum = torch.zeros(2 * segment)
-        self._acc_len = 0
-        self._out_start = 0
-        self._finished = False
-
-    # -- internals ---------------------------------------------------------
-    def _chunk_input(self, start: int, total: int | None) -> Tensor:
-        """Input ``[start - context, start + segment + context)``, zeros off the track."""
-        lo = start - self.context
-        hi = start + self.segment + self.context
-        end = self._inp_start + self._inp.shape[-1]
-        if lo >= max(self._inp_start, 0) and hi <= (end if total is None else min(end, total)):
-            return self._inp[:, lo - self._inp_start : hi - self._inp_start]
-        out = torch.zeros(self.channels, hi - lo)
-        avail_lo = max(lo, self._inp_start, 0)
-        avail_hi = min(hi, self._inp_start + self._inp.shape[-1])
-        if total is not None:
-            avail_hi = min(avail_hi, total)
-        if avail_hi > avail_lo:
-            out[:, avail_lo - lo : avail_hi - lo] = self._inp[
-                :, avail_lo - self._inp_start : avail_hi - self._inp_start
-            ]
-        return out
-
-    def _ensure_acc(self, upto: int) -> None:
-        need = upto - self._out_start
-        capacity = self._acc.shape[-1]
-        if need > capacity:
-            grown = max(need, 2 * capacity)
-            acc = torch.zeros(self.num_sources, self.channels, grown)
-            acc[..., :capacity] = self._acc
-            wsum = torch.zeros(grown)
-            wsum[:capacity] = self._wsum
-            self._acc, self._wsum = acc, wsum
-        self._acc_len = max(self._acc_len, need)
-
-    def _call(self, batch: Tensor) -> Tensor:
-        batch = host_to_device(batch, self.device)  # pinned and non-blocking on CUDA
-        with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
-            y = self.fn(batch)
-        if y.dim() != 4 or y.shape[1] != self.num_sources or y.shape[-1] != batch.shape[-1]:
-            raise RuntimeError(
-                f"model returned shape {tuple(y.shape)} for input {tuple(batch.shape)}; expected "
-                f"(batch, {self.num_sources}, channel, {batch.shape[-1]})"
-            )
-        self._ran = True
-        return y
-
-    def _run_whole(self, total: int) -> Tensor:
-        """The whole (short) track as one chunk at its own length."""
-        x = self._inp[:, :total]
-        if total < self.min_length:
-            x = torch.nn.functional.pad(x, (0, self.min_length - total))
-        y = self._call(x[None])[0, ..., :total].float().cpu()
-        if self.on_chunk is not None:
-            self.on_chunk(1)
-        self._heap.clear()
-        self._out_start = total
-        return y
-
-    def _run(self, starts: list[int], total: int | None) -> None:
-        batch = torch.stack([self._chunk_input(s, total) for s in starts])
-        y = self._call(batch)
-        y = y[..., self.context : self.context + self.segment].float().cpu()
-        for i, start in enumerate(starts):
-            lo = max(start, self._out_start)
-            hi = start + self.segment
-            if total is not None:
-                hi = min(hi, total)
-            if hi <= lo:
-                continue
-            self._ensure_acc(hi)
-            w = self.window[lo - start : hi - start]
-            a, b = lo - self._out_start, hi - self._out_start
-            self._acc[..., a:b] += y[i, ..., lo - start : hi - start] * w
-            self._wsum[a:b] += w
-        if self.on_chunk is not None:
-            self.on_chunk(len(starts))
-
-    def _process(self, total: int | None) -> Tensor:
-        available = self._inp_start + self._inp.shape[-1]
-        ready: list[int] = []
-        while self._heap:
-            start, grid = self._heap[0]
-            if total is not None:
-                if start >= max(total, 1):
-                    heapq.heappop(self._heap)
-                    continue
-            elif start + self.segment + self.context > available:
-                break
-            heapq.heapreplace(self._heap, (start + self.stride, grid))
-            ready.append(start)
-            if len(ready) == self.batch_size:
-                self._run(ready, total)
-                ready = []
-        if ready:
-            self._run(ready, total)
-        # Samples before the next pending chunk get no more contributions.
-        final_upto = self._heap[0][0] if self._heap else (total if total is not None else 0)
-        if total is not None:
-            final_upto = min(final_upto, total) if self._heap else total
-        emitted = self._emit(max(final_upto, self._out_start))
-        keep_from = (self._heap[0][0] if self._heap else available) - self.context
-        self._trim_input(keep_from)
-        return emitted
-
-    def _emit(self, upto: int) -> Tensor:
-        n = upto - self._out_start
-        if n <= 0:
-            return torch.zeros(self.num_sources, self.channels, 0)
-        weight = self._wsum[:n]
-        if n > self._acc_len or bool((weight <= 0).any()):
-            raise AssertionError("overlap-add: some samples are not covered by any chunk")
-        out = self._acc[..., :n] / weight
-        # Move what is still accumulating to the front and clear the rest.
-        rest = self._acc_len - n
-        if rest:
-            self._acc[..., :rest] = self._acc[..., n : self._acc_len].clone()
-            self._wsum[:rest] = self._wsum[n : self._acc_len].clone()
-        self._acc[..., rest : self._acc_len] = 0
-        self._wsum[rest : self._acc_len] = 0
-        self._acc_len = rest
-        self._out_start = upto
-        return out
-
-    def _trim_input(self, keep_from: int) -> None:
-        drop = min(max(keep_from - self._inp_start, 0), self._inp.shape[-1])
-        if drop:
-            self._inp = self._inp[:, drop:]
-            self._inp_start += drop
-
-    # -- public ------------------------------------------------------------
-    def push(self, block: Tensor) -> Tensor:
-        """Add input samples ``(channel, n)``; returns final outputs ``(source, channel, m)``."""
-        if self._finished:
-            raise RuntimeError("push() after finish()")
-        if block.dim() != 2 or block.shape[0] != self.channels:
-            raise ValueError(
-                f"expected a block of shape ({self.channels}, n), got {tuple(block.shape)}"
-            )
-        self._inp = torch.cat([self._inp, block.float().cpu()], dim=-1)
-        self._pushed += block.shape[-1]
-        return self._process(None)
-
-    def finish(self) -> Tensor:
-        """Process the last chunks (zero-padded past the end) and return the remaining output."""
-        self._finished = True
-        total = self._pushed
-        if 0 < total <= self.segment and not self._ran and self._inp_start == 0:
-            return self._run_whole(total)
-        return self._process(total)
-
-    def run(self, blocks: Iterator[Tensor]) -> Iterator[Tensor]:
-        """Convenience: yield outputs for each block, then the tail."""
-        for block in blocks:
-            out = self.push(block)
-            if out.shape[-1]:
-                yield out
-        tail = self.finish()
-        if tail.shape[-1]:
-            yield tail
+        recipe = OverlapAddRecipe(segment, overlap, context, tuple(offsets), max(1, min_length))
+        super().__init__(
+            fn,
+            recipe,
+            channels,
+            num_sources,
+            batch_size=batch_size,
+            device=device,
+            on_chunk=on_chunk,
+        )

@@ -25,18 +25,20 @@ transition_power)`` does, for a model with a fixed training segment of
   draws them from a seed).
 
 :func:`apply_fixed_segment` is the whole-track reference (pure, the track in
-memory). :class:`DemucsStreamer` computes the same output fed block by block:
-it keeps at most about two segments of input and of output per shift,
-whatever the track length. :class:`DemucsChunkRecipe` is the ``"demucs"``
-entry of :data:`sepcli.inference.recipes.RECIPES` (archives of the ``htdemucs``
-family name it). Lengths are in samples.
+memory). :class:`DemucsChunkRecipe` is the ``"demucs"`` entry of
+:data:`sepcli.inference.recipes.RECIPES` (archives of the ``htdemucs`` family
+name it): the same chunks for the streaming engine
+(:mod:`sepcli.inference.engine`), which computes the same output fed block by
+block with one weighted mean per shift, keeping about two segments of input
+and of output per shift whatever the track length. Lengths are in samples.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -44,7 +46,7 @@ from torch import Tensor
 
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
-from sepcli.inference.device import host_to_device
+from sepcli.inference.engine import Chunk, ModelFn, Recipe, run_model
 from sepcli.inference.recipes import MAX_SHIFT_SECONDS, register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
@@ -58,10 +60,7 @@ __all__ = [
     "draw_shift_offsets",
     "apply_fixed_segment",
     "apply_bag",
-    "DemucsStreamer",
 ]
-
-ModelFn = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -142,18 +141,6 @@ def _slice_padded(mix: Tensor, lo: int, hi: int) -> Tensor:
     return out
 
 
-def _run(fn: ModelFn, inputs: list[Tensor], num_sources: int, device: torch.device) -> Tensor:
-    batch = host_to_device(torch.stack(inputs), device)
-    with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
-        y = fn(batch)
-    if y.dim() != 4 or y.shape[1] != num_sources or y.shape[-1] != batch.shape[-1]:
-        raise RuntimeError(
-            f"model returned shape {tuple(y.shape)} for input {tuple(batch.shape)}; expected "
-            f"(batch, {num_sources}, channel, {batch.shape[-1]})"
-        )
-    return y.float().cpu()
-
-
 def draw_shift_offsets(shifts: int, max_shift: int, seed: int | torch.Generator) -> list[int]:
     """``shifts`` offsets uniform in ``[0, max_shift]`` (both ends, like ``random.randint``)."""
     if shifts < 0:
@@ -213,7 +200,7 @@ def apply_fixed_segment(
             for s in group:
                 lo, _ = chunk_window(s, total, seg)
                 inputs.append(_slice_padded(mix, lo - delay, lo - delay + seg))
-            y = _run(fn, inputs, num_sources, device)
+            y = run_model(fn, torch.stack(inputs), num_sources, device)
             for k, s in enumerate(group):
                 _, keep = chunk_window(s, total, seg)
                 kept = min(total - s, seg)
@@ -256,204 +243,12 @@ def apply_bag(
     return total / weights.float().sum(0)[:, None, None]
 
 
-@dataclass
-class _Grid:
-    """One shifted copy of the track being chunked (positions in mix samples)."""
-
-    delay: int
-    next_start: int  # next chunk start, in mix samples (starts at -delay)
-    acc: Tensor  # (source, channel, capacity) for positions [out_start, ...)
-    wsum: Tensor  # (capacity,)
-
-
-class DemucsStreamer:
-    """Demucs' chunking fed block by block, equal to :func:`apply_fixed_segment`.
-
-    Args:
-        fn: the model, ``(batch, channel, segment) -> (batch, source, channel, segment)``.
-        channels: input channels. num_sources: sources ``fn`` returns.
-        recipe: segment, overlap, transition power, max shift.
-        offsets: one random offset per shift (empty = shifts 0).
-        batch_size: chunks per call of ``fn`` (chunks of all shifts are batched together).
-        device: where chunks run; outputs come back on the CPU.
-        on_chunk: called with the number of chunks just run.
-
-    :meth:`push` takes ``(channel, n)`` blocks, :meth:`finish` ends the track; both
-    return the output samples that are final, ``(source, channel, m)``, in order.
-    Memory: input from about half a segment before the earliest pending chunk, and
-    per shift an accumulator of about two segments.
-    """
-
-    def __init__(
-        self,
-        fn: ModelFn,
-        channels: int,
-        num_sources: int,
-        recipe: DemucsRecipe,
-        offsets: Sequence[int] = (),
-        batch_size: int = 1,
-        device: torch.device | str = "cpu",
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> None:
-        self.fn = fn
-        self.channels = channels
-        self.num_sources = num_sources
-        self.recipe = recipe
-        self.segment = recipe.segment
-        self.stride = demucs_stride(recipe.segment, recipe.overlap)
-        self.weight = demucs_weight(recipe.segment, recipe.transition_power)
-        self.batch_size = max(1, batch_size)
-        self.device = torch.device(device)
-        self.on_chunk = on_chunk
-        self.averaged = bool(offsets)
-        capacity = 2 * self.segment
-        self._grids = [
-            _Grid(d, -d, torch.zeros(num_sources, channels, capacity), torch.zeros(capacity))
-            for d in _delays(recipe, offsets)
-        ]
-        self._out_start = 0  # first output sample not yet emitted (>= 0)
-        self._inp = torch.zeros(channels, 0)  # input samples [inp_start, inp_start + n)
-        self._inp_start = 0
-        self._pushed = 0
-        self._finished = False
-
-    # -- internals -----------------------------------------------------------
-    def _input(self, lo: int) -> Tensor:
-        """Input ``[lo, lo + segment)`` in mix samples; zeros outside the track."""
-        hi = lo + self.segment
-        end = self._inp_start + self._inp.shape[-1]
-        if max(lo, 0) < self._inp_start:
-            raise AssertionError("DemucsStreamer dropped input that a chunk still needs")
-        a, b = max(lo, 0), min(hi, end)
-        if lo >= 0 and hi <= end:
-            return self._inp[:, lo - self._inp_start : hi - self._inp_start]
-        out = torch.zeros(self.channels, self.segment)
-        if b > a:
-            out[:, a - lo : b - lo] = self._inp[:, a - self._inp_start : b - self._inp_start]
-        return out
-
-    def _ensure(self, grid: _Grid, upto: int) -> None:
-        need = upto - self._out_start
-        capacity = grid.acc.shape[-1]
-        if need > capacity:
-            grown = max(need, 2 * capacity)
-            acc = torch.zeros(self.num_sources, self.channels, grown)
-            acc[..., :capacity] = grid.acc
-            wsum = torch.zeros(grown)
-            wsum[:capacity] = grid.wsum
-            grid.acc, grid.wsum = acc, wsum
-
-    def _flush(self, pending: list[tuple[_Grid, int, int, int]]) -> None:
-        """Run chunks ``(grid, start, input_start, keep_from)`` and accumulate them."""
-        if not pending:
-            return
-        inputs = [self._input(lo) for _, _, lo, _ in pending]
-        y = _run(self.fn, inputs, self.num_sources, self.device)
-        total = self._pushed if self._finished else None
-        for k, (grid, start, _, keep) in enumerate(pending):
-            kept = self.segment if total is None else min(total - start, self.segment)
-            # Positions before the output start (the delay's zeros) are never emitted.
-            lo = max(start, self._out_start)
-            hi = start + kept
-            if hi <= lo:
-                continue
-            self._ensure(grid, hi)
-            a, b = lo - self._out_start, hi - self._out_start
-            w = self.weight[lo - start : hi - start]
-            grid.acc[..., a:b] += w * y[k, ..., keep + lo - start : keep + hi - start]
-            grid.wsum[a:b] += w
-        if self.on_chunk is not None:
-            self.on_chunk(len(pending))
-
-    def _process(self) -> Tensor:
-        total = self._pushed if self._finished else None
-        available = self._inp_start + self._inp.shape[-1]
-        pending: list[tuple[_Grid, int, int, int]] = []
-        while True:
-            grid = min(self._grids, key=lambda g: g.next_start)
-            start = grid.next_start
-            if total is None:
-                if start + self.segment > available:
-                    break  # full chunk not yet available (a short one only at the end)
-                lo, keep = start, 0
-            else:
-                if start >= total:
-                    break  # the earliest pending start is past the end: all grids are done
-                lo, keep = chunk_window(start + grid.delay, total + grid.delay, self.segment)
-                lo -= grid.delay
-            pending.append((grid, start, lo, keep))
-            grid.next_start = start + self.stride
-            if len(pending) == self.batch_size:
-                self._flush(pending)
-                pending = []
-        self._flush(pending)
-        upto = total if total is not None else min(g.next_start for g in self._grids)
-        out = self._emit(max(upto, self._out_start))
-        # Keep input from half a segment before the earliest pending chunk: a short
-        # final chunk is centred and reaches back up to that far.
-        earliest = min(g.next_start for g in self._grids)
-        self._trim(earliest - self.segment // 2 - 1)
-        return out
-
-    def _emit(self, upto: int) -> Tensor:
-        n = upto - self._out_start
-        if n <= 0:
-            return torch.zeros(self.num_sources, self.channels, 0)
-        out = torch.zeros(self.num_sources, self.channels, n)
-        for grid in self._grids:
-            self._ensure(grid, upto)
-            weight = grid.wsum[:n]
-            if bool((weight <= 0).any()):
-                raise AssertionError("Demucs chunking left samples without weight")
-            out += grid.acc[..., :n] / weight
-            rest = grid.acc.shape[-1] - n
-            grid.acc[..., :rest] = grid.acc[..., n:].clone()
-            grid.wsum[:rest] = grid.wsum[n:].clone()
-            grid.acc[..., rest:] = 0
-            grid.wsum[rest:] = 0
-        self._out_start = upto
-        return out / len(self._grids) if self.averaged else out
-
-    def _trim(self, keep_from: int) -> None:
-        drop = min(max(keep_from - self._inp_start, 0), self._inp.shape[-1])
-        if drop:
-            self._inp = self._inp[:, drop:]
-            self._inp_start += drop
-
-    # -- public --------------------------------------------------------------
-    def push(self, block: Tensor) -> Tensor:
-        """Add input ``(channel, n)``; returns the final outputs ``(source, channel, m)``."""
-        if self._finished:
-            raise RuntimeError("push() after finish()")
-        if block.dim() != 2 or block.shape[0] != self.channels:
-            raise ValueError(
-                f"expected a block of shape ({self.channels}, n), got {tuple(block.shape)}"
-            )
-        self._inp = torch.cat([self._inp, block.float().cpu()], dim=-1)
-        self._pushed += block.shape[-1]
-        return self._process()
-
-    def finish(self) -> Tensor:
-        """End of the track: run the last (short, centred) chunks, return the rest."""
-        if self._finished:
-            raise RuntimeError("finish() called twice")
-        self._finished = True
-        return self._process()
-
-    def run(self, blocks: Iterator[Tensor]) -> Iterator[Tensor]:
-        """Yield the outputs for each block, then the tail."""
-        for block in blocks:
-            out = self.push(block)
-            if out.shape[-1]:
-                yield out
-        tail = self.finish()
-        if tail.shape[-1]:
-            yield tail
-
-
 @dataclass(frozen=True)
-class DemucsChunkRecipe:
+class DemucsChunkRecipe(Recipe):
     """The ``"demucs"`` chunking recipe, resolved for one archive (or ensemble member).
+
+    Each shift is a grid of its own with its own weighted mean; the shifts'
+    results are averaged (``average_grids``), as ``apply_model`` does.
 
     Attributes:
         recipe: segment, overlap, transition power and max shift in samples.
@@ -461,6 +256,7 @@ class DemucsChunkRecipe:
     """
 
     name: ClassVar[str] = "demucs"
+    average_grids: ClassVar[bool] = True
     recipe: DemucsRecipe
     offsets: tuple[int, ...] = ()
 
@@ -506,24 +302,36 @@ class DemucsChunkRecipe:
         offsets = draw_shift_offsets(config.shifts, max_shift, config.seed) if config.shifts else []
         return cls(DemucsRecipe(segment, overlap, power, max_shift), tuple(offsets))
 
-    def engine(
-        self,
-        fn: ModelFn,
-        channels: int,
-        num_sources: int,
-        *,
-        batch_size: int = 1,
-        device: torch.device | str = "cpu",
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> DemucsStreamer:
-        return DemucsStreamer(
-            fn, channels, num_sources, self.recipe, self.offsets, batch_size, device, on_chunk
-        )
+    @property
+    def grid_starts(self) -> tuple[int, ...]:
+        """One grid per shift, on the track delayed by ``max_shift - offset`` zeros."""
+        return tuple(-d for d in _delays(self.recipe, self.offsets))
 
-    def count_chunks(self, length: int) -> int:
-        stride = demucs_stride(self.recipe.segment, self.recipe.overlap)
-        delays = _delays(self.recipe, self.offsets)
-        return sum(len(range(0, length + d, stride)) for d in delays if length > 0)
+    @property
+    def stride(self) -> int:
+        return demucs_stride(self.recipe.segment, self.recipe.overlap)
+
+    @property
+    def latency_samples(self) -> int:
+        return self.recipe.segment
+
+    @cached_property
+    def weight(self) -> Tensor:
+        """:func:`demucs_weight` of the recipe."""
+        return demucs_weight(self.recipe.segment, self.recipe.transition_power)
+
+    def chunk(self, start: int, received: int, finished: bool) -> Chunk | None:
+        seg = self.recipe.segment
+        if not finished:  # a full chunk; a short, centred one only at the end
+            return Chunk(start, start, seg, 0, self.weight) if start + seg <= received else None
+        if start >= received:
+            return None
+        lo, keep = chunk_window(start, received, seg)
+        return Chunk(start, lo, seg, keep, self.weight[: min(received - start, seg)])
+
+    def reach(self, start: int, received: int) -> tuple[int, int]:
+        # a short final chunk is centred: its input reaches back up to half a segment
+        return start, start - self.recipe.segment // 2 - 1
 
     def describe(self) -> dict[str, Any]:
         return {
