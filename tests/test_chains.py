@@ -7,6 +7,7 @@ Tiny random-weight archives (conftest) on a second of generated audio; the real
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,11 @@ def test_a_chain_preset_runs_through_the_chain_runner(tmp_path, song, monkeypatc
     assert (out / "song" / "vocals.vocals.vocals.wav").is_file()
 
 
+def test_help_shows_a_chain_and_a_chain_preset():
+    text = cli("separate", "--help").output
+    assert "--then vocals:" in text and "--preset karaoke-chain" in text
+
+
 def test_built_in_chain_presets_check_their_stems(tmp_path, song):
     # karaoke-chain reads the vocals of 'best', a stem it makes; a stem it does not is refused
     result = cli("separate", song, "--preset", "karaoke-chain", "--stems", "vocals.guitar",
@@ -273,3 +279,117 @@ def test_chain_runs_hold_one_model_at_a_time(tmp_path, song, three, monkeypatch)
     monkeypatch.setattr(Separator, "__init__", tracking)
     assert cli("separate", song, *three, "-o", tmp_path / "out", *FLOAT).exit_code == 0
     assert len(alive) == 3
+
+
+# ---------------------------------------------------------------- a real song, three families
+
+
+def three_families(folder: Path) -> list[Path]:
+    """Random-weight archives of three families at reduced width, published chunking:
+    HT-Demucs (drums, bass, other, vocals), Mel-Band RoFormer on the vocals (lead_vocals,
+    back_vocals; 2.5-s chunks) and an Open-Unmix like the default (n_fft 4096, 3 BiLSTM
+    layers, narrower) on the lead (dry, reverb)."""
+    from sepcli.models import UMXConfig, build_model, export_archive
+    from sepcli.models.nets.htdemucs import HTDemucsConfig
+    from sepcli.models.nets.mel_roformer import MelRoformerConfig
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    configs = [
+        ("htdemucs", "hd", HTDemucsConfig(channels=8, bottom_channels=32, t_layers=2,
+                                          t_heads=4, dconv_comp=4.0)),
+        ("mel-roformer", "mel", MelRoformerConfig(
+            sources=("lead_vocals", "back_vocals"), dim=32, depth=1, num_bands=24,
+            dim_head=16, heads=2, dim_t=256, num_overlap=2)),
+        ("umx", "umx", UMXConfig(sources=("dry", "reverb"), hidden_size=64)),
+    ]  # fmt: skip
+    paths = []
+    for family, name, config in configs:
+        model = build_model(family, config.to_dict())
+        paths.append(export_archive(model, folder / f"{name}.sepcli", name=name))
+    return paths
+
+
+def real_song(shared_data: Path, seconds: int) -> np.ndarray:
+    """Real MUSDB18 previews (mixtures) one after another, ``(2, seconds * 44100)``."""
+    from sepcli.audio import load_audio
+
+    parts, total = [], 0
+    for path in sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4")):
+        x, rate = load_audio(path, stream=0)
+        assert rate == 44100
+        parts.append(x)
+        total += x.shape[-1]
+        if total >= seconds * 44100:
+            break
+    return np.concatenate(parts, axis=-1)[:, : seconds * 44100]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.timeout(3600)
+def test_real_song_through_three_families(tmp_path, shared_data, monkeypatch):
+    """A 3-minute real song: HT-Demucs -> vocals through a Mel-RoFormer -> lead through
+    Open-Unmix. Interrupted in step 3, the re-run resumes there; each step's outputs equal
+    that step run alone on the file the previous step wrote (>= 60 dB); the provenance
+    names every step."""
+    from sepcli.inference.separator import Separator
+
+    seconds = int(os.environ.get("SEPCLI_CHAIN_SECONDS", "180"))
+    song = tmp_path / "song.wav"
+    sf.write(song, real_song(shared_data, seconds).T, 44100, subtype="PCM_16")
+    hd, mel, umx = three_families(tmp_path)
+    chain = ["-m", hd, "--then", f"vocals:{mel}", "--then", f"vocals.lead_vocals:{umx}"]
+    out = tmp_path / "out"
+    real = Separator.separate_file
+    ran: list[str] = []
+    armed = [True]
+
+    def interrupted(self, path, outputs, **kw):
+        ran.append(Path(path).name)
+        if Path(path).name == "vocals.lead_vocals.wav" and armed[0]:
+
+            def stop(event, _inner=kw["on_progress"]):
+                if event.done >= 2:
+                    raise KeyboardInterrupt
+                _inner(event)
+
+            kw["on_progress"] = stop
+        return real(self, path, outputs, **kw)
+
+    monkeypatch.setattr(Separator, "separate_file", interrupted)
+    first = CliRunner().invoke(main, ["separate", str(song), *map(str, chain), "-o", str(out),
+                                      "--batch-size", "2", "-q"])  # fmt: skip
+    assert first.exit_code != 0 and ran[-1] == "vocals.lead_vocals.wav"
+    assert not (out / "song" / "vocals.lead_vocals.dry.wav").exists()
+    ran.clear()
+    armed[0] = False
+    report = tmp_path / "r.json"
+    again = cli("separate", song, *chain, "-o", out, "--report", report, "--batch-size", "2",
+                "-q")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert ran == ["vocals.lead_vocals.wav"]  # resumed in step 3
+    record = json.loads(report.read_text())["inputs"][0]
+    assert [s["status"] for s in record["steps"]] == ["skipped", "skipped", "ok"]
+    folder = out / "song"
+    prov = json.loads((folder / PROVENANCE_FILE).read_text())["outputs"]
+    steps = prov["vocals.lead_vocals.dry.wav"]["chain"]["steps"]
+    assert [(s["input"], s["model"]) for s in steps] == [
+        ("mix", "hd"), ("vocals", "mel"), ("vocals.lead_vocals", "umx")
+    ]  # fmt: skip
+    scores = {}
+    for archive, source, prefix, stems in (
+        (hd, song, "", ("drums", "bass", "other", "vocals")),
+        (mel, folder / "vocals.wav", "vocals.", ("lead_vocals", "back_vocals")),
+        (umx, folder / "vocals.lead_vocals.wav", "vocals.lead_vocals.", ("dry", "reverb")),
+    ):
+        alone = tmp_path / f"alone-{archive.stem}"
+        result = cli("separate", source, "-m", archive, "-o", alone, "--batch-size", "2", "-q")
+        assert result.exit_code == 0, result.output
+        for stem in stems:
+            ref = read(alone / source.stem / f"{stem}.wav")
+            got = read(folder / f"{prefix}{stem}.wav")
+            assert ref.shape == got.shape
+            scores[prefix + stem] = snr_db(ref, got)
+    print({k: round(v, 1) for k, v in scores.items()})
+    assert min(scores.values()) >= 60, scores

@@ -103,7 +103,8 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     "--stems",
     default=None,
     help="Comma-separated stems, e.g. vocals,accompaniment "
-    "(default: every source of the model). Derived: accompaniment, no_<source>.",
+    "(default: every source of the model). Derived: accompaniment, no_<source>. "
+    "In a chain, stem paths: vocals.lead_vocals.",
 )
 @click.option(
     "-m",
