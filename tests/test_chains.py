@@ -393,3 +393,24 @@ def test_real_song_through_three_families(tmp_path, shared_data, monkeypatch):
             scores[prefix + stem] = snr_db(ref, got)
     print({k: round(v, 1) for k, v in scores.items()})
     assert min(scores.values()) >= 60, scores
+
+
+def test_a_step_whose_model_cannot_be_had_fails_alone(tmp_path, song, monkeypatch):
+    """Offline, step 2's model is not in the cache: step 1's outputs stay, the error
+    names step 2, and nothing was downloaded before step 1 ran."""
+    from test_hub_presets import cached_registry, tiny_archives
+
+    from sepcli.hub import open_registry
+    from sepcli.hub.cache import entry_path
+
+    archives = tiny_archives(tmp_path)
+    cached_registry(tmp_path, archives, monkeypatch, sources=[["vocals", "drums"], ["vocals"]])
+    entry_path(tmp_path / "cache", open_registry().get("tiny-b")).unlink()
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    result = cli("separate", song, "-m", "tiny-a", "--then", "vocals:tiny-b", "-o", out,
+                 "--report", report, *FLOAT[:-1])  # fmt: skip
+    assert result.exit_code == 1
+    assert "step 2 (--then vocals:tiny-b): " in result.output
+    assert (out / "song" / "vocals.wav").is_file() and (out / "song" / "drums.wav").is_file()
+    record = json.loads(report.read_text())["inputs"][0]
+    assert record["failed_step"] == 2 and [s["status"] for s in record["steps"]] == ["ok", "failed"]

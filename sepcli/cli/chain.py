@@ -164,8 +164,8 @@ def run_chain(
         for p in files:
             if p not in todo and p not in failed:  # its input was never made
                 failed[p] = f"{where}: its input {step.input!r} was not made"
+        progress.advance(files_task, len(files) - len(todo))  # nothing to do for these
         if not todo:
-            progress.advance(files_task, len(files))
             continue
         try:
             path = _resolve_step(chain, i, cache_dir, offline, quiet)
@@ -173,7 +173,7 @@ def run_chain(
         except SepcliError as exc:
             for p in todo:
                 _fail(records[p], failed, p, i, chain, f"{where}: {exc}")
-            progress.advance(files_task, len(files))
+            progress.advance(files_task, len(todo))
             continue
         separator = None
         stems = plan.stems
