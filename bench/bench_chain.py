@@ -3,6 +3,7 @@ against the largest of its steps run alone.
 
 Usage:
     python bench/bench_chain.py [--minutes 3 30] [--threads 1] [--width small|test]
+                                [--phase mixture|wiener]
 
 The chain is ``sepcli separate IN -m hd --then vocals:mel --then
 vocals.lead_vocals:umx`` with random-weight archives of three families written
@@ -10,7 +11,9 @@ into a temporary folder: HT-Demucs (drums, bass, other, vocals), a Mel-Band
 RoFormer on the vocals (lead_vocals, back_vocals; 2.56-s chunks) and an
 Open-Unmix on the lead (dry, reverb; n_fft 4096, Wiener). ``--width test`` is
 the width of tests/test_chains.py, ``small`` a narrower one (speed only: memory
-is what is measured). The inputs are the stereo 44.1 kHz 16-bit tone-and-noise
+is what is measured). ``--phase`` (default: each model's own) is passed to every
+step; only the Open-Unmix step has a phase step (``wiener`` by default,
+``mixture`` is faster). The inputs are the stereo 44.1 kHz 16-bit tone-and-noise
 files of bench/bench_memory.py. Each command runs under GNU ``/usr/bin/time -v``
 (bench_memory.measure); for the first length, each step also runs alone on the
 file its chain step read, and the chain's peak is compared with the largest.
@@ -31,11 +34,11 @@ from bench_memory import measure, write_long_wav  # noqa: E402
 
 WIDTHS = {
     "test": dict(hd=dict(channels=8, bottom_channels=32, t_layers=2, t_heads=4, dconv_comp=4.0),
-                 mel=dict(dim=32, depth=1, num_bands=24, dim_head=16, heads=2),
+                 mel=dict(dim=32, depth=1, num_bands=24, dim_head=16, heads=2, num_overlap=2),
                  umx=dict(hidden_size=64)),
     "small": dict(hd=dict(channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=4.0,
                           t_hidden_scale=2.0),
-                  mel=dict(dim=16, depth=1, num_bands=24, dim_head=8, heads=2),
+                  mel=dict(dim=16, depth=1, num_bands=24, dim_head=8, heads=2, num_overlap=2),
                   umx=dict(hidden_size=32, num_layers=1)),
 }  # fmt: skip
 
@@ -50,7 +53,7 @@ def write_archives(folder: Path, width: str) -> list[Path]:
     configs = [
         ("htdemucs", "hd", HTDemucsConfig(**w["hd"])),
         ("mel-roformer", "mel", MelRoformerConfig(
-            sources=("lead_vocals", "back_vocals"), dim_t=256, num_overlap=2, **w["mel"])),
+            sources=("lead_vocals", "back_vocals"), dim_t=256, **w["mel"])),
         ("umx", "umx", UMXConfig(sources=("dry", "reverb"), **w["umx"])),
     ]  # fmt: skip
     return [
@@ -66,9 +69,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[3, 30])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", choices=sorted(WIDTHS), default="small")
+    parser.add_argument("--phase", choices=["mixture", "wiener"], default=None)
     args = parser.parse_args()
     sepcli = shutil.which("sepcli") or str(Path(sys.executable).parent / "sepcli")
     common = ["--threads", str(args.threads), "--quiet", "--force"]
+    if args.phase:
+        common += ["--phase", args.phase]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         hd, mel, umx = write_archives(folder, args.width)
