@@ -163,7 +163,7 @@ def run_chain(
         todo = [p for p in files if p not in failed and step.input in made[p]]
         for p in files:
             if p not in todo and p not in failed:  # its input was never made
-                failed[p] = f"{where}: its input {step.input!r} was not made"
+                _fail(records[p], failed, p, i, chain, f"{where}: {step.input!r} was not made")
         progress.advance(files_task, len(files) - len(todo))  # nothing to do for these
         if not todo:
             continue
