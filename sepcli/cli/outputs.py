@@ -218,6 +218,9 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     diffs = []
     if old.get("input") != new.get("input"):
         diffs.append(f"made from {old.get('input')}")
+    elif old.get("input_sha256") and new.get("input_sha256"):  # chain steps: the bytes read
+        if old["input_sha256"] != new["input_sha256"]:
+            diffs.append("the input changed since")
     elif old.get("input_size") != new.get("input_size") or old.get("input_mtime_ns") != new.get(
         "input_mtime_ns"
     ):

@@ -209,7 +209,8 @@ def pick_preset(
     offline: bool,
 ) -> Preset | None:
     """The preset ``separate`` runs: ``--preset NAME``, or ``-m NAME`` when NAME is
-    neither a file nor a registry model but a preset. Checks the presets files and
+    neither a file nor a registry model but a preset (a chain preset runs through
+    the chain runner, :mod:`sepcli.cli.chain`). Checks the presets files and
     the preset's models against the registry (before any input is read)."""
     from pathlib import Path
 
@@ -232,11 +233,6 @@ def pick_preset(
     else:
         found = load_presets(preset_files)
     chosen = found.get_preset(preset)
-    if chosen.kind == "chain":
-        raise UsageError(
-            f"preset {chosen.name!r} is a chain ({len(chosen.steps)} steps); "
-            "--preset runs model and ensemble presets"
-        )
     require_members(chosen, open_registry(cache_dir=cache_dir, offline=offline or None))
     return chosen
 

@@ -109,7 +109,8 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     default=None,
     help="Comma-separated stems, e.g. vocals,accompaniment "
     "(default: every stem the model makes: its sources, and beside a one-source model "
-    "the rest of the mix). Derived: accompaniment, no_<source>.",
+    "the rest of the mix). Derived: accompaniment, no_<source>. "
+    "In a chain, stem paths: vocals.lead_vocals.",
 )
 @click.option(
     "-m",
@@ -127,6 +128,15 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
     "vocal_clean (min_fft of two vocal models); 'sepcli presets list' shows them.",
 )
 @presets_file_option
+@click.option(
+    "--then",
+    "thens",
+    multiple=True,
+    metavar="STEM:MODEL",
+    help="Chain a step: run MODEL on STEM, a stem an earlier step made (repeatable), e.g. "
+    "-m best --then vocals:KARAOKE --then vocals.lead_vocals:DEREVERB. Outputs are named "
+    "by their path (vocals.lead_vocals.wav); a re-run redoes only unfinished steps.",
+)
 @click.option(
     "--device",
     default="auto",
@@ -240,6 +250,7 @@ def separate(
     model,
     preset,
     preset_files,
+    thens,
     device,
     cuda,
     separator_config,
@@ -272,6 +283,9 @@ def separate(
       sepcli separate song.mp3 --stems vocals,accompaniment
       sepcli separate song.mp3 -m best      # best quality: RoFormer vocals, HT-Demucs drums/bass/other
       sepcli separate song.mp3 --preset vocal_clean   # min_fft ensemble of two vocal models
+      sepcli separate song.mp3 -m best --then vocals:mel_roformer-becruily-karaoke
+                            # vocals, then vocals.lead_vocals and vocals.back_vocals
+      sepcli separate song.mp3 --preset karaoke-chain  # the same chain, as a preset
       sepcli separate ~/Music/album/ -o stems/ --format flac
       sepcli separate library/ -r --shard $((SLURM_ARRAY_TASK_ID+1))/16 --report shard.json
       ffmpeg -i URL -f wav - | sepcli separate - -o - --stems accompaniment | ffplay -
@@ -284,6 +298,8 @@ def separate(
     if any(str(item) == "-" for item in inputs):
         if len(inputs) != 1:
             raise UsageError("'-' (standard input) cannot be mixed with other inputs")
+        if thens or preset:
+            raise UsageError("--then and --preset run on files, not on standard input ('-')")
         from sepcli.cli.live import separate_stream
 
         separate_stream(
@@ -309,6 +325,11 @@ def separate(
     planning.check_writable([out_dir], "--out")
     stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
     chosen_preset = pick_preset(model, preset, preset_files, cache_dir, offline)
+    chain = chain_plan = None
+    if thens or (chosen_preset is not None and chosen_preset.kind == "chain"):
+        chain, chain_plan = _plan_chain(
+            chosen_preset or model, thens, stem_list, preset_files, cache_dir, offline
+        )
 
     records: list[dict[str, Any]] = []
     files: list[Path] = []
@@ -345,6 +366,13 @@ def separate(
         raise UsageError("no inputs to separate")
 
     torch_device = resolve_device(device)
+    if chain is not None:
+        _separate_chain(
+            chain, chain_plan, files, records, out_dir, template, fmt, bit_depth, clip,
+            channels, allow_truncated, mp3_bitrate, mp3_vbr, separator_config, torch_device,
+            force, cache_dir, offline, quiet, report,
+        )  # fmt: skip
+        return
     if chosen_preset is not None:
         archive = load_preset_for_cli(chosen_preset, torch_device, cache_dir, offline, quiet)
     else:
@@ -454,8 +482,10 @@ def _process_track(
     progress: Progress,
     quiet: bool,
     encoding: dict[str, Any],
+    label: str = "",
 ) -> None:
-    """One input, its outputs locked: clean leftovers, skip what exists, make the rest."""
+    """One input, its outputs locked: clean leftovers, skip what exists, make the rest.
+    ``label`` starts its messages (a chain's ``step N (...): ``)."""
     removed = planning.remove_stale_temps(outputs.values())
     if removed and not quiet:
         err_console.print(
@@ -474,7 +504,7 @@ def _process_track(
         )
     except SepcliError as exc:
         record.update(status="failed", error=str(exc))
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {label}{exc}", soft_wrap=True)
         return
     chunk_task = progress.add_task(f"  {path.name}", total=None)
 
@@ -509,7 +539,7 @@ def _process_track(
             )
         if not quiet:
             err_console.print(
-                f"[green]ok[/] {path} ({result.duration:.1f}s audio in {result.seconds:.1f}s)",
+                f"[green]ok[/] {label}{path} ({result.duration:.1f}s audio in {result.seconds:.1f}s)",
                 soft_wrap=True,
             )
     except SepcliError as exc:
@@ -518,8 +548,76 @@ def _process_track(
             error=str(exc),
             seconds=round(time.perf_counter() - started, 3),
         )
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {label}{exc}", soft_wrap=True)
     progress.remove_task(chunk_task)
+
+
+def _plan_chain(
+    first: Any,
+    thens: tuple[str, ...],
+    stems: list[str] | None,
+    preset_files: tuple[str, ...],
+    cache_dir: str | None,
+    offline: bool,
+) -> tuple[Any, Any]:
+    """The chain and the steps the stems need, checked before any input is read."""
+    from sepcli.hub import open_registry
+    from sepcli.hub.chains import make_chain, plan_chain, step_sources
+    from sepcli.hub.presets import load_presets
+
+    registry = open_registry(cache_dir=cache_dir, offline=offline or None)
+    chain = make_chain(first, thens, load_presets(preset_files), registry)
+    return chain, plan_chain(chain, step_sources(chain, registry), stems)
+
+
+def _separate_chain(
+    chain: Any, plan: Any, files: list[Path], records: list[dict[str, Any]], out_dir: Path,
+    template: str, fmt: str, bit_depth: str, clip: str, channels: str, allow_truncated: bool,
+    mp3_bitrate: int | None, mp3_vbr: int | None, separator_config: Any, device: Any,
+    force: bool, cache_dir: str | None, offline: bool, quiet: bool, report: Path | None,
+) -> None:  # fmt: skip
+    """``separate`` with ``--then`` steps or a chain preset (:mod:`sepcli.cli.chain`)."""
+    from sepcli.cli.chain import run_chain
+
+    encoding = {
+        "format": fmt,
+        "bit_depth": None if bit_depth == "auto" else int(bit_depth),
+        "clip": clip,
+        "out_channels": None if channels == "auto" else int(channels),
+        "allow_truncated": allow_truncated,
+        "mp3_bitrate": mp3_bitrate,
+        "mp3_vbr": mp3_vbr,
+    }
+    settings = separator_config.to_dict()
+    settings.pop("batch_size", None)
+    settings.update(format=fmt, bit_depth=bit_depth, mp3_bitrate=mp3_bitrate,
+                    mp3_vbr=mp3_vbr, clip=clip, channels=channels)  # fmt: skip
+    counts = {"done": 0, "other": 0, "foreign": 0}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not bars_shown(quiet),
+        transient=True,
+    )
+    try:
+        with progress:
+            run_chain(
+                chain=chain, plans=plan, files=files, out_dir=out_dir, template=template,
+                fmt=fmt, encoding=encoding, settings=settings,
+                separator_config=separator_config, device=device, force=force,
+                cache_dir=cache_dir, offline=offline, quiet=quiet, progress=progress,
+                counts=counts, into=records,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        if report:
+            write_report(report, records)
+        raise
+    if report:
+        write_report(report, records)
+    _print_summary(records, counts, quiet)
 
 
 def _run_identity(archive: Any, settings: dict[str, Any]) -> dict[str, Any]:
