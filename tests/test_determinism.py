@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sepcli.models.blocks as blocks
 import soundfile as sf
 import torch
-from sepcli.models.bs_roformer import BSRoformerConfig
-from sepcli.models.htdemucs import HTDemucsConfig
-from sepcli.models.mdx23c import MDX23CConfig
-from sepcli.models.mel_roformer import MelRoformerConfig
 
 import sepcli.inference.separator as separator_module
+import sepcli.models.nets.blocks as blocks
 from sepcli.inference.separator import Separator
 from sepcli.models import build_model, export_archive
+from sepcli.models.nets.bs_roformer import BSRoformerConfig
+from sepcli.models.nets.htdemucs import HTDemucsConfig
+from sepcli.models.nets.mdx23c import MDX23CConfig
+from sepcli.models.nets.mel_roformer import MelRoformerConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
