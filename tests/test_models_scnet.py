@@ -21,8 +21,11 @@ from click.testing import CliRunner
 
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, ConfigError, UsageError
+from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.msst_recipe import MsstPlan, MsstRecipe, demix, fade_window
+from sepcli.inference.recipes import make_recipe
 from sepcli.models import build_model, export_archive, load_verified, reference_config
+from sepcli.models.archive import ArchiveMetadata
 from sepcli.models.importers.msst import config_from_msst, import_msst, read_msst_yaml
 from sepcli.models.nets.scnet import SCNet, SCNetConfig
 
@@ -126,6 +129,23 @@ def test_fade_window_and_batch_rule():
     assert plan.window(6, 7)[-1] == 1  # the last batch drops its fade-out
     assert MsstPlan(100, 4, 1).window(0, 7)[0] == 1  # a batch of chunk 0 alone: no fade-in
     assert MsstPlan(100, 4, 8).window(0, 7)[-1] == 1  # one batch is the last batch
+
+
+def test_recipe_options_from_the_archive_and_the_user():
+    meta = ArchiveMetadata(
+        "scnet-x", ("vocals", "other"), 44100, 2, "waveform", "scnet", recipe="msst",
+        config={"chunk_size": 4410, "num_overlap": 4, "batch_size": 3},
+    )  # fmt: skip
+    assert make_recipe(meta, SeparatorConfig()) == MsstRecipe(MsstPlan(4410, 4, 3))
+    own = make_recipe(meta, SeparatorConfig(segment_seconds=0.05, overlap=0.5))
+    assert own == MsstRecipe(MsstPlan(2205, 2, 3))
+    assert own.describe() == {
+        "recipe": "msst", "chunk_samples": 2205, "num_overlap": 2, "batch_size": 3
+    }  # fmt: skip
+    with pytest.raises(UsageError, match="--shifts is not part of the msst"):
+        make_recipe(meta, SeparatorConfig(shifts=1))
+    with pytest.raises(UsageError, match="--context is not part of the msst"):
+        make_recipe(meta, SeparatorConfig(context_seconds=0.1))
 
 
 def _write_checkpoint(tmp_path: Path, golden: dict, case: str) -> tuple[Path, Path]:

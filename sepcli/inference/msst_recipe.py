@@ -37,7 +37,7 @@ chunk runs once its input is in and its MSST batch is known not to be the last
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -47,7 +47,7 @@ from torch import Tensor
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.engine import Chunk, ModelFn, Recipe, run_model
-from sepcli.inference.recipes import register_recipe
+from sepcli.inference.recipes import reference_num_overlap, register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
 __all__ = ["MsstPlan", "MsstRecipe", "fade_window", "demix"]
@@ -180,16 +180,10 @@ class MsstRecipe(Recipe):
                 f"model {meta.name!r} ({meta.family}) has no chunk_size/num_overlap in its "
                 "config, which the msst recipe needs"
             )
-        if config.shifts:
-            raise UsageError("--shifts is not part of the msst chunking recipe; use --shifts 0")
-        if config.context_seconds is not None:
-            raise UsageError("--context is not part of the msst chunking recipe")
+        overlap = reference_num_overlap(config, cls.name, int(cfg["num_overlap"]))
         chunk = int(cfg["chunk_size"])
         if config.segment_seconds is not None:
             chunk = max(10, round(config.segment_seconds * meta.sample_rate))
-        overlap = int(cfg["num_overlap"])
-        if config.overlap is not None:
-            overlap = max(1, round(1.0 / (1.0 - config.overlap)))
         batch = int(cfg.get("batch_size", 1))
         return cls(MsstPlan(chunk, min(overlap, chunk), batch))
 
@@ -266,12 +260,8 @@ class MsstRecipe(Recipe):
         return torch.nan_to_num(total / weight, nan=0.0)  # no weight: 0, as MSST
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "recipe": self.name,
-            "chunk_samples": self.plan.chunk,
-            "num_overlap": self.plan.num_overlap,
-            "batch_size": self.plan.batch_size,
-        }
+        fields = asdict(self.plan)  # chunk, num_overlap, batch_size
+        return {"recipe": self.name, "chunk_samples": fields.pop("chunk"), **fields}
 
 
 register_recipe(MsstRecipe.name, MsstRecipe.from_metadata)
