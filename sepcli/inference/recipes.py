@@ -10,7 +10,9 @@ bag can mix families whose published chunking differs.
 
 * ``overlap-add`` — sepcli's own (:mod:`sepcli.inference.chunking`);
 * ``demucs`` — Demucs' ``apply_model`` (:mod:`sepcli.inference.demucs_recipe`);
-* ``mdxc`` — audio-separator's MDXC ``demix`` (:mod:`sepcli.inference.mdxc_recipe`).
+* ``mdxc`` — audio-separator's MDXC ``demix`` (:mod:`sepcli.inference.mdxc_recipe`);
+* ``msst`` — Music-Source-Separation-Training's generic ``demix``
+  (:mod:`sepcli.inference.msst_recipe`).
 
 Lengths here are in samples at the model's rate.
 """
