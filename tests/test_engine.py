@@ -9,6 +9,7 @@ from sepcli.inference.chunking import OverlapAddRecipe
 from sepcli.inference.demucs_recipe import DemucsChunkRecipe, DemucsRecipe
 from sepcli.inference.engine import InputWindow, OutputAccumulator, Recipe
 from sepcli.inference.mdxc_recipe import MdxcPlan, MdxcRecipe
+from sepcli.inference.msst_recipe import MsstPlan, MsstRecipe
 
 RECIPES: dict[str, Recipe] = {
     "overlap-add": OverlapAddRecipe(64, 0.25),
@@ -17,6 +18,9 @@ RECIPES: dict[str, Recipe] = {
     "demucs-shifts": DemucsChunkRecipe(DemucsRecipe(50, 0.5, 2.0, max_shift=20), (3, 20)),
     "mdxc-roformer": MdxcRecipe(MdxcPlan("roformer", 64, 2)),
     "mdxc-tfc-tdf": MdxcRecipe(MdxcPlan("tfc-tdf", 64, 3)),
+    "msst": MsstRecipe(MsstPlan(64, 4, 2)),  # latency: the padding is known (2 * 48 + 1)
+    "msst-batch": MsstRecipe(MsstPlan(40, 2, 4)),  # latency: the batch is not the last
+    "msst-unpadded": MsstRecipe(MsstPlan(40, 1, 2)),  # one chunk per sample, no borders
 }
 
 
@@ -89,6 +93,9 @@ def test_input_window_pads_the_track_ends_and_refuses_dropped_input() -> None:
         window.read(4, 2)
     with pytest.raises(ValueError):
         window.append(torch.zeros(2, 3))
+    assert window.gather(torch.tensor([9, 5, -1, 7, 10])).tolist() == [[10, 6, 0, 8, 0]]
+    with pytest.raises(AssertionError, match="dropped"):
+        window.gather(torch.tensor([6, 4]))
 
 
 def test_accumulator_emits_weighted_means_and_refuses_samples_without_weight() -> None:
@@ -100,6 +107,11 @@ def test_accumulator_emits_weighted_means_and_refuses_samples_without_weight() -
     acc.add(8, torch.ones(1, 1, 2), torch.ones(2), end=100)
     with pytest.raises(AssertionError, match="without weight"):
         acc.emit(10, lambda total, weight: total / weight)
+    out = acc.emit(10, lambda total, weight: total.clamp(max=weight), zero_weights=True)
+    assert out.flatten().tolist() == [1, 1, 0, 0, 1, 1]  # 6, 7 without weight: allowed
+    acc.add(12, torch.ones(1, 1, 2), torch.ones(2), end=100)
+    with pytest.raises(AssertionError, match="without weight"):  # 14, 15: no chunk reached them
+        acc.emit(16, lambda total, weight: total / weight, zero_weights=True)
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -21,8 +21,11 @@ from click.testing import CliRunner
 
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, ConfigError, UsageError
-from sepcli.inference.msst_recipe import MsstPlan, MsstStream, demix, fade_window
+from sepcli.inference.config import SeparatorConfig
+from sepcli.inference.msst_recipe import MsstPlan, MsstRecipe, demix, fade_window
+from sepcli.inference.recipes import make_recipe
 from sepcli.models import build_model, export_archive, load_verified, reference_config
+from sepcli.models.archive import ArchiveMetadata
 from sepcli.models.importers.msst import config_from_msst, import_msst, read_msst_yaml
 from sepcli.models.nets.scnet import SCNet, SCNetConfig
 
@@ -79,7 +82,7 @@ def test_msst_recipe_matches_msst_demix(golden, case):
     whole = demix(model, mix, plan, 2)
     assert whole.shape == entry["output"].shape
     assert snr_db(entry["output"], whole) >= 60
-    stream = MsstStream(model, plan, 2, 2)
+    stream = MsstRecipe(plan).engine(model, 2, 2)
     parts, i, rng = [], 0, random.Random(0)
     while i < mix.shape[-1]:
         n = rng.randint(1, 1500)
@@ -104,7 +107,8 @@ def test_stream_equals_whole_track_for_any_blocks(plan):
     for length in (1, 49, 50, 51, 150, 151, 199, 200, 201, 777):
         mix = torch.randn(2, length, generator=g)
         ref = demix(_toy, mix, plan, 2)
-        stream = MsstStream(_toy, plan, 2, 2)
+        calls: list[int] = []
+        stream = MsstRecipe(plan).engine(_toy, 2, 2, on_chunk=calls.append)
         parts, i = [], 0
         while i < length:
             n = rng.randint(1, 70)
@@ -113,8 +117,9 @@ def test_stream_equals_whole_track_for_any_blocks(plan):
         parts.append(stream.finish())
         got = torch.cat(parts, -1)
         assert got.shape == ref.shape == (2, 2, length)
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+        assert torch.equal(got, ref)  # the same sums in the same order
         assert plan.count_chunks(length) == len(range(0, plan.padded_length(length), plan.step))
+        assert sum(calls) == plan.count_chunks(length) == MsstRecipe(plan).count_chunks(length)
 
 
 def test_fade_window_and_batch_rule():
@@ -124,6 +129,23 @@ def test_fade_window_and_batch_rule():
     assert plan.window(6, 7)[-1] == 1  # the last batch drops its fade-out
     assert MsstPlan(100, 4, 1).window(0, 7)[0] == 1  # a batch of chunk 0 alone: no fade-in
     assert MsstPlan(100, 4, 8).window(0, 7)[-1] == 1  # one batch is the last batch
+
+
+def test_recipe_options_from_the_archive_and_the_user():
+    meta = ArchiveMetadata(
+        "scnet-x", ("vocals", "other"), 44100, 2, "waveform", "scnet", recipe="msst",
+        config={"chunk_size": 4410, "num_overlap": 4, "batch_size": 3},
+    )  # fmt: skip
+    assert make_recipe(meta, SeparatorConfig()) == MsstRecipe(MsstPlan(4410, 4, 3))
+    own = make_recipe(meta, SeparatorConfig(segment_seconds=0.05, overlap=0.5))
+    assert own == MsstRecipe(MsstPlan(2205, 2, 3))
+    assert own.describe() == {
+        "recipe": "msst", "chunk_samples": 2205, "num_overlap": 2, "batch_size": 3
+    }  # fmt: skip
+    with pytest.raises(UsageError, match="--shifts is not part of the msst"):
+        make_recipe(meta, SeparatorConfig(shifts=1))
+    with pytest.raises(UsageError, match="--context is not part of the msst"):
+        make_recipe(meta, SeparatorConfig(context_seconds=0.1))
 
 
 def _write_checkpoint(tmp_path: Path, golden: dict, case: str) -> tuple[Path, Path]:

@@ -11,8 +11,9 @@ and how much input it needs ahead of an output sample (``latency_samples``).
 :class:`ChunkStream` does the rest, the same way for every recipe:
 
 * an :class:`InputWindow` holds the input from the earliest sample a chunk may
-  still read, gives each chunk its samples with zeros beyond the track's ends,
-  and drops what no chunk needs any more;
+  still read, gives each chunk its samples with zeros beyond the track's ends
+  (or the track samples a recipe names one by one, for reflected borders), and
+  drops what no chunk needs any more;
 * chunks run in order of their start (ties: grid order), ``batch_size`` at a
   time, on ``device``; a recipe's chunk runs as soon as the input it needs is
   there (and it knows the chunk is final), not at the end of the track;
@@ -60,7 +61,10 @@ class Chunk:
     where that leaves the track); its output samples ``[keep, keep + length)`` land
     on the track's ``[at, at + length)`` with weights ``weight (length,)``
     (positions already emitted or past the end of the track are dropped).
-    ``last``: no chunk of any grid follows this one.
+    ``last``: no chunk of any grid follows this one. ``positions``: where the model
+    input is not one stretch of the track (reflections), the track position of each
+    of its ``input_length`` samples, int64 (zero where outside the track); its
+    samples must lie in ``[input_start, ...)``.
     """
 
     at: int
@@ -69,6 +73,7 @@ class Chunk:
     keep: int
     weight: Tensor
     last: bool = False
+    positions: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -99,6 +104,9 @@ class Recipe(ABC):
     average_grids: ClassVar[bool] = False
     #: Whether several chunks may go to the model in one call.
     batched: ClassVar[bool] = True
+    #: Whether an output sample whose weights sum to zero is allowed (every sample
+    #: must still be reached by a chunk); :meth:`normalise` then gives its value.
+    zero_weights: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -248,6 +256,16 @@ class InputWindow:
             out[:, a - lo : b - lo] = self._samples[:, a - self.start : b - self.start]
         return out
 
+    def gather(self, positions: Tensor) -> Tensor:
+        """Samples at ``positions`` (int64 ``(n,)``) ``(channel, n)``, zeros outside ``[0, end)``."""
+        inside = (positions >= 0) & (positions < self.end)
+        if bool((positions[inside] < self.start).any()):
+            raise AssertionError("the input window dropped samples that a chunk still needs")
+        if not self.held:
+            return torch.zeros(self.channels, int(positions.shape[0]))
+        out = self._samples[:, (positions - self.start).clamp(0, self.held - 1)]
+        return torch.where(inside, out, torch.zeros(()))
+
     def trim(self, keep_from: int) -> None:
         """Drop the samples before ``keep_from``."""
         drop = min(max(keep_from - self.start, 0), self.held)
@@ -290,14 +308,19 @@ class OutputAccumulator:
         self._weight[a:b] += w
         self._used = max(self._used, b)
 
-    def emit(self, upto: int, normalise: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def emit(
+        self,
+        upto: int,
+        normalise: Callable[[Tensor, Tensor], Tensor],
+        zero_weights: bool = False,
+    ) -> Tensor:
         """The finished positions ``[start, upto)`` through ``normalise(total, weight)``;
-        every one of them must have got weight."""
+        every one of them must have got weight (been reached, with ``zero_weights``)."""
         n = upto - self.start
         if n <= 0:
             return self._total.new_zeros(*self._total.shape[:2], 0)
         weight = self._weight[:n]
-        if n > self._used or bool((weight <= 0).any()):
+        if n > self._used or (not zero_weights and bool((weight <= 0).any())):
             raise AssertionError("chunking left output samples without weight")
         out = normalise(self._total[..., :n], weight)
         rest = self._used - n  # what is still accumulating moves to the front
@@ -402,7 +425,7 @@ class ChunkStream:
     def _run(self, batch: Sequence[tuple[int, Chunk]]) -> None:
         if not batch:
             return
-        x = torch.stack([self.window.read(c.input_start, c.input_length) for _, c in batch])
+        x = torch.stack([self._input(c) for _, c in batch])
         y = run_model(self.fn, x, self.num_sources, self.device)
         single = len(self.accumulators) == 1
         for i, (grid, c) in enumerate(batch):
@@ -410,6 +433,11 @@ class ChunkStream:
             acc.add(c.at, y[i, ..., c.keep : c.keep + c.length], c.weight, self.window.end)
         if self.on_chunk is not None:
             self.on_chunk(len(batch))
+
+    def _input(self, c: Chunk) -> Tensor:
+        if c.positions is None:
+            return self.window.read(c.input_start, c.input_length)
+        return self.window.gather(c.positions)
 
     def _reach(self) -> tuple[int, int]:
         end = self.window.end
@@ -420,7 +448,8 @@ class ChunkStream:
 
     def _emit(self) -> Tensor:
         upto = max(self._reach()[0], self.accumulators[0].start)
-        outs = [acc.emit(upto, self.recipe.normalise) for acc in self.accumulators]
+        zero = self.recipe.zero_weights
+        outs = [acc.emit(upto, self.recipe.normalise, zero) for acc in self.accumulators]
         if len(outs) == 1:
             return outs[0]
         mean = outs[0]

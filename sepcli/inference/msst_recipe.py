@@ -26,17 +26,18 @@ standard deviation when ``inference.normalize`` is true; that needs the whole
 track before the first chunk and is not part of ``demix`` (nor of this recipe:
 the MSST importer refuses such configs).
 
-:func:`demix` runs a whole track at once (the reference path of the tests);
-:class:`MsstStream` gives the same samples (up to float rounding of the sums'
-order) from blocks of input, keeping about ``(batch_size + 2)`` chunk steps of
-input and output whatever the track length. Lengths are samples at the model's
-rate.
+:func:`demix` runs a whole track at once (the reference path of the tests).
+:class:`MsstRecipe` gives the same chunks to the streaming engine
+(:mod:`sepcli.inference.engine`), which returns the same samples from blocks of
+input, keeping a few chunks of input and output whatever the track length. A
+chunk runs once its input is in and its MSST batch is known not to be the last
+(or at the end), so the look-ahead grows with ``batch_size``
+(:attr:`MsstRecipe.latency_samples`). Lengths are samples at the model's rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -45,14 +46,11 @@ from torch import Tensor
 
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
-from sepcli.inference.device import host_to_device
-from sepcli.inference.recipes import register_recipe
+from sepcli.inference.engine import Chunk, ModelFn, Recipe, run_model
+from sepcli.inference.recipes import reference_num_overlap, register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
-__all__ = ["MsstPlan", "MsstRecipe", "fade_window", "demix", "MsstStream"]
-
-#: ``model(mix (1, channel, chunk)) -> (1, source, channel, chunk)``.
-ModelFn = Callable[[Tensor], Tensor]
+__all__ = ["MsstPlan", "MsstRecipe", "fade_window", "demix"]
 
 
 @dataclass(frozen=True)
@@ -131,14 +129,6 @@ def _fill(part: Tensor, chunk: int) -> Tensor:
     return F.pad(part.unsqueeze(0), (0, chunk - n), mode=mode).squeeze(0)
 
 
-def _run(model: ModelFn, part: Tensor, device: torch.device) -> Tensor:
-    with torch.no_grad():  # not inference_mode: scripted graphs that saw autograd fail there
-        out = model(host_to_device(part.unsqueeze(0), device))
-    if out.dim() != 4 or out.shape[0] != 1 or out.shape[2] != part.shape[0]:
-        raise ValueError(f"model returned shape {tuple(out.shape)} for input {(1, *part.shape)}")
-    return out[0].float().cpu()
-
-
 def demix(model: ModelFn, mix: Tensor, plan: MsstPlan, num_sources: int) -> Tensor:
     """Separate a whole track at once: ``mix (channel, length)`` -> ``(source, channel, length)``."""
     length = mix.shape[-1]
@@ -148,13 +138,14 @@ def demix(model: ModelFn, mix: Tensor, plan: MsstPlan, num_sources: int) -> Tens
         mix = F.pad(mix.unsqueeze(0), (border, border), mode="reflect").squeeze(0)
     total = mix.shape[-1]
     count = plan.count_chunks(length)
+    cpu = torch.device("cpu")
     acc = torch.zeros(num_sources, mix.shape[0], total)
     weight = torch.zeros(total)
     for index in range(count):
         start = index * plan.step
         part = mix[:, start : start + plan.chunk]
         n = part.shape[-1]
-        out = _run(model, _fill(part, plan.chunk), torch.device("cpu"))
+        out = run_model(model, _fill(part, plan.chunk)[None], num_sources, cpu)[0]
         w = plan.window(index, count)[:n]
         acc[..., start : start + n] += out[..., :n] * w
         weight[start : start + n] += w
@@ -162,189 +153,13 @@ def demix(model: ModelFn, mix: Tensor, plan: MsstPlan, num_sources: int) -> Tens
     return out[..., border : border + length]
 
 
-class MsstStream:
-    """:func:`demix` fed with blocks: :meth:`push` returns every sample that no later
-    chunk can change, :meth:`finish` the rest.
-
-    Positions below are in the padded track (``border`` reflected samples first,
-    once the track is known to be longer than ``2 * border``). A chunk runs during
-    :meth:`push` once the padded track is known to go on past its end (so it is
-    not the last chunk). Its fade-out depends on whether its batch is MSST's last;
-    until that is known its last ``fade`` output samples wait aside.
-    """
-
-    def __init__(
-        self,
-        model: ModelFn,
-        plan: MsstPlan,
-        num_sources: int,
-        channels: int,
-        device: torch.device | str = "cpu",
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.plan = plan
-        self.num_sources = int(num_sources)
-        self.channels = int(channels)
-        self.device = torch.device(device)
-        self.on_chunk = on_chunk
-        self._base = fade_window(plan.chunk, plan.fade)
-        self._received = 0
-        self._raw: list[Tensor] = []  # blocks before the padding is decided
-        self._border: int | None = None if plan.border > 0 else 0
-        self._input = torch.zeros(self.channels, 0)  # padded track from _input_start on
-        self._input_start = 0
-        self._acc = torch.zeros(self.num_sources, self.channels, 0)  # from _emitted on
-        self._weight = torch.zeros(0)
-        self._emitted = 0
-        self._next = 0  # next chunk index
-        self._tails: dict[int, Tensor] = {}  # chunk index -> its last `fade` output samples
-        self._finished = False
-
-    # -- bookkeeping ----------------------------------------------------------------
-
-    def _known(self) -> int:
-        """End of the padded track known so far (its reflected tail comes at finish)."""
-        return self._input_start + self._input.shape[-1]
-
-    def _extend(self, block: Tensor) -> None:
-        self._input = torch.cat([self._input, block], dim=-1)
-
-    def _accumulate(self, start: int, out: Tensor, w: Tensor) -> None:
-        stop = start + out.shape[-1]
-        grow = stop - self._emitted - self._acc.shape[-1]
-        if grow > 0:
-            self._acc = torch.cat([self._acc, self._acc.new_zeros(*self._acc.shape[:2], grow)], -1)
-            self._weight = torch.cat([self._weight, self._weight.new_zeros(grow)])
-        a, b = start - self._emitted, stop - self._emitted
-        self._acc[..., a:b] += out * w
-        self._weight[a:b] += w
-
-    def _emit(self, upto: int) -> Tensor:
-        """Finished output at padded positions ``[_emitted, upto)``, cropped to the track."""
-        count = max(upto - self._emitted, 0)
-        done = torch.nan_to_num(self._acc[..., :count] / self._weight[:count], nan=0.0)
-        first = self._emitted
-        self._acc = self._acc[..., count:]
-        self._weight = self._weight[count:]
-        self._emitted += count
-        border = self._border or 0
-        lo = max(border - first, 0)
-        hi = max(min(border + self._received - first, count), lo)
-        return done[..., lo:hi]
-
-    def _chunk_input(self, index: int, total: int) -> Tensor:
-        start = index * self.plan.step
-        stop = min(start + self.plan.chunk, total)
-        return self._input[:, start - self._input_start : stop - self._input_start]
-
-    def _run_chunk(self, index: int, count: int | None) -> None:
-        """Run chunk ``index``; ``count`` is the number of chunks when known (at finish)."""
-        plan = self.plan
-        start = index * plan.step
-        part = self._chunk_input(index, self._known())
-        n = part.shape[-1]
-        out = _run(self.model, _fill(part, plan.chunk), self.device)
-        if out.shape[:2] != (self.num_sources, self.channels):
-            raise ValueError(
-                f"model returned {out.shape[0]} sources x {out.shape[1]} channels, "
-                f"expected {self.num_sources} x {self.channels}"
-            )
-        if self.on_chunk is not None:
-            self.on_chunk(1)
-        if count is not None:
-            self._accumulate(start, out[..., :n], plan.window(index, count)[:n])
-            return
-        # a chunk run before the end is full and not the last: only its fade-out is open
-        w = self._base.clone()
-        if index == 0 and plan.batch_size == 1:
-            w[: plan.fade] = 1.0
-        head = plan.chunk - plan.fade
-        self._accumulate(start, out[..., :head], w[:head])
-        self._tails[index] = out[..., head:]
-
-    def _settle(self, count: int | None) -> None:
-        """Add the waiting fade-outs whose batch is now known to be (or not be) MSST's last."""
-        plan = self.plan
-        for index in sorted(self._tails):
-            after = (index // plan.batch_size + 1) * plan.batch_size  # first chunk of next batch
-            if count is None and after * plan.step >= self._known():
-                continue
-            if count is None or after < count:
-                w = self._base[plan.chunk - plan.fade :]
-            else:
-                w = plan.window(index, count)[plan.chunk - plan.fade :]
-            start = index * plan.step + plan.chunk - plan.fade
-            self._accumulate(start, self._tails.pop(index), w)
-
-    def _open_from(self) -> int:
-        """First padded position a later chunk or a waiting fade-out may still change."""
-        plan = self.plan
-        tails = [i * plan.step + plan.chunk - plan.fade for i in self._tails]
-        return min([self._next * plan.step, *tails])
-
-    # -- the engine -----------------------------------------------------------------
-
-    def push(self, block: Tensor) -> Tensor:
-        """Feed ``block (channel, n)``; return the finished output ``(source, channel, k)``."""
-        if self._finished:
-            raise RuntimeError("push() after finish()")
-        if block.dim() != 2 or block.shape[0] != self.channels:
-            raise ValueError(f"blocks must be ({self.channels}, time), got {tuple(block.shape)}")
-        block = block.to(torch.float32)
-        self._received += block.shape[-1]
-        if self._border is None:
-            self._raw.append(block)
-            if self._received <= 2 * self.plan.border:
-                return self._acc.new_zeros(self.num_sources, self.channels, 0)
-            # longer than 2 * border whatever follows: the reflected head is known now
-            track = torch.cat(self._raw, dim=-1)
-            self._raw = []
-            self._border = self.plan.border
-            head = track[:, 1 : self._border + 1].flip(-1)
-            self._extend(torch.cat([head, track], dim=-1))
-        else:
-            self._extend(block)
-        plan = self.plan
-        while self._next * plan.step + plan.chunk < self._known():
-            self._run_chunk(self._next, None)
-            self._next += 1
-        self._settle(None)
-        out = self._emit(self._open_from())
-        # keep what later chunks read and the samples the reflected tail will mirror
-        keep = min(self._next * plan.step, self._known() - (self._border or 0) - 1)
-        keep = max(keep, self._input_start)
-        self._input = self._input[:, keep - self._input_start :]
-        self._input_start = keep
-        return out
-
-    def finish(self) -> Tensor:
-        """End of the track: run the last chunks and return the rest of the output."""
-        if self._finished:
-            raise RuntimeError("finish() called twice")
-        self._finished = True
-        length = self._received
-        if length == 0:
-            return self._acc.new_zeros(self.num_sources, self.channels, 0)
-        if self._border is None:  # never longer than 2 * border: no padding
-            self._border = 0
-            self._extend(torch.cat(self._raw, dim=-1))
-            self._raw = []
-        if self._border:
-            end = self._known() - self._input_start
-            self._extend(self._input[:, end - self._border - 1 : end - 1].flip(-1))
-        plan = self.plan
-        count = plan.count_chunks(length)
-        self._settle(count)
-        for index in range(self._next, count):
-            self._run_chunk(index, count)
-        self._next = count
-        return self._emit(self._border + length + self._border)
-
-
 @dataclass(frozen=True)
-class MsstRecipe:
+class MsstRecipe(Recipe):
     """The ``msst`` chunking recipe of :mod:`sepcli.inference.recipes` (module docstring).
+
+    On the streaming engine (:mod:`sepcli.inference.engine`) its chunk starts are
+    positions in MSST's padded track; a chunk reading reflected samples names the
+    track samples it reads (``Chunk.positions``). Chunks run one per model call.
 
     From an archive's config: ``chunk_size``, ``num_overlap`` and ``batch_size``.
     ``--segment`` sets the chunk (samples, rounded), ``--overlap f`` sets
@@ -353,6 +168,8 @@ class MsstRecipe:
     """
 
     name: ClassVar[str] = "msst"
+    batched: ClassVar[bool] = False
+    zero_weights: ClassVar[bool] = True  # MSST's fades leave some samples unweighted
     plan: MsstPlan
 
     @classmethod
@@ -363,43 +180,88 @@ class MsstRecipe:
                 f"model {meta.name!r} ({meta.family}) has no chunk_size/num_overlap in its "
                 "config, which the msst recipe needs"
             )
-        if config.shifts:
-            raise UsageError("--shifts is not part of the msst chunking recipe; use --shifts 0")
-        if config.context_seconds is not None:
-            raise UsageError("--context is not part of the msst chunking recipe")
+        overlap = reference_num_overlap(config, cls.name, int(cfg["num_overlap"]))
         chunk = int(cfg["chunk_size"])
         if config.segment_seconds is not None:
             chunk = max(10, round(config.segment_seconds * meta.sample_rate))
-        overlap = int(cfg["num_overlap"])
-        if config.overlap is not None:
-            overlap = max(1, round(1.0 / (1.0 - config.overlap)))
         batch = int(cfg.get("batch_size", 1))
         return cls(MsstPlan(chunk, min(overlap, chunk), batch))
 
-    def engine(
-        self,
-        fn: Callable[[Tensor], Tensor],
-        channels: int,
-        num_sources: int,
-        *,
-        batch_size: int = 1,
-        device: torch.device | str = "cpu",
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> MsstStream:
-        """A :class:`MsstStream`; chunks run one at a time (``batch_size`` is not used:
-        MSST's batch size is the plan's, and only its windows depend on it)."""
-        return MsstStream(fn, self.plan, num_sources, channels, device=device, on_chunk=on_chunk)
+    @property
+    def grid_starts(self) -> tuple[int, ...]:
+        return (0,)  # chunk starts are positions in MSST's padded track
 
-    def count_chunks(self, length: int) -> int:
-        return self.plan.count_chunks(length)
+    @property
+    def stride(self) -> int:
+        return self.plan.step
+
+    @property
+    def latency_samples(self) -> int:
+        # the padding is known after 2 * border + 1 samples, a chunk once all its
+        # input is in, its window once the track is known to go on past its batch
+        plan = self.plan
+        after = plan.batch_size * plan.step - plan.border + 1
+        return max(2 * plan.border + 1 if plan.border else 0, plan.chunk, after)
+
+    def chunk(self, start: int, received: int, finished: bool) -> Chunk | None:
+        """The chunk at ``start`` of the padded track (``border`` reflected samples
+        first); before the end, once the track is known to be padded, its input is
+        all in (none of it mirrored from the unknown end) and the track is known to
+        go on past its MSST batch (the batch is not the last)."""
+        plan = self.plan
+        index = start // plan.step
+        if finished:
+            length = received
+            border = plan.border if plan.pads(length) else 0
+            if start >= length + 2 * border:
+                return None
+            window = plan.window(index, plan.count_chunks(length))
+            n = min(plan.chunk, length + 2 * border - start)
+        else:
+            length, border = None, plan.border
+            after = (index // plan.batch_size + 1) * plan.batch_size  # next batch's first chunk
+            if (
+                (border and received <= 2 * border)
+                or start + plan.chunk > border + received
+                or after * plan.step >= border + received + border
+            ):
+                return None
+            window, n = plan.window(index, after + 1), plan.chunk  # after + 1: not the last batch
+        at = start - border
+        positions = None
+        if at < 0 or n < plan.chunk or (length is not None and at + plan.chunk > length):
+            positions = self._positions(start, n, border, length)
+        return Chunk(at, at, plan.chunk, 0, window[:n], positions=positions)
+
+    def _positions(self, start: int, n: int, border: int, length: int | None) -> Tensor:
+        """Track positions of the samples of the chunk at ``start`` of the padded track
+        with ``n`` samples there (-1: zero), as :func:`demix` builds its input."""
+        chunk = self.plan.chunk
+        i = torch.arange(chunk)
+        if chunk // 2 < n < chunk:  # the chunk mirrored at its own end
+            i = torch.where(i < n, i, 2 * (n - 1) - i)
+        p = start + i - border
+        if border:  # the reflected borders: -u <- u, and L - 1 + u <- L - 1 - u
+            p = p.abs()
+            if length is not None:
+                p = torch.where(p >= length, 2 * (length - 1) - p, p)
+        if n <= chunk // 2:
+            p[n:] = -1  # zeros
+        return p
+
+    def reach(self, start: int, received: int) -> tuple[int, int]:
+        border = self.plan.border
+        if border and received <= 2 * border:  # the padding is not known yet
+            return 0, 0
+        # the reflected end mirrors the last border + 1 samples of the track
+        return start - border, min(start - border, received - border - 1)
+
+    def normalise(self, total: Tensor, weight: Tensor) -> Tensor:
+        return torch.nan_to_num(total / weight, nan=0.0)  # no weight: 0, as MSST
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "recipe": self.name,
-            "chunk_samples": self.plan.chunk,
-            "num_overlap": self.plan.num_overlap,
-            "batch_size": self.plan.batch_size,
-        }
+        fields = asdict(self.plan)  # chunk, num_overlap, batch_size
+        return {"recipe": self.name, "chunk_samples": fields.pop("chunk"), **fields}
 
 
 register_recipe(MsstRecipe.name, MsstRecipe.from_metadata)

@@ -10,7 +10,9 @@ bag can mix families whose published chunking differs.
 
 * ``overlap-add`` — sepcli's own (:mod:`sepcli.inference.chunking`);
 * ``demucs`` — Demucs' ``apply_model`` (:mod:`sepcli.inference.demucs_recipe`);
-* ``mdxc`` — audio-separator's MDXC ``demix`` (:mod:`sepcli.inference.mdxc_recipe`).
+* ``mdxc`` — audio-separator's MDXC ``demix`` (:mod:`sepcli.inference.mdxc_recipe`);
+* ``msst`` — Music-Source-Separation-Training's generic ``demix``
+  (:mod:`sepcli.inference.msst_recipe`).
 
 Lengths here are in samples at the model's rate.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "RECIPES",
     "register_recipe",
     "make_recipe",
+    "reference_num_overlap",
     "MAX_SHIFT_SECONDS",
 ]
 
@@ -48,6 +51,19 @@ def register_recipe(
 ) -> None:
     """Add a recipe (its module calls this on import; see :func:`make_recipe`)."""
     RECIPES[name] = factory
+
+
+def reference_num_overlap(config: SeparatorConfig, recipe: str, num_overlap: int) -> int:
+    """``num_overlap`` for a recipe that reproduces a reference's chunks, with the
+    user's ``--overlap f`` as ``round(1 / (1 - f))`` (0.75 -> 4). Such a recipe
+    takes no ``--shifts`` or ``--context`` (:class:`UsageError`)."""
+    if config.shifts:
+        raise UsageError(f"--shifts is not part of the {recipe} chunking recipe; use --shifts 0")
+    if config.context_seconds is not None:
+        raise UsageError(f"--context is not part of the {recipe} chunking recipe")
+    if config.overlap is None:
+        return num_overlap
+    return max(1, round(1.0 / (1.0 - config.overlap)))
 
 
 #: recipes whose code lives in their own module, imported on first use.
