@@ -93,6 +93,19 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
         ) from None
 
 
+def _files_bar(quiet: bool) -> Progress:
+    """The per-file progress bar of a batch (hidden when quiet or not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not bars_shown(quiet),
+        transient=True,
+    )
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -418,15 +431,7 @@ def separate(
     counts_by_kind = {"done": 0, "other": 0, "foreign": 0}
 
     planned: dict[Path, Path] = {}
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not bars_shown(quiet),
-        transient=True,
-    )
+    progress = _files_bar(quiet)
     try:
         with progress:
             files_task = progress.add_task("files", total=len(files))
@@ -593,15 +598,7 @@ def _separate_chain(
     settings.update(format=fmt, bit_depth=bit_depth, mp3_bitrate=mp3_bitrate,
                     mp3_vbr=mp3_vbr, clip=clip, channels=channels)  # fmt: skip
     counts = {"done": 0, "other": 0, "foreign": 0}
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not bars_shown(quiet),
-        transient=True,
-    )
+    progress = _files_bar(quiet)
     try:
         with progress:
             run_chain(
