@@ -159,12 +159,12 @@ def test_ensemble_of_archives_whose_parameters_require_grad(tmp_path):
 
 
 def _rewrite_metadata(src, dst, **changes):
-    """Copy an archive, replacing fields of its metadata (bypassing save_archive's checks)."""
-    meta = json.loads(load_archive(src).metadata.to_json())
-    meta.update(changes)
-    torch.jit.save(
-        torch.jit.load(str(src)), str(dst), _extra_files={METADATA_FILE: json.dumps(meta)}
-    )
+    """Copy an archive as a format-1 (TorchScript) one, replacing fields of its metadata
+    (bypassing save_archive's checks)."""
+    archive = load_archive(src)
+    meta = json.loads(archive.metadata.to_json())
+    meta.update(changes, format_version=1)
+    torch.jit.save(archive.module, str(dst), _extra_files={METADATA_FILE: json.dumps(meta)})
     return dst
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import collect_losses, make_tone, write_wav
+from conftest import assert_data_archive, collect_losses, make_tone, write_wav
 
 from sepcli.errors import TrainingError
 from sepcli.models.archive import ArchiveMetadata, load_archive, probe_archive
@@ -100,6 +100,7 @@ def test_loss_goes_down_and_run_folder_is_complete(data_root, tmp_path):
     assert [r["epoch"] for r in records] == list(range(1, 5))
     assert set(records[0]["valid"]) == {"vocals"} and math.isfinite(records[-1]["valid"]["vocals"])
     assert result.archive == run / "tiny-vocals.sepcli"
+    assert_data_archive(result.archive)
     archive = load_archive(result.archive)
     probe_archive(archive)
     meta = archive.metadata
