@@ -142,7 +142,7 @@ class SetState(torch.nn.Module):
 
 HOSTILE = {
     "from_file": (FromFile, "aten::from_file", "forward"),
-    "save": (Save, "aten::save", "forward"),
+    "save": (Save, "aten::save", "<module>.helper"),
     "storage": (SetStorage, "aten::set_", "inner.forward"),
     "custom op": (CustomOp, "sepcli_test_evil::touch", "forward"),
     "setstate": (SetState, "__setstate__", "__setstate__"),
@@ -339,3 +339,20 @@ def test_byte_flip_fuzz_gives_one_line_errors(tmp_path):
             assert "\n" not in str(exc) and str(exc), repr(exc)
             outcomes["refused"] += 1
     assert outcomes["refused"] >= 190, outcomes
+
+
+def test_a_passed_audit_is_remembered_only_for_the_same_bytes(tmp_path, identity_archive):
+    """The audit verdict and the archive hash are cached; a file replaced in place (same
+    path) is hashed and audited again."""
+    from sepcli.models.archive import scriptcache
+
+    path = tmp_path / "model.sepcli"
+    shutil.copyfile(identity_archive, path)
+    load_archive(path)
+    load_archive(path)  # from the remembered hash and verdict
+    hostile, target = _hostile("save", tmp_path)
+    path.write_bytes(hostile.read_bytes())
+    with pytest.raises(ArchiveError, match="aten::save"):
+        load_archive(path)
+    assert target.read_bytes() == PAYLOAD
+    assert len(list((scriptcache.cache_folder() / "audited").iterdir())) == 1

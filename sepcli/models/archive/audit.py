@@ -16,6 +16,7 @@ Python call, a fork or a call left uninlined is refused too.
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ DENIED_ATEN: tuple[str, ...] = (
     "_fake", "_debug", "_test", "rpc", "wait", "fork",
 )  # fmt: skip
 
+_CALLS = frozenset({"prim::CallFunction", "prim::CallMethod"})
 _ALIAS = re.compile(r"\.\w+$")  # aten::add.Tensor -> aten::add (overload names)
 
 
@@ -94,34 +96,59 @@ def _graphs(module: torch.jit.ScriptModule) -> Iterator[tuple[str, torch._C.Grap
 def audit_module(module: torch.jit.ScriptModule, where: str) -> None:
     """Refuse ``module`` unless every operation of every method is allowed.
 
-    Each graph is copied and inlined first (``torch._C._jit_pass_inline``), so
-    calls to other scripted functions and methods are checked where they run;
-    a call that stays a call (``prim::CallFunction``/``CallMethod``: an
-    interface, a function value) is refused.
+    Each method is checked as written (so a refusal names the method that holds
+    the operation). A method that calls anything but another module's method
+    (a scripted function, a TorchScript class's method, an interface) is then
+    checked inlined (``torch._C._jit_pass_inline`` on a copy), so the callee is
+    checked where it runs; a call that stays a call once inlined is refused.
 
     Raises:
         ArchiveError: one line naming the operation and the method.
     """
-    for method, graph in _graphs(module):
+    modules = set()
+    for sub in module.modules():
+        modules.add(sub._c._type().qualified_name())
+    graphs = list(_graphs(module))
+    to_inline = []
+    for method, graph in graphs:
+        calls_out = False
+        for node in _nodes(graph.block()):
+            kind = node.kind()
+            if kind in _CALLS:
+                target = node.inputsAt(0).type()
+                qualified = getattr(target, "qualified_name", None)
+                calls_out |= kind == "prim::CallFunction" or qualified is None
+                calls_out |= qualified is not None and qualified() not in modules
+                continue  # module methods are checked themselves, other callees inlined
+            _check(kind, method, where)
+        if calls_out:
+            to_inline.append((method, graph))
+    for method, graph in to_inline:
         inlined = graph.copy()
         torch._C._jit_pass_inline(inlined)
         for node in _nodes(inlined.block()):
-            kind = node.kind()
-            if refused_operation(kind):
-                raise ArchiveError(
-                    f"{where}: refused: operation {kind} in {method} is not a pure tensor "
-                    "operation (format-1 archives run only those; see docs/models.md)"
-                )
+            _check(node.kind(), method, where)
 
 
-def scan_code(path: Path) -> None:
+def _check(kind: str, method: str, where: str) -> None:
+    if refused_operation(kind):
+        raise ArchiveError(
+            f"{where}: refused: operation {kind} in {method} is not a pure tensor "
+            "operation (format-1 archives run only those; see docs/models.md)"
+        )
+
+
+def scan_code(path: Path, data: bytes | None = None) -> None:
     """Before ``torch.jit.load``: refuse code that runs while the archive loads.
+
+    Args:
+        path: the archive (read unless ``data``, its bytes, is given).
 
     Raises:
         ArchiveError: a code file defines ``__setstate__`` (or is unreadable).
     """
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as zf:
             for info in zf.infolist():
                 if "/code/" not in info.filename or not info.filename.endswith(".py"):
                     continue

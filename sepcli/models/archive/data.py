@@ -19,9 +19,9 @@ scripting.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "MEMBERS_FILE",
     "is_data_archive",
     "write_data_archive",
+    "read_stable",
     "open_data_archive",
     "read_weights",
     "load_tensors",
@@ -140,21 +141,30 @@ def write_data_archive(
     return rebuilt
 
 
-def open_data_archive(path: Path) -> tuple[str, str, Any, bytes]:
-    """The parts of a format-2 archive but its weights.
+def read_stable(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of ``path`` and its ``stat`` from the descriptor they were read
+    through; :class:`ArchiveError` if the file changed while it was read."""
+    try:
+        with open(path, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            raw = fh.read()
+            after = os.fstat(fh.fileno())
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size, after.st_mtime_ns, after.st_ctime_ns
+    ) or len(raw) != before.st_size:  # fmt: skip
+        raise ArchiveError(f"{path}: the file changed while it was read")
+    return raw, before
 
-    Returns:
-        ``(sha256 of the file, metadata JSON text, member layout or None, the
-        file's bytes)``; :func:`read_weights` takes the weights from those bytes.
+
+def open_data_archive(path: Path, raw: bytes) -> tuple[str, Any]:
+    """The metadata JSON and member layout (or ``None``) of a format-2 archive's
+    bytes ``raw``, every member name checked.
 
     Raises:
         ArchiveError: one line, for anything that is not a well-formed archive.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ArchiveError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    digest = hashlib.sha256(raw).hexdigest()
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = zf.namelist()
@@ -169,7 +179,7 @@ def open_data_archive(path: Path) -> tuple[str, str, Any, bytes]:
         raise
     except Exception as exc:  # zipfile, zlib, UnicodeDecodeError, JSON: a damaged file
         raise ArchiveError(f"{path}: damaged archive ({_first_line(exc)})") from None
-    return digest, text, layout, raw
+    return text, layout
 
 
 def read_weights(raw: bytes, where: str) -> bytes:

@@ -26,6 +26,8 @@ The module (built or loaded) follows this contract:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import warnings
@@ -406,11 +408,11 @@ def upgrade_archive(source: str | os.PathLike[str], output: str | os.PathLike[st
     return save_archive(archive.module, archive.metadata, output)
 
 
-def _member_names(path: Path) -> list[str]:
-    if not path.is_file():
+def _member_names(path: Path, raw: bytes | None = None) -> list[str]:
+    if raw is None and not path.is_file():
         raise ArchiveError(f"{path}: no such model file")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
             return zf.namelist()
     except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError...
         raise ArchiveError(f"{path}: not a sepcli model archive ({_first_line(exc)})") from None
@@ -423,8 +425,11 @@ def _first_line(exc: BaseException) -> str:
 
 def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
     """Read only the metadata of an archive (fast: no module is loaded)."""
-    path = Path(path)
-    names = _member_names(path)
+    return _metadata_of(Path(path))
+
+
+def _metadata_of(path: Path, raw: bytes | None = None) -> ArchiveMetadata:
+    names = _member_names(path, raw)
     if METADATA_FILE in names:
         member = METADATA_FILE
     else:
@@ -433,7 +438,7 @@ def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
             raise ArchiveError(f"{path}: not a sepcli model archive (no {METADATA_FILE} inside)")
         member = found[0]
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
             text = zf.read(member)
     except Exception as exc:
         raise ArchiveError(f"{path}: damaged archive ({_first_line(exc)})") from None
@@ -454,9 +459,12 @@ def check_integrity(path: str | os.PathLike[str]) -> None:
     Raises:
         ArchiveError: a member's bytes do not match its CRC, or the zip is unreadable.
     """
-    path = Path(path)
+    _check_crcs(Path(path))
+
+
+def _check_crcs(path: Path, raw: bytes | None = None) -> None:
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
             bad = zf.testzip()
     except Exception as exc:  # BadZipFile, OSError, EOFError, NotImplementedError, zlib...
         raise ArchiveError(f"{path}: damaged archive ({_first_line(exc)})") from None
@@ -473,18 +481,32 @@ def load_archive(
 ) -> Archive:
     """Load an archive: format 2 built from data, format 1 after its audit.
 
+    The file is read once; its SHA-256 (remembered per file identity, see
+    :mod:`.scriptcache`) finds the scripted module of a format-2 archive or the
+    audit verdict of a format-1 one in the user cache.
+
     Raises :class:`ArchiveError` (one line) for a file that is not an archive, a
     damaged one (a zip member that fails its CRC), metadata that is invalid,
     weights that do not fit the family's config, a format-1 archive whose
     graphs use an operation outside the allow-list, or a module that does not
     match its metadata.
     """
+    from sepcli.models.archive import scriptcache
+    from sepcli.models.archive.data import read_stable
+
     path = Path(path)
-    names = _member_names(path)
+    if not path.is_file():
+        raise ArchiveError(f"{path}: no such model file")
+    raw, st = read_stable(path)
+    known = scriptcache.known_digest(path, st)
+    digest = known or hashlib.sha256(raw).hexdigest()
+    names = _member_names(path, raw)
     if METADATA_FILE in names:
-        module, metadata = _load_data(path, torch.device(device))
+        module, metadata = _load_data(path, raw, digest, torch.device(device))
     else:
-        module, metadata = _load_torchscript(path, torch.device(device))
+        module, metadata = _load_torchscript(path, raw, digest, torch.device(device))
+    if known is None:
+        scriptcache.remember_digest(path, st, digest)
     module.eval()
     check_module(module, metadata, str(path))
     archive = Archive(module, metadata, path)
@@ -493,7 +515,9 @@ def load_archive(
     return archive
 
 
-def _load_data(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
+def _load_data(
+    path: Path, raw: bytes, digest: str, device: torch.device
+) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
     from sepcli.errors import SepcliError
     from sepcli.models.archive import scriptcache
     from sepcli.models.archive.data import (
@@ -505,7 +529,7 @@ def _load_data(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule
     )
     from sepcli.models.families import FAMILIES
 
-    digest, text, layout, raw = open_data_archive(path)
+    text, layout = open_data_archive(path, raw)
     try:
         metadata = ArchiveMetadata.from_json(text)
     except ArchiveError as exc:
@@ -538,23 +562,28 @@ def _load_data(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule
 
 
 def _load_torchscript(
-    path: Path, device: torch.device
+    path: Path, raw: bytes, digest: str, device: torch.device
 ) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
+    from sepcli.models.archive import scriptcache
     from sepcli.models.archive.audit import audit_module, scan_code
 
     # whatever version its metadata claims, a TorchScript archive is format 1
-    metadata = read_metadata(path).replace(format_version=TORCHSCRIPT_VERSION)
-    check_integrity(path)
-    scan_code(path)
+    metadata = _metadata_of(path, raw).replace(format_version=TORCHSCRIPT_VERSION)
+    _check_crcs(path, raw)
+    passed = scriptcache.audited(digest)  # these very bytes passed the audit before
+    if not passed:
+        scan_code(path, raw)
     extra = {METADATA_FILE: ""}
     ctx = _quiet_jit()
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(raw), map_location=device, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError with a long C++ trace
         raise ArchiveError(
             f"{path}: not a loadable TorchScript archive ({_first_line(exc)})"
         ) from None
     finally:
         ctx.__exit__(None, None, None)
-    audit_module(module, str(path))
+    if not passed:
+        audit_module(module, str(path))
+        scriptcache.remember_audit(digest)
     return module, metadata

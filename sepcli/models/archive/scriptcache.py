@@ -1,4 +1,5 @@
-"""The scripted module of a data archive, cached per archive SHA-256.
+"""The scripted module of a data archive, cached per archive SHA-256 (and the
+archive hashes and format-1 audit verdicts that spare a load the work again).
 
 Scripting a family module takes about a second (more for the big ones), so the
 first load of a format-2 archive stores the result in the user's cache
@@ -9,10 +10,19 @@ user, and trusted only as that: a file or folder another user owns or may
 write is ignored (never trusted across users), a file is found only by the
 hash of the archive it was scripted from, and writes are atomic (a temporary
 file, then a rename, mode 0600 in a 0700 folder).
+
+Hashing a 170 MB archive costs as much as loading it, so the hash of an archive
+is remembered with the file's identity (path, size, inode, device, mtime and
+ctime; ctime cannot be set back by a user): a file whose identity changed is
+hashed again. Format-1 archives that passed the audit of
+:mod:`sepcli.models.archive.audit` are remembered by hash the same way, so the
+audit (seconds for HT-Demucs) runs once per archive.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -22,7 +32,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cache_folder", "cached_path", "load_cached", "store"]
+__all__ = [
+    "cache_folder",
+    "cached_path",
+    "load_cached",
+    "store",
+    "known_digest",
+    "remember_digest",
+    "audited",
+    "remember_audit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +54,14 @@ def cache_folder() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("sepcli", appauthor=False)) / "scripted"
+
+
+def _make_folder(folder: Path) -> None:
+    """``folder`` and the cache folder above it, private to this user (0700)."""
+    top = cache_folder()
+    top.parent.mkdir(parents=True, exist_ok=True)
+    for part in (top, folder):
+        part.mkdir(mode=0o700, exist_ok=True)
 
 
 def cached_path(digest: str) -> Path:
@@ -78,9 +105,84 @@ def store(digest: str, module: torch.jit.ScriptModule) -> None:
 
     path = cached_path(digest)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_folder(path.parent)
         with atomic.atomic_path(path) as tmp:
             os.chmod(tmp, 0o600)
             torch.jit.save(module, str(tmp))
     except (OSError, RuntimeError) as exc:
         logger.info("could not cache the scripted module at %s: %s", path, exc)
+
+
+def _identity(path: Path, st: os.stat_result) -> dict[str, object]:
+    return {
+        "path": str(path.resolve()),
+        "size": st.st_size,
+        "ino": st.st_ino,
+        "dev": st.st_dev,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def _memo_path(path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    return cache_folder() / "hashes" / f"{key}.json"
+
+
+def known_digest(path: Path, st: os.stat_result) -> str | None:
+    """The SHA-256 remembered for ``path`` if the file (``st``, from the descriptor
+    it is read through) is unchanged since, else ``None``."""
+    memo = _memo_path(path)
+    try:
+        if not (_private(memo) and _private(memo.parent) and _private(memo.parent.parent)):
+            return None
+        data = json.loads(memo.read_text(encoding="utf-8"))
+        digest = data.pop("sha256")
+        if data != _identity(path, st):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
+
+
+def remember_digest(path: Path, st: os.stat_result, digest: str) -> None:
+    """Remember that ``path``, as ``st`` describes it, hashes to ``digest``."""
+    from sepcli import atomic
+
+    memo = _memo_path(path)
+    try:
+        _make_folder(memo.parent)
+        with atomic.atomic_path(memo) as tmp:
+            os.chmod(tmp, 0o600)
+            tmp.write_text(json.dumps({**_identity(path, st), "sha256": digest}))
+    except OSError as exc:
+        logger.info("could not remember the hash of %s: %s", path, exc)
+
+
+def _verdict_path(digest: str) -> Path:
+    return cached_path(digest).parent / "audited" / (cached_path(digest).stem + ".ok")
+
+
+def audited(digest: str) -> bool:
+    """Whether the format-1 archive of SHA-256 ``digest`` passed the audit before
+    (with this torch and sepcli)."""
+    verdict = _verdict_path(digest)
+    return (
+        verdict.is_file()
+        and _private(verdict)
+        and _private(verdict.parent)
+        and _private(verdict.parent.parent)
+    )
+
+
+def remember_audit(digest: str) -> None:
+    from sepcli import atomic
+
+    verdict = _verdict_path(digest)
+    try:
+        _make_folder(verdict.parent)
+        with atomic.atomic_path(verdict) as tmp:
+            os.chmod(tmp, 0o600)
+            tmp.write_text(digest + "\n")
+    except OSError as exc:
+        logger.info("could not record the audit of %s: %s", digest, exc)
