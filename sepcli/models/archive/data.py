@@ -33,7 +33,6 @@ from sepcli.errors import ArchiveError, SepcliError
 __all__ = [
     "WEIGHTS_FILE",
     "MEMBERS_FILE",
-    "is_data_archive",
     "write_data_archive",
     "read_stable",
     "open_data_archive",
@@ -48,11 +47,6 @@ WEIGHTS_FILE = "weights.safetensors"
 MEMBERS_FILE = "members.json"
 _METADATA_FILE = "sepcli.json"  # same name as format 1's extra file
 _DATA_MEMBERS = {_METADATA_FILE, WEIGHTS_FILE, MEMBERS_FILE}
-
-
-def is_data_archive(names: list[str]) -> bool:
-    """Whether the zip member ``names`` are those of a format-2 archive."""
-    return _METADATA_FILE in names
 
 
 def build_from_data(family: str, config: Any, layout: Any = None) -> torch.nn.Module:
