@@ -16,7 +16,15 @@ import soundfile as sf
 import torch
 
 from sepcli.dsp.stft import stft
-from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
+from sepcli.models.archive import (
+    METADATA_FILE,
+    TORCHSCRIPT_VERSION,
+    Archive,
+    ArchiveMetadata,
+    StftParams,
+    check_module,
+    probe_archive,
+)
 from sepcli.progress import Progress, ProgressFn
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -140,6 +148,39 @@ class TinyMaskModel(torch.nn.Module):
         return mag.unsqueeze(1) * masks.unsqueeze(1)  # (B, S, C, F, N)
 
 
+def save_torchscript_archive(module: torch.nn.Module, metadata: ArchiveMetadata, path) -> Path:
+    """Write a format-1 (TorchScript) archive, as sepcli did before format 2: the
+    scripted module with ``sepcli.json`` as an extra file. Test-only: sepcli
+    itself writes data archives; these fixtures are the older archives it must
+    still read (after the audit of their graphs)."""
+    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+    scripted = scripted.eval()
+    metadata = metadata.replace(format_version=TORCHSCRIPT_VERSION)
+    check_module(scripted, metadata, metadata.name)
+    probe_archive(Archive(scripted, metadata))
+    path = Path(path)
+    torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: metadata.to_json()})
+    return path
+
+
+def assert_data_archive(path, members: int | None = None) -> None:
+    """``path`` is a format-2 archive: JSON and safetensors only, no code, no pickle
+    (and, for an ensemble, ``members`` members in its layout)."""
+    import json
+    import zipfile
+
+    from sepcli.models.archive import read_metadata
+
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        layout = json.loads(zf.read("members.json")) if "members.json" in names else None
+    expected = {"sepcli.json", "weights.safetensors"} | ({"members.json"} if members else set())
+    assert names == expected, sorted(names)
+    assert read_metadata(path).format_version == 2
+    if members:
+        assert len(layout) == members
+
+
 def _meta(
     name: str, sources, sample_rate, channels, output, family, stft=None, **kw
 ) -> ArchiveMetadata:
@@ -166,7 +207,7 @@ def archive_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def identity_archive(archive_dir) -> Path:
     """One-source identity archive (source ``vocals``), 44.1 kHz stereo."""
-    return save_archive(
+    return save_torchscript_archive(
         IdentityModel(),
         _meta("identity", ["vocals"], 44100, 2, "waveform", "test"),
         archive_dir / "identity.sepcli",
@@ -176,7 +217,7 @@ def identity_archive(archive_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wave_archive(archive_dir) -> Path:
     """Random waveform model with sources vocals, accompaniment."""
-    return save_archive(
+    return save_torchscript_archive(
         TinyWaveModel(),
         _meta("tiny-wave", ["vocals", "accompaniment"], 44100, 2, "waveform", "test"),
         archive_dir / "tiny-wave.sepcli",
@@ -187,7 +228,7 @@ def tiny_wave_archive(archive_dir) -> Path:
 def tiny_mask_archive(archive_dir) -> Path:
     """Random magnitude-mask model with sources drums, bass, other, vocals."""
     model = TinyMaskModel(num_sources=4)
-    return save_archive(
+    return save_torchscript_archive(
         model,
         _meta(
             "tiny-mask",

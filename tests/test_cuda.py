@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
-from conftest import IdentityModel, _meta, make_tone, write_wav
+from conftest import IdentityModel, _meta, make_tone, save_torchscript_archive, write_wav
 
 from sepcli.cli import main
 from sepcli.inference.device import mps_available
@@ -36,7 +36,6 @@ from sepcli.models import (
     export_archive,
     reference_config,
 )
-from sepcli.models.archive import save_archive
 from sepcli.models.families import TRAINABLE_FAMILIES
 
 DEVICE = os.environ.get("SEPCLI_TEST_DEVICE", "cuda")
@@ -228,7 +227,7 @@ def test_real_out_of_memory_halves_the_batch(tmp_path):
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info()
     per_chunk = int(0.4 * free) // 4  # 2 chunks fit, 3 do not
-    path = save_archive(
+    path = save_torchscript_archive(
         _Greedy(per_chunk), _meta("greedy", ["vocals"], 44100, 2, "waveform", "test",
                                   segment_seconds=0.1), tmp_path / "greedy.sepcli"
     )  # fmt: skip
@@ -321,7 +320,7 @@ def test_evaluate_on_the_device(tmp_path):
 
 
 def test_identity_archive_through_pinned_copies(tmp_path):
-    path = save_archive(
+    path = save_torchscript_archive(
         IdentityModel(), _meta("identity", ["vocals"], 44100, 2, "waveform", "test"),
         tmp_path / "identity.sepcli",
     )  # fmt: skip

@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
-from conftest import make_tone, write_wav
+from conftest import make_tone, save_torchscript_archive, write_wav
 
 from sepcli.cli import main
 from sepcli.datasets import open_dataset
 from sepcli.evaluation.bsseval import bss_eval_v4
 from sepcli.evaluation.runner import EvalConfig, OracleEstimator, evaluate_tracks, read_track_json
-from sepcli.models.archive import load_archive, save_archive
+from sepcli.models.archive import load_archive
 
 RATE = 8000
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -243,7 +243,9 @@ def test_resume_only_into_results_of_the_same_estimator(
     with torch.no_grad():
         next(iter(other.module.parameters())).add_(0.01)
     (tmp_path / "other").mkdir()
-    retrained = save_archive(other.module, other.metadata, tmp_path / "other" / "tiny.sepcli")
+    retrained = save_torchscript_archive(
+        other.module, other.metadata, tmp_path / "other" / "tiny.sepcli"
+    )
     for extra, what in (
         (["--model", "oracle:mix"], "kind"),
         (["--model", str(retrained)], "weights"),

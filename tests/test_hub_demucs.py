@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import assert_data_archive
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.hub import load_model, resolve_model
@@ -81,4 +82,6 @@ def test_single_and_bag_entries_convert_once_and_load_offline(file_server, hub_e
     assert names == ["tiny-bag.sepcli", "tiny-bag.sepcli.verified.json",
                      "tiny-htdemucs.sepcli", "tiny-htdemucs.sepcli.verified.json"]  # fmt: skip
     assert resolve_model("tiny-bag", registry=reg, offline=True) == bag.path
+    assert_data_archive(bag.path, members=2)
+    assert_data_archive(single.path)
     assert resolve_model("tiny-htdemucs", registry=reg, offline=True) == single.path

@@ -14,6 +14,7 @@ import io
 import pytest
 import torch
 from audio_separator_reference import reference_model, tiny_msst_yaml, write_msst_yaml
+from conftest import assert_data_archive
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.errors import RegistryError
@@ -61,6 +62,7 @@ def test_msst_entry_converts_once_and_loads_offline(file_server, hub_env, tmp_pa
         assert _snr(ref(mix)[:, None], archive.module(mix)) >= 60
     names = sorted(p.split("/")[-1] for p in cached_files(hub_env))
     assert names == ["tiny-bs.sepcli", "tiny-bs.sepcli.verified.json"]
+    assert_data_archive(archive.path)
     file_server.stop()
     assert resolve_model("tiny-bs", registry=reg, offline=True) == archive.path
 

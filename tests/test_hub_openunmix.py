@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from conftest import assert_data_archive
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.errors import IntegrityError
@@ -63,6 +64,7 @@ def test_openunmix_entry_is_downloaded_verified_and_converted(
     assert meta.family == "umx" and meta.licence == "MIT (test)" and meta.sample_rate == 8000
     assert meta.scores == {"musdb18-test": {"vocals": {"SDR": 1.0}}}
     path = archive.path
+    assert_data_archive(path)
     # the converted archive and its recorded hash stay; the downloaded .pth files go
     assert sorted(p.split("/")[-1] for p in cached_files(hub_env)) == [
         "tiny-umx.sepcli",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_data_archive
 
 from sepcli.cli import main
 from sepcli.dsp.phase import reconstruct
@@ -47,6 +48,7 @@ def test_blend_is_the_weighted_mean_of_its_members(tmp_path, members):
     result = run(str(a), str(b), str(u), "--weights", "vocals=1,3,0", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].endswith("bag.sepcli")
+    assert_data_archive(out, members=3)
     bag = load_verified(out)
     meta = bag.metadata
     assert meta.family == "ensemble" and meta.sources == ("vocals", "drums")

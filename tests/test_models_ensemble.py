@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import save_torchscript_archive
 
 from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import istft, stft
@@ -22,7 +23,7 @@ from sepcli.models import (
     load_archive,
     load_verified,
 )
-from sepcli.models.archive import METADATA_FILE, save_archive
+from sepcli.models.archive import METADATA_FILE
 from sepcli.models.bags.ensemble import Ensemble
 from sepcli.models.build import make_metadata
 
@@ -145,7 +146,8 @@ def test_ensemble_of_archives_whose_parameters_require_grad(tmp_path):
         for p in module.parameters():
             p.requires_grad_(True)
         meta = make_metadata(module, name=f"m{i}")
-        paths.append(save_archive(module.eval(), meta, tmp_path / f"m{i}.sepcli"))
+        # format 1, as written then: data archives never hold requires_grad
+        paths.append(save_torchscript_archive(module.eval(), meta, tmp_path / f"m{i}.sepcli"))
     loaded = [load_archive(p) for p in paths]
     assert all(p.requires_grad for a in loaded for p in a.module.parameters())
     path = export_archive(
@@ -159,12 +161,12 @@ def test_ensemble_of_archives_whose_parameters_require_grad(tmp_path):
 
 
 def _rewrite_metadata(src, dst, **changes):
-    """Copy an archive, replacing fields of its metadata (bypassing save_archive's checks)."""
-    meta = json.loads(load_archive(src).metadata.to_json())
-    meta.update(changes)
-    torch.jit.save(
-        torch.jit.load(str(src)), str(dst), _extra_files={METADATA_FILE: json.dumps(meta)}
-    )
+    """Copy an archive as a format-1 (TorchScript) one, replacing fields of its metadata
+    (bypassing save_archive's checks)."""
+    archive = load_archive(src)
+    meta = json.loads(archive.metadata.to_json())
+    meta.update(changes, format_version=1)
+    torch.jit.save(archive.module, str(dst), _extra_files={METADATA_FILE: json.dumps(meta)})
     return dst
 
 

@@ -173,10 +173,12 @@ def test_archive_round_trip(key, tmp_path):
 
 
 def _rewrite_metadata(src, dst, **changes):
-    """Copy an archive, replacing fields of its metadata (bypassing save_archive's checks)."""
-    module = torch.jit.load(str(src))
-    meta = json.loads(load_archive(src).metadata.to_json())
-    meta.update(changes)
+    """Copy an archive as a format-1 (TorchScript) one, replacing fields of its metadata
+    (bypassing save_archive's checks)."""
+    archive = load_archive(src)
+    module = archive.module
+    meta = json.loads(archive.metadata.to_json())
+    meta.update(changes, format_version=1)
     torch.jit.save(module, str(dst), _extra_files={METADATA_FILE: json.dumps(meta)})
     with zipfile.ZipFile(dst) as zf:
         assert any(n.endswith(METADATA_FILE) for n in zf.namelist())

@@ -21,6 +21,7 @@ from audio_separator_reference import (
     write_msst_yaml,
 )
 from click.testing import CliRunner
+from conftest import assert_data_archive
 
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, UsageError
@@ -90,6 +91,7 @@ def test_import_equals_reference_and_archives(tmp_path, model_type, wrap):
         expected = expected.unsqueeze(1)
     assert snr_db(expected, got) >= 60
     out = import_msst_archive(config, ckpt, tmp_path / "x.sepcli", model_type=model_type)
+    assert_data_archive(out)
     archive = load_archive(out)
     assert archive.metadata.family == model.family and archive.metadata.recipe == "mdxc"
     with torch.no_grad():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_data_archive
 
 from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import stft
@@ -115,6 +116,7 @@ def test_folder_import_equals_openunmix_separator(tiny_folder, niter):
 def test_folder_import_archive_round_trip(tiny_folder, tmp_path):
     folder, models = tiny_folder
     path = import_openunmix_archive([str(folder)], tmp_path / "umx.sepcli", name="my-umx")
+    assert_data_archive(path)
     archive = load_verified(path)
     meta = archive.metadata
     assert meta.name == "my-umx" and meta.config["hidden_size"] == 16

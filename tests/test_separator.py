@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_tone, write_wav
+from conftest import make_tone, save_torchscript_archive, write_wav
 
 from sepcli.dsp.stft import stft
 from sepcli.errors import ConfigError, UsageError
 from sepcli.inference.separator import Separator
-from sepcli.models.archive import ArchiveMetadata, StftParams, save_archive
+from sepcli.models.archive import ArchiveMetadata, StftParams
 
 
 @pytest.mark.parametrize("length", [1, 999, 22050, 44101, 100_003])
@@ -115,11 +115,11 @@ def test_shifts_are_reproducible_and_seeded(tiny_wave_archive):
 
 
 def test_overlap_defaults_to_the_archives(tmp_path, identity_archive):
-    from sepcli.models.archive import load_archive, save_archive
+    from sepcli.models.archive import load_archive
 
     archive = load_archive(identity_archive)
     assert Separator(archive, device="cpu").overlap == 0.25
-    short = save_archive(
+    short = save_torchscript_archive(
         archive.module, archive.metadata.replace(overlap=0.05), tmp_path / "short.sepcli"
     )
     assert Separator(short, device="cpu").overlap == 0.05
@@ -212,7 +212,7 @@ def test_single_source_magnitude_model_every_phase(tmp_path, phase):
         stft=StftParams(512, 128),
         segment_seconds=0.5,
     )
-    path = save_archive(torch.jit.script(_HalfMagnitude()), meta, tmp_path / "half.sepcli")
+    path = save_torchscript_archive(_HalfMagnitude(), meta, tmp_path / "half.sepcli")
     x = make_tone(0.6)
     sep = Separator(path, device="cpu", phase=phase, gl_iters=8)
     out = sep.separate(x, 44100, ["vocals", "accompaniment"])

@@ -580,6 +580,9 @@ def prune_command(hub: dict[str, Any], partial: bool, dry_run: bool) -> None:
 from sepcli.cli.models_import import import_command  # noqa: E402
 
 models.add_command(import_command, name="import")
+from sepcli.cli.models_upgrade import upgrade_command  # noqa: E402
+
+models.add_command(upgrade_command, name="upgrade")
 from sepcli.cli.models_blend import blend, blend_options  # noqa: E402
 
 

@@ -134,7 +134,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def export_archive(
     model: nn.Module, path: str | os.PathLike[str], name: str, **fields: Any
 ) -> Path:
-    """Script ``model`` and write it to ``path`` with :func:`make_metadata`'s metadata.
+    """Write ``model`` as a data archive at ``path`` with :func:`make_metadata`'s metadata.
 
     A frozen copy (``requires_grad=False``, eval mode) is exported: TorchScript
     graphs whose parameters require grad fail under ``torch.inference_mode``

@@ -1,11 +1,15 @@
-"""The sepcli model archive: one TorchScript file with JSON metadata inside.
+"""The sepcli model archive (``.sepcli``): what it says about its module, and
+reading and writing it.
 
-An archive is what ``torch.jit.save`` writes (a zip), holding the scripted
-module and an extra file ``sepcli.json`` with :class:`ArchiveMetadata`. No
-pickled Python classes are involved: the CLI runs an archive without the
-model's Python code.
+Format 2 (written by :func:`save_archive`) is data only: a zip of JSON
+metadata and safetensors weights, from which sepcli builds the module with its
+own family code (:mod:`sepcli.models.archive.data`). Format 1, a TorchScript
+program (``torch.jit.save`` with ``sepcli.json`` as an extra file), is still
+read, after every operation of its graphs passed the allow-list of
+:mod:`sepcli.models.archive.audit`; ``sepcli models upgrade`` rewrites one as
+format 2.
 
-The scripted module must follow this contract:
+The module (built or loaded) follows this contract:
 
 * attributes ``sample_rate: int``, ``audio_channels: int``, ``num_sources: int``
   (checked against the metadata on load);
@@ -22,6 +26,8 @@ The scripted module must follow this contract:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import warnings
@@ -40,6 +46,7 @@ from sepcli.errors import ArchiveError
 __all__ = [
     "ARCHIVE_FORMAT",
     "FORMAT_VERSION",
+    "TORCHSCRIPT_VERSION",
     "METADATA_FILE",
     "OUTPUT_KINDS",
     "StftParams",
@@ -52,10 +59,13 @@ __all__ = [
     "count_parameters",
     "check_module",
     "check_integrity",
+    "upgrade_archive",
 ]
 
 ARCHIVE_FORMAT = "sepcli-archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The TorchScript format, read after an audit of its graphs.
+TORCHSCRIPT_VERSION = 1
 METADATA_FILE = "sepcli.json"
 OUTPUT_KINDS = ("waveform", "magnitude", "complex")
 
@@ -315,44 +325,123 @@ def save_archive(
     path: str | os.PathLike[str],
     probe: bool = True,
 ) -> Path:
-    """Script ``module`` (if needed), check it against ``metadata`` and write an archive.
+    """Write ``module`` as a data archive (format 2) with ``metadata``.
 
-    The file is written to a temporary name in the same folder and renamed into
-    place, so an existing archive is never half-overwritten.
+    ``module`` is a model of one of sepcli's families (eager, or scripted from an
+    older archive): its weights are written as safetensors, its family and
+    config as JSON. The module a reader will build from the file is built,
+    loaded, scripted, checked against ``metadata`` and (``probe``) run on a
+    short silence before the file is renamed into place, so an archive that
+    would not load is never written; the scripted module is then cached for the
+    file's hash (:mod:`.scriptcache`).
+
+    Raises:
+        ArchiveError: ``module`` is not a sepcli family (no family code to rebuild
+            it from data), or does not match ``metadata``.
     """
+    from sepcli.models.archive.data import write_data_archive
+    from sepcli.models.families import FAMILIES
+
     path = Path(path)
+    family = getattr(module, "family", None)
+    if family is None or str(family) not in FAMILIES or metadata.family != str(family):
+        raise ArchiveError(
+            f"{metadata.name}: only modules of sepcli's families are written as archives "
+            f"(family {metadata.family!r}: no family code rebuilds it from data)"
+        )
+    if metadata.num_parameters == 0:
+        metadata = metadata.replace(num_parameters=count_parameters(module))
+    metadata = metadata.replace(format_version=FORMAT_VERSION)
+    check_module(module, metadata, metadata.name)
     ctx = _quiet_jit()
     try:
-        if not isinstance(module, torch.jit.ScriptModule):
-            module = torch.jit.script(module.eval())
-        module = module.eval()
-        if metadata.num_parameters == 0:
-            metadata = metadata.replace(num_parameters=count_parameters(module))
-        check_module(module, metadata, metadata.name)
-        if probe:
-            probe_archive(Archive(module, metadata))
         with atomic.atomic_path(path) as tmp:
-            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: metadata.to_json()})
+            rebuilt = write_data_archive(
+                module, metadata.to_json(), metadata.family, dict(metadata.config), tmp
+            )
+            scripted = _script(rebuilt)
+            check_module(scripted, metadata, metadata.name)
+            if probe:
+                probe_archive(Archive(scripted, metadata))
     finally:
         ctx.__exit__(None, None, None)
+    from sepcli.hashing import sha256_file
+    from sepcli.models.archive import scriptcache
+
+    scriptcache.store(sha256_file(path), scripted)
     return path
+
+
+def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    """The scripted, frozen (eval, no grad) ``module``."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return torch.jit.script(module)
+
+
+def upgrade_archive(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Rewrite a format-1 (TorchScript) archive of a known family as data.
+
+    The old archive is loaded (and so audited) first; its weights are the
+    scripted module's parameters and buffers, its family and config those it
+    was built with (``family``/``config_json`` attributes and the metadata).
+
+    Raises:
+        ArchiveError: the archive is already data, or its family is not one of
+            sepcli's.
+    """
+    archive = load_archive(source)
+    where = str(source)
+    if archive.metadata.format_version >= FORMAT_VERSION:
+        raise ArchiveError(f"{where}: already a data archive (format {FORMAT_VERSION})")
+    family = getattr(archive.module, "family", None)
+    if family is None or getattr(archive.module, "config_json", None) is None:
+        raise ArchiveError(
+            f"{where}: the module does not say which family built it; only archives of "
+            "sepcli's families can be rewritten as data"
+        )
+    from sepcli.models.families import FAMILIES
+
+    if str(family) not in FAMILIES:
+        raise ArchiveError(f"{where}: family {str(family)!r} is not one of sepcli's")
+    return save_archive(archive.module, archive.metadata, output)
+
+
+def _member_names(path: Path, raw: bytes | None = None) -> list[str]:
+    if raw is None and not path.is_file():
+        raise ArchiveError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
+            return zf.namelist()
+    except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError...
+        raise ArchiveError(f"{path}: not a sepcli model archive ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_metadata(path: str | os.PathLike[str]) -> ArchiveMetadata:
     """Read only the metadata of an archive (fast: no module is loaded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArchiveError(f"{path}: no such model file")
+    return _metadata_of(Path(path))
+
+
+def _metadata_of(path: Path, raw: bytes | None = None) -> ArchiveMetadata:
+    names = _member_names(path, raw)
+    if METADATA_FILE in names:
+        member = METADATA_FILE
+    else:
+        found = [n for n in names if n.endswith("/extra/" + METADATA_FILE)]
+        if not found:
+            raise ArchiveError(f"{path}: not a sepcli model archive (no {METADATA_FILE} inside)")
+        member = found[0]
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_FILE)]
-            if not names:
-                raise ArchiveError(
-                    f"{path}: not a sepcli model archive (no {METADATA_FILE} inside)"
-                )
-            text = zf.read(names[0])
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(f"{path}: not a sepcli model archive ({exc})") from None
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
+            text = zf.read(member)
+    except Exception as exc:
+        raise ArchiveError(f"{path}: damaged archive ({_first_line(exc)})") from None
     try:
         return ArchiveMetadata.from_json(text)
     except ArchiveError as exc:
@@ -370,12 +459,15 @@ def check_integrity(path: str | os.PathLike[str]) -> None:
     Raises:
         ArchiveError: a member's bytes do not match its CRC, or the zip is unreadable.
     """
-    path = Path(path)
+    _check_crcs(Path(path))
+
+
+def _check_crcs(path: Path, raw: bytes | None = None) -> None:
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path if raw is None else io.BytesIO(raw)) as zf:
             bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ArchiveError(f"{path}: damaged archive ({exc})") from None
+    except Exception as exc:  # BadZipFile, OSError, EOFError, NotImplementedError, zlib...
+        raise ArchiveError(f"{path}: damaged archive ({_first_line(exc)})") from None
     if bad is not None:
         member = bad.split("/", 1)[-1]
         raise ArchiveError(
@@ -387,27 +479,111 @@ def check_integrity(path: str | os.PathLike[str]) -> None:
 def load_archive(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", probe: bool = False
 ) -> Archive:
-    """Load an archive written by :func:`save_archive`.
+    """Load an archive: format 2 built from data, format 1 after its audit.
 
-    Raises :class:`ArchiveError` for a file that is not an archive, a damaged
-    one (a zip member that fails its CRC), metadata that is invalid, or a module
-    that does not match its metadata.
+    The file is read once; its SHA-256 (remembered per file identity, see
+    :mod:`.scriptcache`) finds the scripted module of a format-2 archive or the
+    audit verdict of a format-1 one in the user cache.
+
+    Raises :class:`ArchiveError` (one line) for a file that is not an archive, a
+    damaged one (a zip member that fails its CRC), metadata that is invalid,
+    weights that do not fit the family's config, a format-1 archive whose
+    graphs use an operation outside the allow-list, or a module that does not
+    match its metadata.
     """
+    from sepcli.models.archive import scriptcache
+    from sepcli.models.archive.data import read_stable
+
     path = Path(path)
-    metadata = read_metadata(path)
-    check_integrity(path)
-    extra = {METADATA_FILE: ""}
-    ctx = _quiet_jit()
-    try:
-        module = torch.jit.load(str(path), map_location=torch.device(device), _extra_files=extra)
-    except Exception as exc:  # torch raises RuntimeError with a long C++ trace
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArchiveError(f"{path}: not a loadable TorchScript archive ({first})") from None
-    finally:
-        ctx.__exit__(None, None, None)
+    if not path.is_file():
+        raise ArchiveError(f"{path}: no such model file")
+    raw, st = read_stable(path)
+    known = scriptcache.known_digest(path, st)
+    digest = known or hashlib.sha256(raw).hexdigest()
+    names = _member_names(path, raw)
+    if METADATA_FILE in names:
+        module, metadata = _load_data(path, raw, digest, torch.device(device))
+    else:
+        module, metadata = _load_torchscript(path, raw, digest, torch.device(device))
+    if known is None:
+        scriptcache.remember_digest(path, st, digest)
     module.eval()
     check_module(module, metadata, str(path))
     archive = Archive(module, metadata, path)
     if probe:
         probe_archive(archive)
     return archive
+
+
+def _load_data(
+    path: Path, raw: bytes, digest: str, device: torch.device
+) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
+    from sepcli.errors import SepcliError
+    from sepcli.models.archive import scriptcache
+    from sepcli.models.archive.data import (
+        build_from_data,
+        load_strict,
+        load_tensors,
+        open_data_archive,
+        read_weights,
+    )
+    from sepcli.models.families import FAMILIES
+
+    text, layout = open_data_archive(path, raw)
+    try:
+        metadata = ArchiveMetadata.from_json(text)
+    except ArchiveError as exc:
+        raise ArchiveError(f"{path}: {exc}") from None
+    if metadata.format_version != FORMAT_VERSION:
+        raise ArchiveError(
+            f"{path}: a data archive must say format_version {FORMAT_VERSION}, "
+            f"not {metadata.format_version}"
+        )
+    if metadata.family not in FAMILIES:
+        raise ArchiveError(f"{path}: family {metadata.family!r} is not one of sepcli's")
+    cached = scriptcache.load_cached(digest, device)
+    if cached is not None:
+        return cached, metadata
+    ctx = _quiet_jit()
+    try:
+        tensors = load_tensors(read_weights(raw, str(path)), str(path))
+        try:
+            module = build_from_data(metadata.family, dict(metadata.config), layout)
+        except SepcliError as exc:
+            raise ArchiveError(
+                f"{path}: cannot build the {metadata.family} module ({exc})"
+            ) from None
+        load_strict(module, tensors, str(path))
+        scripted = _script(module)
+    finally:
+        ctx.__exit__(None, None, None)
+    scriptcache.store(digest, scripted)
+    return scripted.to(device), metadata
+
+
+def _load_torchscript(
+    path: Path, raw: bytes, digest: str, device: torch.device
+) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
+    from sepcli.models.archive import scriptcache
+    from sepcli.models.archive.audit import audit_module, scan_code
+
+    # whatever version its metadata claims, a TorchScript archive is format 1
+    metadata = _metadata_of(path, raw).replace(format_version=TORCHSCRIPT_VERSION)
+    _check_crcs(path, raw)
+    passed = scriptcache.audited(digest)  # these very bytes passed the audit before
+    if not passed:
+        scan_code(path, raw)
+    extra = {METADATA_FILE: ""}
+    ctx = _quiet_jit()
+    try:
+        module = torch.jit.load(io.BytesIO(raw), map_location=device, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError with a long C++ trace
+        raise ArchiveError(
+            f"{path}: not a loadable TorchScript archive ({_first_line(exc)})"
+        ) from None
+    finally:
+        ctx.__exit__(None, None, None)
+    if not passed:
+        audit_module(module, str(path))
+        scriptcache.remember_audit(digest)
+    return module, metadata

@@ -22,7 +22,24 @@ from sepcli.errors import ConfigError
 from sepcli.models.archive import Archive, set_contract
 from sepcli.models.configs import EnsembleConfig, EnsembleMember, config_from_dict
 
-__all__ = ["MemberModule", "Ensemble"]
+__all__ = ["MemberModule", "Ensemble", "MEMBER_LAYOUT"]
+
+#: What a data archive records of each member beyond its family and config (the
+#: member's chunking and phase step), with the defaults of archives written
+#: before members recorded their overlap and recipe.
+MEMBER_LAYOUT: dict[str, type] = {
+    "output": str,
+    "n_fft": int,
+    "hop_length": int,
+    "wiener_iterations": int,
+    "segment": float,
+    "context": float,
+    "overlap": float,
+    "recipe": str,
+    "extra_json": str,
+}
+_LAYOUT_DEFAULTS = {"overlap": 0.25, "recipe": "overlap-add", "extra_json": "{}"}
+_OUTPUT_NAMES = {code: name for name, code in OUTPUT_KINDS.items()}
 
 
 class MemberModule(nn.Module):
@@ -193,6 +210,59 @@ class Ensemble(nn.Module):
                     meta.recipe,
                     json.dumps(dict(meta.extra), sort_keys=True),
                 )
+            )
+        return cls(members, config)
+
+    @staticmethod
+    def layout(module: nn.Module) -> list[dict[str, object]]:
+        """Per member, its :data:`MEMBER_LAYOUT` values, read from an ensemble module
+        (eager or scripted): what a data archive stores beside the weights."""
+        out: list[dict[str, object]] = []
+        for member in module.members.children():
+            row: dict[str, object] = {}
+            for key, kind in MEMBER_LAYOUT.items():
+                if key == "output":
+                    row[key] = _OUTPUT_NAMES[int(member.kind)]
+                elif hasattr(member, key):
+                    row[key] = kind(getattr(member, key))
+                else:
+                    row[key] = _LAYOUT_DEFAULTS[key]
+            out.append(row)
+        return out
+
+    @classmethod
+    def from_layout(cls, config: EnsembleConfig, layout: Sequence[object]) -> Ensemble:
+        """Members built (random weights) from their configs and a data archive's
+        :meth:`layout`; the weights and blend matrices are loaded afterwards."""
+        from sepcli.models.build import build_model
+
+        if not isinstance(layout, (list, tuple)) or len(layout) != len(config.members):
+            raise ConfigError(f"the member layout must list {len(config.members)} members")
+        members = []
+        for spec, blend, row in zip(
+            config.members, cls.blend_matrices(config), layout, strict=True
+        ):
+            if not isinstance(row, dict) or set(row) != set(MEMBER_LAYOUT):
+                raise ConfigError(f"a member layout holds exactly {', '.join(MEMBER_LAYOUT)}")
+            for key, kind in MEMBER_LAYOUT.items():
+                value = row[key]
+                ok = isinstance(value, kind) or (kind is float and type(value) is int)
+                if not ok or isinstance(value, bool):
+                    raise ConfigError(f"member layout {key!r} must be a {kind.__name__}")
+            members.append(
+                MemberModule(
+                    build_model(spec.member_family, spec.config),
+                    row["output"],
+                    row["n_fft"],
+                    row["hop_length"],
+                    row["wiener_iterations"],
+                    blend,
+                    row["segment"],
+                    row["context"],
+                    row["overlap"],
+                    row["recipe"],
+                    row["extra_json"],
+                )  # fmt: skip
             )
         return cls(members, config)
 

@@ -616,6 +616,6 @@ def import_demucs(
 def import_demucs_archive(
     source: str | os.PathLike[str], output: str | os.PathLike[str], name: str | None = None
 ) -> Path:
-    """:func:`import_demucs` and write the TorchScript archive to ``output`` (atomically)."""
+    """:func:`import_demucs` and write the archive to ``output`` (atomically)."""
     model, meta = import_demucs(source, name)
     return save_archive(model, meta, output)
