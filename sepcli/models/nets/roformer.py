@@ -214,7 +214,9 @@ class RMSNorm(nn.Module):
         # ``eps`` below gives the same for every row above that floor and 0 for a
         # zero row.
         d = x.shape[-1]
-        return F.rms_norm(x, [d], self.gamma.to(x.dtype), self.eps * self.eps / d)
+        if self.eps > 1e-12:  # a floor that may matter: divide by max(||x||, eps) exactly
+            return F.normalize(x, dim=-1, eps=self.eps) * (self.gamma.to(x.dtype) * d**0.5)
+        return F.rms_norm(x, [d], self.gamma.to(x.dtype), 1e-24 / d)
 
     @torch.jit.export  # compiled even where the first RMSNorm scripted never calls it
     def fold_into(self, weight: Tensor) -> Tensor:
@@ -599,42 +601,36 @@ def _instance_norm(channels: int) -> nn.Module:
 
 
 class _ConvNormAct(nn.Module):
-    """Conv2d (no bias, ``k // 2`` padding unless given) -> InstanceNorm -> SiLU.
-
-    ``depthwise``: a depthwise ``k x k`` then a 1x1 convolution (``dwconv``,
-    ``pwconv``) instead of one convolution (``conv``).
-    """
+    """Conv2d (no bias, ``k // 2`` padding unless given) -> InstanceNorm -> SiLU."""
 
     def __init__(
-        self,
-        c1: int,
-        c2: int,
-        k: int = 1,
-        s: int | tuple[int, int] = 1,
-        p: int | None = None,
-        depthwise: bool = False,
+        self, c1: int, c2: int, k: int = 1, s: int | tuple[int, int] = 1, p: int | None = None
     ) -> None:
         super().__init__()
-        pad = k // 2 if p is None else p
-        self.depthwise = depthwise
-        if depthwise:
-            self.dwconv = nn.Conv2d(c1, c1, k, s, pad, groups=c1, bias=False)
-            self.pwconv = nn.Conv2d(c1, c2, 1, 1, 0, bias=False)
-        else:
-            self.conv = nn.Conv2d(c1, c2, k, s, pad, bias=False)
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2 if p is None else p, bias=False)
         self.bn = _instance_norm(c2)
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.depthwise:
-            x = self.pwconv(self.dwconv(x))
-        else:
-            x = self.conv(x)
-        return self.act(self.bn(x))
+        return self.act(self.bn(self.conv(x)))
 
 
-def _ds(c1: int, c2: int, s: int | tuple[int, int] = 1, k: int = 3) -> _ConvNormAct:
-    return _ConvNormAct(c1, c2, k, s, depthwise=True)
+class _DSConvNormAct(nn.Module):
+    """:class:`_ConvNormAct` with a depthwise ``k x k`` then a 1x1 convolution."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(c1, c1, k, s, k // 2, groups=c1, bias=False)
+        self.pwconv = nn.Conv2d(c1, c2, 1, 1, 0, bias=False)
+        self.bn = _instance_norm(c2)
+        self.act = nn.SiLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.pwconv(self.dwconv(x))))
+
+
+def _ds(c1: int, c2: int, s: int | tuple[int, int] = 1) -> _DSConvNormAct:
+    return _DSConvNormAct(c1, c2, 3, s)
 
 
 class _Bottleneck(nn.Module):
@@ -789,13 +785,13 @@ class _Backbone(nn.Module):
     def __init__(self, dim: int, v2: bool, chans: list[int], base: int = 64, depth: int = 2):
         super().__init__()
         last = 2 if v2 else (2, 1)
-        self.stem = _ConvNormAct(dim, base, 3, (2, 1), 1, depthwise=True)
+        self.stem = _ds(dim, base, (2, 1))
         widths = [base] + chans
         strides = [(2, 1), (2, 1), last, last]
         repeats = [depth, 2 * depth, 2 * depth, depth]
         for i in range(4):
             stage = nn.Sequential(
-                _ConvNormAct(widths[i], widths[i + 1], 3, strides[i], 1, depthwise=True),
+                _ds(widths[i], widths[i + 1], strides[i]),
                 _CSP2(widths[i + 1], widths[i + 1], repeats[i]),
             )
             self.add_module(f"p{i + 2}", stage)
