@@ -82,7 +82,9 @@ def splifft_params(cfg, frames: int):
             if kind.endswith("v2")
             else m.HyperAceResidualV1MaskEstimatorConfig
         )
-        head = cls(kind=kind, num_hyperedges=cfg.num_hyperedges or None, num_heads=cfg.hyperace_heads)
+        head = cls(
+            kind=kind, num_hyperedges=cfg.num_hyperedges or None, num_heads=cfg.hyperace_heads
+        )
     return m.BSRoformerParams(
         chunk_size=(frames - 1) * cfg.stft_hop_length,
         output_stem_names=tuple(cfg.sources),
@@ -126,7 +128,9 @@ def splifft_output(ref: torch.nn.Module, ours: torch.nn.Module, mix: torch.Tenso
     batch, channels, length = mix.shape
     spec = stft(mix, ours.n_fft, ours.hop_length, ours.window, ours.normalized)
     freqs, frames = spec.shape[-2], spec.shape[-1]
-    spec_ri = torch.view_as_real(spec).permute(0, 2, 1, 3, 4).reshape(batch, freqs * channels, frames, 2)
+    spec_ri = (
+        torch.view_as_real(spec).permute(0, 2, 1, 3, 4).reshape(batch, freqs * channels, frames, 2)
+    )
     with torch.no_grad():
         mask = ref(spec_ri)  # (B, S, F * C, N, 2)
     out = torch.view_as_complex(spec_ri.contiguous()).unsqueeze(1) * torch.view_as_complex(

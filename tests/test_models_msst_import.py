@@ -224,7 +224,8 @@ def test_unknown_model_type_and_unsupported_settings(tmp_path):
     with pytest.raises(UsageError, match="unknown model type 'htdemucs'"):
         import_msst(config, ckpt, model_type="htdemucs")
     for key, value, match in [
-        ("skip_connection", True, "skip_connection: true is not supported"),
+        ("mask_estimator", {"kind": "mystery"}, "mask_estimator .* is not one of the heads"),
+        ("mask_estimator", {"kind": "hyperace_residual_v2", "x": 1}, r"settings \['x'\]"),
         ("stft_normalized", True, "stft_normalized: true is not supported"),
         ("num_stems", 2, "num_stems=2 but training names 1"),
         ("dim_freqs_in", 1000, "dim_freqs_in=1000"),

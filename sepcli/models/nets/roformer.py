@@ -172,8 +172,7 @@ class RoformerConfig(_Config):
             )
         if self.axial_refiner_depth < 1 or self.num_hyperedges < 0 or self.hyperace_heads < 1:
             p.append(
-                "axial_refiner_depth >= 1, num_hyperedges >= 0 and hyperace_heads >= 1 "
-                "are required"
+                "axial_refiner_depth >= 1, num_hyperedges >= 0 and hyperace_heads >= 1 are required"
             )
         if self.mask_estimator.startswith("hyperace") and self.audio_channels != 2:
             p.append("the HyperACE mask heads are stereo only")
@@ -331,7 +330,9 @@ class Attention(nn.Module):
         rotated = True
         for a, e in row_blocks(batch, seq * 3 * inner):
             h = F.normalize(x[a:e], dim=-1, eps=self.norm.eps)
-            part = F.linear(h, w_qkv, self.to_qkv.bias).reshape(e - a, seq, 3, self.heads, self.dim_head)
+            part = F.linear(h, w_qkv, self.to_qkv.bias).reshape(
+                e - a, seq, 3, self.heads, self.dim_head
+            )
             gate = F.linear(h, w_gates, self.to_gates.bias).sigmoid()
             if part.dtype == torch.float32:
                 qk = part[:, :, :2].view(e - a, seq, 2, self.heads, self.dim_head // 2, 2)
@@ -691,7 +692,9 @@ class _HyperedgeGeneration(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         context = torch.cat((x.mean(dim=1), x.amax(dim=1)), dim=1)
-        protos = self.global_proto.unsqueeze(0) + self.context_mapper(context).view(b, self.edges, c)
+        protos = self.global_proto.unsqueeze(0) + self.context_mapper(context).view(
+            b, self.edges, c
+        )
         z = self.query_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         protos = protos.view(b, self.edges, self.heads, self.head_dim).permute(0, 2, 3, 1)
         sim = (z @ protos) * self.head_dim**-0.5  # (B, heads, N, E)
@@ -745,7 +748,7 @@ class _HyperACE(nn.Module):
     channels: half through ``k`` hypergraph branches, a quarter through ``l``
     CSP blocks, the rest as is."""
 
-    def __init__(self, chans: list[int], out: int, edges: int, heads: int, k: int, l: int) -> None:
+    def __init__(self, chans: list[int], out: int, edges: int, heads: int, k: int, n: int) -> None:
         super().__init__()
         mid = chans[2]
         self.c_h = int(mid * 0.5)
@@ -754,7 +757,7 @@ class _HyperACE(nn.Module):
         self.fuse_conv = _ConvNormAct(sum(chans), mid)
         self.high_order_branch = nn.ModuleList(_C3AH(self.c_h, edges, heads) for _ in range(k))
         self.high_order_fuse = _ConvNormAct(self.c_h * k, self.c_h)
-        self.low_order_branch = nn.Sequential(*[_CSP(self.c_l, self.c_l, 1, 1.0) for _ in range(l)])
+        self.low_order_branch = nn.Sequential(*[_CSP(self.c_l, self.c_l, 1, 1.0) for _ in range(n)])
         self.final_fuse = _ConvNormAct(mid, out)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
@@ -809,7 +812,7 @@ class _Decoder(nn.Module):
 
     def __init__(self, chans: list[int], ace: int) -> None:
         super().__init__()
-        for i, c in zip((2, 3, 4, 5), chans):
+        for i, c in zip((2, 3, 4, 5), chans, strict=True):
             self.add_module(f"h_to_d{i}", _ConvNormAct(ace, c))
             self.add_module(f"fusion_d{i}", _GatedFusion(c))
             self.add_module(f"skip_p{i}", _ConvNormAct(c, c))
