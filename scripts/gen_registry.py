@@ -92,6 +92,14 @@ CORRECTIONS = {
 }
 
 
+#: splifft's hidden configs (``.NAME.json``): what their checkpoints need, from the
+#: registry's model card text.
+HIDDEN = {
+    "bs_roformer-unwa-inst_fno": "an FNO1d mask estimator instead of the MLP",
+    "bs_roformer-unwa-inst_exp_value_residual": "value residual learning in the attention",
+}
+
+
 class ConversionError(Exception):
     """A splifft config this script cannot express in MSST keys."""
 
@@ -294,6 +302,11 @@ def generate(
             or not (data / "config" / f"{record['config_id']}.json").is_file()
         ):
             why = "no config in splifft's data (only an unpinned URL)"
+        elif str(record["config_id"]).startswith("."):
+            why = (
+                "splifft hides its config (a dot file): the checkpoint needs a part its "
+                "config does not describe (" + HIDDEN.get(ident, "see the model card") + ")"
+            )
         elif ident in taken:
             why = "name taken by a hand-written entry"
         if why:
