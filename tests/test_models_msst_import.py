@@ -248,3 +248,19 @@ def test_mel_mask_width_comes_from_the_weights(tmp_path):
     mix = _mix(4410)
     with torch.no_grad():
         assert snr_db(ref(mix), model(mix)[:, 0]) >= 60
+
+
+def test_rotary_frequencies_may_be_left_out_and_stem_names_are_kept(tmp_path):
+    # the rotary frequencies are fixed, so a checkpoint without them still loads;
+    # a published stem name with a space becomes a safe name, the original kept
+    config, ckpt, ref = _pair(tmp_path, "bs_roformer")
+    state = {k: v for k, v in torch.load(ckpt).items() if not k.endswith("rotary_embed.freqs")}
+    torch.save(state, ckpt)
+    cfg = _tiny_yaml("bs_roformer")
+    cfg["training"] = {"instruments": ["No Reverb"], "target_instrument": "No Reverb"}
+    model, meta = import_msst(_write_yaml(tmp_path / "n.yaml", cfg), ckpt)
+    assert model.config.sources == ("no_reverb",)
+    assert meta.extra["stem_names"] == {"no_reverb": "No Reverb"}
+    mix = _mix(4410)
+    with torch.no_grad():
+        assert snr_db(ref(mix), model(mix)[:, 0]) >= 60

@@ -484,8 +484,8 @@ def _mismatches(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[
     ignored = re.compile(r"num_batches_tracked$")
     out = []
     for key, value in own.items():
-        if ignored.search(key):
-            continue
+        if ignored.search(key) or (key.endswith("rotary_embed.freqs") and key not in state):
+            continue  # rotary frequencies are fixed: a checkpoint may leave them out
         if key not in state:
             out.append(
                 f"{key}: the config gives shape {tuple(value.shape)}, the checkpoint lacks it"
@@ -517,8 +517,9 @@ def _load_into(model: nn.Module, state: Mapping[str, Tensor], family: str, where
         raise ArchiveError(f"{where}: does not fit its config: {bad[0]}{more}{hint}")
     ignored = re.compile(r"num_batches_tracked$")
     given = {k: v for k, v in state.items() if k in own}
+    strict = not any(ignored.search(k) for k in own) and len(given) == len(own)
     with torch.no_grad():
-        model.load_state_dict(given, strict=not any(ignored.search(k) for k in own))
+        model.load_state_dict(given, strict=strict)
 
 
 def import_msst(
