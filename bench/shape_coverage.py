@@ -61,7 +61,11 @@ def run() -> tuple[list[tuple[str, str, str, float]], list[tuple[str, str]]]:
         key = dedupe_key(model_type, small)
         if key not in done:
             t = time.perf_counter()
-            db, _, _ = parity(model_type, small)
+            try:
+                db, _, _ = parity(model_type, small)
+            except Exception as exc:  # a failure is a row of the table, not the end of it
+                print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                db = float("nan")
             done[key] = db
             print(f"{name}: {db:.1f} dB ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
         cfg = config_from_msst(data, model_type, name)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "tests" / "data" / "shapes" / "msst_configs.json"
 #: MSST architectures whose config keys look like a RoFormer's or MDX23C's, told
 #: apart by the file name (MSST has no model_type in its YAMLs).
+FAMILIES = ("bs_roformer", "mel_band_roformer", "mdx23c")
 OTHER_BY_NAME = ("conformer", "segm_models", "torchseg", "swin_upernet", "mamba")
 
 
@@ -71,6 +72,9 @@ def collect(repos: list[tuple[str, str, str]]) -> dict[str, Any]:
             except SepcliError:
                 keys = sorted(data["model"])[:6]
                 out["other_architectures"][key] = f"model keys {keys}..."
+                continue
+            if model_type not in FAMILIES:
+                out["other_architectures"][key] = f"{model_type} (another family)"
                 continue
             out["configs"][key] = {"model_type": model_type, "config": _plain(data)}
     return out
