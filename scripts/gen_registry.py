@@ -22,7 +22,8 @@ checkpoint with a ``sha256:`` digest, a ``model_size`` and a config in
 without a published config (the SCNet one) are listed in the docs block as
 left out, with the reason.
 
-The config conversion (splifft's keys -> MSST's, which sepcli imports):
+The config conversion (splifft's keys -> MSST's, which sepcli imports) is
+:mod:`sepcli.models.importers.splifft`'s:
 
 * ``band_config.kind: mel`` -> ``model_type: mel_band_roformer`` with
   ``num_bands``/``sample_rate``; ``fixed`` -> ``bs_roformer`` with
@@ -31,9 +32,8 @@ The config conversion (splifft's keys -> MSST's, which sepcli imports):
   documented off-by-one, ``BSRoformerParams.mask_estimator_depth``): MSST's
   value is splifft's minus one for a Mel-Band model.
 * ``norm_output`` is implied by the MSST type (Mel-Band: on, BS: off); a config
-  that differs keeps ``norm_output`` as a model key, which sepcli refuses until it
-  implements it. So do ``mask_estimator`` (HyperACE, axial refiner heads),
-  ``use_shared_bias``, ``rms_norm_eps`` and ``skip_connection``.
+  that differs keeps ``norm_output`` as a model key. So do ``mask_estimator``
+  (HyperACE, axial refiner heads), ``use_shared_bias``, ``rms_norm_eps`` and ``skip_connection``.
 * splifft's defaults are written out (``time_transformer_depth: 1``...), so the
   inline config does not depend on whose defaults apply.
 * ``waveform_chunking.overlap_ratio`` r -> ``inference.num_overlap`` 1/(1-r)
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,8 +69,6 @@ ARCH_TITLES = {"bs_roformer": "BS-RoFormer", "mel_band_roformer": "Mel-Band RoFo
                "mdx23c": "MDX23C"}  # fmt: skip
 #: splifft metric names -> sepcli's (BSSEval names in capitals, as elsewhere).
 METRICS = {"sdr": "SDR", "si_sdr": "SI-SDR"}
-#: splifft's default viperx band split (``splifft.models.bs_roformer.DEFAULT_FREQS_PER_BANDS``).
-VIPERX_BANDS = [2] * 24 + [4] * 12 + [12] * 8 + [24] * 8 + [48] * 8 + [128, 129]
 LICENCE = (
     "none stated: splifft 0.0.9's registry (the public file this entry is generated "
     "from) records no licence; check the publisher's page before use"
@@ -80,6 +77,27 @@ DOCS_TASKS = ("vocals", "instrumental", "karaoke", "dereverb", "denoise", "decro
               "male-female", "multistem", "drumsep", "instrument", "center-side", "duet",
               "cinematic", "debleed")  # fmt: skip
 DOCS_TOP = 5
+
+
+#: splifft configs whose STFT a published config corrects: identifier -> (splifft
+#: ``transform`` keys, where they are published).
+CORRECTIONS = {
+    "mdx23c-aufr33-dereverb": (
+        {"n_fft": 8192, "hop_length": 1024, "win_length": 8192},
+        "TRvlvr/application_data mdx_model_data/mdx_c_configs/config_dereverb_mdx23c.yaml "
+        "(audio.n_fft 8192, hop_length 1024), the config audio-separator 0.47.1's "
+        "models.json pairs with this model; splifft's JSON gives no n_fft and its "
+        "default 2048 cannot hold dim_f 4096",
+    ),
+}
+
+
+#: splifft's hidden configs (``.NAME.json``): what their checkpoints need, from the
+#: registry's model card text.
+HIDDEN = {
+    "bs_roformer-unwa-inst_fno": "an FNO1d mask estimator instead of the MLP",
+    "bs_roformer-unwa-inst_exp_value_residual": "value residual learning in the attention",
+}
 
 
 class ConversionError(Exception):
@@ -103,136 +121,22 @@ def audio_separator_dir() -> Path:
 # ----------------------------------------------------------------------------- configs
 
 
-def _overlap(chunking: Mapping[str, Any] | None, where: str) -> int:
-    ratio = float((chunking or {}).get("overlap_ratio", 0.5))
-    value = 1.0 / (1.0 - ratio)
-    if not math.isclose(value, round(value), rel_tol=1e-6):
-        raise ConversionError(f"{where}: overlap_ratio {ratio} is not 1 - 1/n")
-    return round(value)
-
-
 def _precision_hints(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    hints: dict[str, Any] = {}
-    model = cfg.get("model") or {}
-    for key in ("rotary_embed_dtype", "transformer_residual_dtype"):
-        if key in model:
-            hints[key] = model[key]
-    for key in ("use_autocast_dtype", "force_weights_dtype"):
-        if key in (cfg.get("inference") or {}):
-            hints[key] = cfg["inference"][key]
-    if "conv_dtype" in (cfg.get("transform") or {}):
-        hints["conv_dtype"] = cfg["transform"]["conv_dtype"]
-    if cfg.get("masking"):
-        hints["masking"] = dict(cfg["masking"])
-    return hints
+    from sepcli.models.importers.splifft import precision_hints
 
-
-def _training(stems: list[str]) -> dict[str, Any]:
-    if len(stems) == 1:
-        return {"target_instrument": stems[0], "instruments": stems}
-    return {"instruments": stems}
+    return precision_hints(cfg)
 
 
 def msst_config(cfg: Mapping[str, Any], stems: list[str]) -> tuple[str, dict[str, Any]]:
-    """(MSST model type, MSST config dict) of a splifft config; ``stems`` are the
-    sepcli stem names of ``output_stem_names``, in order."""
-    where = str(cfg.get("identifier"))
-    model = dict(cfg["model"])
-    transform = dict(cfg.get("transform") or {})
-    if transform.get("kind", "stft") != "stft":
-        raise ConversionError(f"{where}: transform {transform.get('kind')!r}")
-    io = cfg.get("audio_io") or {}
-    rate = int(io.get("target_sample_rate", 44100))
-    n_fft = int(transform.get("n_fft", 2048))
-    hop = int(transform.get("hop_length", 512))
-    win = int(transform.get("win_length", 2048))
-    inference: dict[str, Any] = {"num_overlap": _overlap(cfg.get("waveform_chunking"), where)}
-    if (cfg.get("normalization") or {}).get("enabled"):
-        inference["normalize"] = True
-    if cfg["model_type"] == "mdx23c":
-        stereo = bool(model.get("stereo", True))
-        if win != n_fft:
-            raise ConversionError(f"{where}: win_length {win} != n_fft {n_fft}")
-        out = {
-            "audio": {"chunk_size": int(model["chunk_size"]), "dim_f": int(model["dim_f"]),
-                      "hop_length": hop, "n_fft": n_fft, "num_channels": 2 if stereo else 1,
-                      "sample_rate": rate},
-            "model": {"act": model.get("act_type", "gelu"),
-                      "bottleneck_factor": int(model["bottleneck_factor"]),
-                      "growth": int(model["growth"]),
-                      "norm": model.get("norm_type", "InstanceNorm"),
-                      "num_blocks_per_scale": int(model["num_blocks_per_scale"]),
-                      "num_channels": int(model["hidden_channels"]),
-                      "num_scales": int(model["num_scales"]),
-                      "num_subbands": int(model["num_subbands"]),
-                      "scale": [int(s) for s in model["scale"]]},
-            "training": _training(stems),
-            "inference": inference,
-        }  # fmt: skip
-        return "mdx23c", out
-    if cfg["model_type"] != "bs_roformer":
-        raise ConversionError(f"{where}: model_type {cfg['model_type']!r}")
-    bands = dict(model.get("band_config") or {})
-    mel = bands.get("kind") == "mel"
-    stereo = bool(model.get("stereo", True))
-    if "stft_hop_length" in model and int(model["stft_hop_length"]) != hop:
-        raise ConversionError(f"{where}: model hop {model['stft_hop_length']} != STFT hop {hop}")
-    out_model: dict[str, Any] = {
-        "dim": int(model["dim"]),
-        "depth": int(model["depth"]),
-        "stereo": stereo,
-        "num_stems": len(stems),
-        "time_transformer_depth": int(model.get("time_transformer_depth", 1)),
-        "freq_transformer_depth": int(model.get("freq_transformer_depth", 1)),
-        "linear_transformer_depth": int(model.get("linear_transformer_depth", 0)),
-        "dim_head": int(model.get("dim_head", 64)),
-        "heads": int(model.get("heads", 8)),
-        "attn_dropout": model.get("attn_dropout", 0.0),
-        "ff_dropout": model.get("ff_dropout", 0.0),
-        "dim_freqs_in": n_fft // 2 + 1,
-        "stft_n_fft": n_fft,
-        "stft_hop_length": hop,
-        "stft_win_length": win,
-        "stft_normalized": bool(transform.get("normalized", False)),
-        "mlp_expansion_factor": int(model.get("mlp_expansion_factor", 4)),
-    }
-    depth = int(model.get("mask_estimator_depth", 2))
-    norm_output = bool(model.get("norm_output", False))
-    if mel:
-        if int(bands.get("stft_n_fft", 2048)) != n_fft:
-            raise ConversionError(f"{where}: mel bands n_fft != STFT n_fft")
-        model_type = "mel_band_roformer"
-        out_model["num_bands"] = int(bands.get("num_bands", 60))
-        out_model["sample_rate"] = int(bands.get("sample_rate", 44100))
-        if depth < 2:
-            raise ConversionError(f"{where}: Mel-Band mask_estimator_depth {depth} < 2")
-        out_model["mask_estimator_depth"] = depth - 1  # splifft's documented off-by-one
-        if not norm_output:
-            out_model["norm_output"] = False  # not MSST's Mel-Band: refused until implemented
-    else:
-        model_type = "bs_roformer"
-        out_model["freqs_per_bands"] = [int(b) for b in bands.get("freqs_per_bands", VIPERX_BANDS)]
-        out_model["mask_estimator_depth"] = depth
-        if norm_output:
-            out_model["norm_output"] = True  # not MSST's BS-RoFormer: refused until implemented
-    head = dict(model.get("mask_estimator") or {"kind": "baseline"})
-    if head.get("kind") != "baseline":
-        out_model["mask_estimator"] = head
-    if model.get("use_shared_bias"):
-        out_model["use_shared_bias"] = True
-    if model.get("skip_connection"):
-        out_model["skip_connection"] = True
-    if model.get("rms_norm_eps") is not None:
-        out_model["rms_norm_eps"] = model["rms_norm_eps"]
-    if model.get("use_torch_checkpoint"):
-        out_model["use_torch_checkpoint"] = True
-    chunk = int(model["chunk_size"])
-    audio = {"chunk_size": chunk, "hop_length": hop, "n_fft": n_fft,
-             "num_channels": 2 if stereo else 1, "sample_rate": rate}  # fmt: skip
-    if chunk % hop == 0:
-        inference["dim_t"] = chunk // hop + 1
-    return model_type, {"audio": audio, "model": out_model, "training": _training(stems),
-                        "inference": inference}  # fmt: skip
+    """(MSST model type, MSST config dict) of a splifft config
+    (:func:`sepcli.models.importers.splifft.msst_from_splifft`)."""
+    from sepcli.errors import ArchiveError
+    from sepcli.models.importers.splifft import msst_from_splifft
+
+    try:
+        return msst_from_splifft(cfg, stems)
+    except ArchiveError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- scores
@@ -307,6 +211,9 @@ def entry_for(
     stems = [_safe(s) for s in published]
     if len(set(stems)) != len(stems):
         raise ConversionError(f"{ident}: stem names {published} collide when made safe")
+    correction = CORRECTIONS.get(ident)
+    if correction:
+        cfg = {**cfg, "transform": {**(cfg.get("transform") or {}), **correction[0]}}
     model_type, config = msst_config(cfg, stems)
     ckpts = [r for r in record["resources"] if r["kind"] == "model_ckpt" and r.get("digest")]
     digest = ckpts[0]["digest"]
@@ -358,6 +265,8 @@ def entry_for(
         f"splifft {SPLIFFT_VERSION} data/config/{cfg['identifier']}.json, converted to MSST "
         "keys by scripts/gen_registry.py"
     )
+    if correction:
+        entry["config_source"] += f"; STFT from {correction[1]}"
     entry["hash_source"] = (
         f"splifft {SPLIFFT_VERSION} data/registry.json, entry {ident!r}: the model_ckpt "
         "resource's digest and model_size"
@@ -393,6 +302,11 @@ def generate(
             or not (data / "config" / f"{record['config_id']}.json").is_file()
         ):
             why = "no config in splifft's data (only an unpinned URL)"
+        elif str(record["config_id"]).startswith("."):
+            why = (
+                "splifft hides its config (a dot file): the checkpoint needs a part its "
+                "config does not describe (" + HIDDEN.get(ident, "see the model card") + ")"
+            )
         elif ident in taken:
             why = "name taken by a hand-written entry"
         if why:

@@ -262,7 +262,8 @@ def test_unknown_model_type_and_unsupported_settings(tmp_path):
     with pytest.raises(UsageError, match="unknown model type 'htdemucs'"):
         import_msst(config, ckpt, model_type="htdemucs")
     for key, value, match in [
-        ("skip_connection", True, "skip_connection: true is not supported"),
+        ("mask_estimator", {"kind": "mystery"}, "mask_estimator .* is not one of the heads"),
+        ("mask_estimator", {"kind": "hyperace_residual_v2", "x": 1}, r"settings \['x'\]"),
         ("stft_normalized", True, "stft_normalized: true is not supported"),
         ("num_stems", 2, "num_stems=2 but training names 1"),
         ("dim_freqs_in", 1000, "dim_freqs_in=1000"),
@@ -282,6 +283,22 @@ def test_mel_mask_width_comes_from_the_weights(tmp_path):
     cfg["model"]["mlp_expansion_factor"] = 1
     model, _ = import_msst(_write_yaml(tmp_path / "f1.yaml", cfg), ckpt)
     assert model.config.mlp_expansion_factor == 4
+    mix = _mix(4410)
+    with torch.no_grad():
+        assert snr_db(ref(mix), model(mix)[:, 0]) >= 60
+
+
+def test_rotary_frequencies_may_be_left_out_and_stem_names_are_kept(tmp_path):
+    # the rotary frequencies are fixed, so a checkpoint without them still loads;
+    # a published stem name with a space becomes a safe name, the original kept
+    config, ckpt, ref = _pair(tmp_path, "bs_roformer")
+    state = {k: v for k, v in torch.load(ckpt).items() if not k.endswith("rotary_embed.freqs")}
+    torch.save(state, ckpt)
+    cfg = _tiny_yaml("bs_roformer")
+    cfg["training"] = {"instruments": ["No Reverb"], "target_instrument": "No Reverb"}
+    model, meta = import_msst(_write_yaml(tmp_path / "n.yaml", cfg), ckpt)
+    assert model.config.sources == ("no_reverb",)
+    assert meta.extra["stem_names"] == {"no_reverb": "No Reverb"}
     mix = _mix(4410)
     with torch.no_grad():
         assert snr_db(ref(mix), model(mix)[:, 0]) >= 60

@@ -173,7 +173,8 @@ class MdxcRecipe(Recipe):
             raise UsageError("--shifts is not part of the mdxc chunking recipe; use --shifts 0")
         if config.context_seconds is not None:
             raise UsageError("--context is not part of the mdxc chunking recipe (chunks abut)")
-        chunk = hop * (int(cfg["dim_t"]) - 1)
+        # a RoFormer chunk that is not a whole number of hops is its ``chunk_size``
+        chunk = int(cfg.get("chunk_size") or 0) or hop * (int(cfg["dim_t"]) - 1)
         if config.segment_seconds is not None:
             chunk = hop * max(1, round(config.segment_seconds * meta.sample_rate / hop))
         overlap = int(cfg["num_overlap"])

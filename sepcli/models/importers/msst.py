@@ -24,7 +24,9 @@ such a pair into a sepcli model of family ``bs-roformer``, ``mel-roformer``,
   a one-line :class:`ArchiveError` naming the file. Nothing is written on error.
 
 Stem names are ``training.target_instrument`` (one stem) or
-``training.instruments``, lower-cased. Chunking follows the published inference
+``training.instruments`` as safe names (:func:`safe_stem_name`: ``No Reverb`` ->
+``no_reverb``); the published names are kept in the archive's
+``extra.stem_names`` for display. Chunking follows the published inference
 settings: ``inference.dim_t`` frames per chunk and ``inference.num_overlap``
 (audio-separator's fallback 8 when absent); SCNet: MSST's ``audio.chunk_size``
 (or ``inference.chunk_size``), ``inference.num_overlap`` and
@@ -58,6 +60,8 @@ __all__ = [
     "load_msst_checkpoint",
     "import_msst",
     "import_msst_archive",
+    "published_stems",
+    "safe_stem_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,8 +93,16 @@ _ROFORMER_USED = {
     "dim", "depth", "stereo", "num_stems", "time_transformer_depth",
     "freq_transformer_depth", "dim_head", "heads", "dim_freqs_in", "stft_n_fft",
     "stft_hop_length", "stft_win_length", "stft_normalized", "mask_estimator_depth",
-    "mlp_expansion_factor", "skip_connection",
+    "mlp_expansion_factor", "skip_connection", "norm_output", "rms_norm_eps",
+    "use_shared_bias", "mask_estimator",
 }  # fmt: skip
+#: Keys of a ``mask_estimator:`` mapping (splifft's form), -> sepcli config field.
+_HEAD_KEYS = {
+    "axial_refiner_large_v2": {"axial_refiner_depth": "axial_refiner_depth"},
+    "hyperace_residual_v1": {"num_hyperedges": "num_hyperedges", "num_heads": "hyperace_heads"},
+    "hyperace_residual_v2": {"num_hyperedges": "num_hyperedges", "num_heads": "hyperace_heads"},
+    "baseline": {},
+}
 _BS_USED = _ROFORMER_USED | {"freqs_per_bands", "linear_transformer_depth"}
 # linear_transformer_depth: 0 appears in some Mel-Band YAMLs (ZFTurbo's); it must be 0
 _MEL_USED = _ROFORMER_USED | {"num_bands", "sample_rate", "linear_transformer_depth"}
@@ -161,26 +173,44 @@ def _section(cfg: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]
     return value
 
 
-def _sources(cfg: Mapping[str, Any], where: str) -> tuple[str, ...]:
+def safe_stem_name(name: str) -> str:
+    """A published stem name as a sepcli stem name: lower case, runs of other
+    characters as one ``_`` (``No Reverb`` -> ``no_reverb``, ``No Drum-Bass`` ->
+    ``no_drum_bass``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def published_stems(cfg: Mapping[str, Any], where: str = "config") -> tuple[str, ...]:
+    """The stem names as the config publishes them (``training.target_instrument``
+    or ``training.instruments``)."""
     training = _section(cfg, "training", where)
     target = training.get("target_instrument")
     names = [target] if target else list(training.get("instruments") or [])
     if not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise ArchiveError(f"{where}: training.instruments / target_instrument name no stems")
-    out = tuple(n.strip().lower() for n in names)
-    if len(set(out)) != len(out) or any(not re.fullmatch(r"[a-z0-9_.-]+", n) for n in out):
-        raise ArchiveError(f"{where}: stem names {list(names)} must be unique words")
+    return tuple(n.strip() for n in names)
+
+
+def _sources(cfg: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    names = published_stems(cfg, where)
+    out = tuple(safe_stem_name(n) for n in names)
+    if len(set(out)) != len(out) or not all(out):
+        raise ArchiveError(f"{where}: stem names {list(names)} are not distinct as {list(out)}")
     return out
 
 
-def _chunking(cfg: Mapping[str, Any], hop: int, where: str) -> tuple[int, int]:
-    """(dim_t, num_overlap) as audio-separator 0.47.1 reads them."""
+def _chunking(
+    cfg: Mapping[str, Any], hop: int, where: str, any_chunk: bool = False
+) -> tuple[int, int]:
+    """(dim_t, num_overlap) as audio-separator 0.47.1 reads them. ``any_chunk``
+    (the RoFormers): without ``inference.dim_t``, an ``audio.chunk_size`` that is
+    not a whole number of hops is allowed (the caller keeps it as ``chunk_size``)."""
     inference = _section(cfg, "inference", where)
     audio = _section(cfg, "audio", where)
     dim_t = inference.get("dim_t")
     if dim_t is None:
         chunk = audio.get("chunk_size")
-        if chunk is None or int(chunk) % hop:
+        if chunk is None or (int(chunk) % hop and not any_chunk):
             raise ArchiveError(
                 f"{where}: no inference.dim_t, and audio.chunk_size is not a multiple of hop {hop}"
             )
@@ -249,11 +279,6 @@ def _roformer_config(
     mel = model_type == "mel_band_roformer"
     used = _MEL_USED if mel else _BS_USED
     _check_keys(model, used, _ROFORMER_IGNORED, where)
-    if model.get("skip_connection"):
-        raise ArchiveError(
-            f"{where}: skip_connection: true is not supported (audio-separator 0.47.1 ignores "
-            "it while MSST sums earlier blocks' outputs; the two disagree)"
-        )
     if mel and model.get("linear_transformer_depth", 0):
         raise ArchiveError(
             f"{where}: linear_transformer_depth > 0 is a BS-RoFormer setting; the Mel-Band "
@@ -286,7 +311,11 @@ def _roformer_config(
         raise ArchiveError(
             f"{where}: model.sample_rate={model['sample_rate']} != audio.sample_rate={rate}"
         )
-    dim_t, overlap = _chunking(cfg, hop, where)
+    dim_t, overlap = _chunking(cfg, hop, where, any_chunk=True)
+    chunk = audio.get("chunk_size")
+    own_chunk = 0
+    if "dim_t" not in _section(cfg, "inference", where) and int(chunk) % hop:
+        own_chunk = int(chunk)  # MSST's chunk, not a whole number of hops
     values: dict[str, Any] = {
         "sources": sources,
         "sample_rate": rate,
@@ -305,6 +334,13 @@ def _roformer_config(
         "mlp_expansion_factor": int(model.get("mlp_expansion_factor", 4)),
         "dim_t": dim_t,
         "num_overlap": overlap,
+        "chunk_size": own_chunk,
+        "norm_output": bool(model.get("norm_output", mel)),
+        "rms_norm_eps": float(model.get("rms_norm_eps") or 0.0),
+        "use_shared_bias": bool(model.get("use_shared_bias", False)),
+        # MSST sums earlier blocks' outputs; audio-separator 0.47.1 ignores the key
+        "skip_connection": bool(model.get("skip_connection", False)),
+        **_head(model.get("mask_estimator"), where),
     }
     if mel:
         from sepcli.models.nets.mel_roformer import MelRoformerConfig
@@ -318,6 +354,26 @@ def _roformer_config(
         linear_transformer_depth=int(model.get("linear_transformer_depth", 0)),
         **values,
     )
+
+
+def _head(value: Any, where: str) -> dict[str, Any]:
+    """Config fields of a ``mask_estimator:`` mapping (``{kind: ..., ...}``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or value.get("kind") not in _HEAD_KEYS:
+        raise ArchiveError(
+            f"{where}: mask_estimator {value!r} is not one of the heads sepcli runs "
+            f"({', '.join(_HEAD_KEYS)})"
+        )
+    kind = str(value["kind"])
+    unknown = sorted(set(value) - {"kind"} - set(_HEAD_KEYS[kind]))
+    if unknown:
+        raise ArchiveError(f"{where}: unknown mask_estimator settings {unknown} for {kind}")
+    out: dict[str, Any] = {"mask_estimator": kind}
+    for key, field in _HEAD_KEYS[kind].items():
+        if value.get(key) is not None:
+            out[field] = int(value[key])
+    return out
 
 
 def _mdx23c_config(
@@ -504,8 +560,8 @@ def _mismatches(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[
     ignored = re.compile(r"num_batches_tracked$")
     out = []
     for key, value in own.items():
-        if ignored.search(key):
-            continue
+        if ignored.search(key) or (key.endswith("rotary_embed.freqs") and key not in state):
+            continue  # rotary frequencies are fixed: a checkpoint may leave them out
         if key not in state:
             out.append(
                 f"{key}: the config gives shape {tuple(value.shape)}, the checkpoint lacks it"
@@ -537,8 +593,9 @@ def _load_into(model: nn.Module, state: Mapping[str, Tensor], family: str, where
         raise ArchiveError(f"{where}: does not fit its config: {bad[0]}{more}{hint}")
     ignored = re.compile(r"num_batches_tracked$")
     given = {k: v for k, v in state.items() if k in own}
+    strict = not any(ignored.search(k) for k in own) and len(given) == len(own)
     with torch.no_grad():
-        model.load_state_dict(given, strict=not any(ignored.search(k) for k in own))
+        model.load_state_dict(given, strict=strict)
 
 
 def import_msst(
@@ -590,6 +647,15 @@ def import_msst(
         "config": {"file": config_path.name, "sha256": sha256_file(config_path)},
         "checkpoint": {"file": checkpoint_path.name, "sha256": sha256_file(checkpoint_path)},
     }
+    extra: dict[str, Any] = {
+        "imported_from": "msst",
+        "model_type": _type_of(family),
+        "files": files,
+    }
+    published = published_stems(cfg, str(config_path))
+    names = {s: p for s, p in zip(config.sources, published, strict=True) if s != p}
+    if names:  # sepcli stem -> the publisher's name, for display (as registry entries)
+        extra["stem_names"] = names
     meta = make_metadata(
         model,
         name=name,
@@ -597,7 +663,7 @@ def import_msst(
         training_data=training_data,
         description=description or f"{family} imported from {checkpoint_path.name}",
         scores=dict(scores or {}),
-        extra={"imported_from": "msst", "model_type": _type_of(family), "files": files},
+        extra=extra,
     )
     return model, meta
 

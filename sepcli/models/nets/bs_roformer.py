@@ -83,7 +83,7 @@ class BSRoformer(Roformer):
         super().__init__(
             config,
             band_dims,
-            norm_output=False,
+            norm_output=config.norm_output,
             final_norm=True,
             mask_hidden_layers=config.mask_estimator_depth - 1,
             linear_transformer_depth=config.linear_transformer_depth,

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
 
-__all__ = ["MDX23CConfig", "MDX23C", "reference_config"]
+__all__ = ["MDX23CConfig", "MDX23C", "TFCTDF", "reference_config"]
 
 _GROUP_NORM = re.compile(r"GroupNorm([0-9]+)")
 _ELU = re.compile(r"elu([0-9.eE+-]+)")
@@ -133,11 +133,11 @@ def reference_config() -> MDX23CConfig:
     return MDX23CConfig()
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
     if kind == "BatchNorm":
         return nn.BatchNorm2d(channels)
     if kind == "InstanceNorm":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nn.InstanceNorm2d(channels, affine=True, eps=eps)
     match = _GROUP_NORM.fullmatch(kind)
     if match:
         return nn.GroupNorm(num_groups=int(match.group(1)), num_channels=channels)
@@ -149,26 +149,32 @@ def _act(kind: str) -> nn.Module:
         return nn.GELU()
     if kind == "relu":
         return nn.ReLU()
+    if kind == "silu":  # the HyperACE mask head's blocks (sepcli.models.nets.roformer)
+        return nn.SiLU()
     return nn.ELU(float(kind[3:]))
 
 
 class _TFCTDFBlock(nn.Module):
     """``x + tdf(x)`` between two 3x3 convolutions, plus a 1x1 shortcut."""
 
-    def __init__(self, in_c: int, c: int, bins: int, bn: int, norm: str, act: str) -> None:
+    def __init__(
+        self, in_c: int, c: int, bins: int, bn: int, norm: str, act: str, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.tfc1 = nn.Sequential(
-            _norm(norm, in_c), _act(act), nn.Conv2d(in_c, c, 3, 1, 1, bias=False)
+            _norm(norm, in_c, eps), _act(act), nn.Conv2d(in_c, c, 3, 1, 1, bias=False)
         )
         self.tdf = nn.Sequential(
-            _norm(norm, c),
+            _norm(norm, c, eps),
             _act(act),
             nn.Linear(bins, bins // bn, bias=False),
-            _norm(norm, c),
+            _norm(norm, c, eps),
             _act(act),
             nn.Linear(bins // bn, bins, bias=False),
         )
-        self.tfc2 = nn.Sequential(_norm(norm, c), _act(act), nn.Conv2d(c, c, 3, 1, 1, bias=False))
+        self.tfc2 = nn.Sequential(
+            _norm(norm, c, eps), _act(act), nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        )
         self.shortcut = nn.Conv2d(in_c, c, 1, 1, 0, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -178,16 +184,28 @@ class _TFCTDFBlock(nn.Module):
         return self.tfc2(x) + s
 
 
-class _TFCTDF(nn.Module):
-    """``blocks`` TFC-TDF blocks: ``(B, in_c, T, bins) -> (B, c, T, bins)``."""
+class TFCTDF(nn.Module):
+    """``blocks`` TFC-TDF blocks: ``(B, in_c, T, bins) -> (B, c, T, bins)``.
+
+    ``eps`` is the InstanceNorm's (MDX23C: PyTorch's 1e-5; the HyperACE mask head
+    of :mod:`sepcli.models.nets.roformer`: 1e-8 with ``act="silu"``).
+    """
 
     def __init__(
-        self, in_c: int, c: int, layers: int, bins: int, bn: int, norm: str, act: str
+        self,
+        in_c: int,
+        c: int,
+        layers: int,
+        bins: int,
+        bn: int,
+        norm: str,
+        act: str,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         blocks = []
         for _ in range(layers):
-            blocks.append(_TFCTDFBlock(in_c, c, bins, bn, norm, act))
+            blocks.append(_TFCTDFBlock(in_c, c, bins, bn, norm, act, eps))
             in_c = c
         self.blocks = nn.ModuleList(blocks)
 
@@ -216,14 +234,14 @@ class _Rescale(nn.Module):
 
 
 class _EncoderBlock(nn.Module):
-    def __init__(self, tfc_tdf: _TFCTDF, downscale: _Rescale) -> None:
+    def __init__(self, tfc_tdf: TFCTDF, downscale: _Rescale) -> None:
         super().__init__()
         self.tfc_tdf = tfc_tdf
         self.downscale = downscale
 
 
 class _DecoderBlock(nn.Module):
-    def __init__(self, upscale: _Rescale, tfc_tdf: _TFCTDF) -> None:
+    def __init__(self, upscale: _Rescale, tfc_tdf: TFCTDF) -> None:
         super().__init__()
         self.upscale = upscale
         self.tfc_tdf = tfc_tdf
@@ -252,20 +270,20 @@ class MDX23C(PublishedChunks, nn.Module):
         for _ in range(config.num_scales):
             encoders.append(
                 _EncoderBlock(
-                    _TFCTDF(c, c, layers, bins, bn, norm, act),
+                    TFCTDF(c, c, layers, bins, bn, norm, act),
                     _Rescale(c, c + g, scale, norm, act, up=False),
                 )
             )
             bins = bins // scale[1]
             c += g
         self.encoder_blocks = nn.ModuleList(encoders)
-        self.bottleneck_block = _TFCTDF(c, c, layers, bins, bn, norm, act)
+        self.bottleneck_block = TFCTDF(c, c, layers, bins, bn, norm, act)
         decoders = []
         for _ in range(config.num_scales):
             up = _Rescale(c, c - g, scale, norm, act, up=True)
             bins = bins * scale[1]
             c -= g
-            decoders.append(_DecoderBlock(up, _TFCTDF(2 * c, c, layers, bins, bn, norm, act)))
+            decoders.append(_DecoderBlock(up, TFCTDF(2 * c, c, layers, bins, bn, norm, act)))
         self.decoder_blocks = nn.ModuleList(decoders)
         self.final_conv = nn.Sequential(
             nn.Conv2d(c + dim_c, c, 1, 1, 0, bias=False),

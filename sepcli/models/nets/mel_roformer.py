@@ -42,6 +42,7 @@ class MelRoformerConfig(RoformerConfig):
     num_bands: int = 60
     dim_t: int = 1101
     num_overlap: int = 1
+    norm_output: bool = True
 
     def __post_init__(self) -> None:
         p = self._check_roformer()
@@ -87,7 +88,7 @@ class MelRoformer(Roformer):
         super().__init__(
             config,
             band_dims,
-            norm_output=True,
+            norm_output=config.norm_output,
             final_norm=False,
             mask_hidden_layers=config.mask_estimator_depth,
         )
