@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepcli.models.archive.contract import set_contract
+from sepcli.models.archive.contract import PublishedChunks, set_contract
 from sepcli.models.configs import _Config
 
 __all__ = ["SCNetConfig", "SCNet", "reference_config"]
@@ -138,6 +138,11 @@ class SCNetConfig(_Config):
         if self.batch_size < 1:
             p.append("batch_size must be >= 1")
         self._raise(p)
+
+    @property
+    def chunk_samples(self) -> int:
+        """One published chunk, in samples (``chunk_size``; :class:`PublishedChunks`)."""
+        return self.chunk_size
 
     @property
     def num_sources(self) -> int:
@@ -322,7 +327,7 @@ class _SeparationNet(nn.Module):
         return x
 
 
-class SCNet(nn.Module):
+class SCNet(PublishedChunks, nn.Module):
     """SCNet; ``forward(mix (B, C, T)) -> (B, S, C, T)`` waveforms."""
 
     def __init__(self, config: SCNetConfig) -> None:
@@ -395,13 +400,3 @@ class SCNet(nn.Module):
             onesided=True,
         )
         return wav[:, :length].reshape(batch, self.num_sources, channels, length)
-
-    @torch.jit.unused
-    def archive_timing(self) -> tuple[float, float]:
-        """(segment, context) in seconds: one published chunk, no extra context."""
-        return self.config.chunk_size / self.sample_rate, 0.0
-
-    @torch.jit.unused
-    def archive_overlap(self) -> float:
-        """Fraction of a chunk shared with the next: ``1 - 1 / num_overlap``."""
-        return min(0.9, 1.0 - 1.0 / self.config.num_overlap)
