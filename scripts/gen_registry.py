@@ -113,9 +113,14 @@ def splifft_dir() -> Path:
 
 
 def audio_separator_dir() -> Path:
-    import audio_separator
+    # Found through the installed distribution, not by importing: the parity tests
+    # put a bare stand-in for the package in sys.modules (no __file__, no __spec__).
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    return Path(audio_separator.__file__).parent
+    try:
+        return Path(distribution("audio-separator").locate_file("audio_separator"))
+    except PackageNotFoundError:
+        raise SystemExit("audio-separator 0.47.1 is required") from None
 
 
 # ----------------------------------------------------------------------------- configs

@@ -258,5 +258,8 @@ def test_real_stems_equal_museval(shared_data: Path) -> None:
         spreads.append(np.abs(_museval(refs + jitter, ests, 44100, 44100) - theirs))
     spread = np.max(spreads, axis=0)
     finite = np.isfinite(theirs)
-    assert np.all(np.abs(ours - theirs)[finite] <= 1e-6 + 2 * spread[finite])
+    # The floor is museval's own movement under 1e-12 input changes (~5e-4 dB): the three
+    # draws above do not always reach it (numpy 2.4 / scipy 1.17 with this ffmpeg's AAC
+    # decode gave up to 4.6e-4 dB against a largest drawn spread of 1.5e-4 dB).
+    assert np.all(np.abs(ours - theirs)[finite] <= 1e-3 + 2 * spread[finite])
     assert np.nanmax(np.abs(ours[0] - theirs[0])) < 1e-6  # SDR
