@@ -59,6 +59,24 @@ def musdb_stems(path: Path, seconds: float) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(stems)))
 
 
+def real_song(shared_data: Path, seconds: int) -> np.ndarray:
+    """MUSDB18 preview mixtures played one after another, decoded by sepcli:
+    ``(2, seconds * 44100)`` float32 (the real-song parity and chain tests)."""
+    from sepcli.audio import load_audio
+
+    parts, total = [], 0
+    for path in sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4")):
+        audio, rate = load_audio(path, stream=0)
+        assert rate == 44100
+        parts.append(audio)
+        total += audio.shape[-1]
+        if total >= seconds * 44100:
+            break
+    mix = np.concatenate(parts, axis=-1)[:, : seconds * 44100]
+    assert mix.shape == (2, seconds * 44100)
+    return np.ascontiguousarray(mix, dtype=np.float32)
+
+
 def collect_losses(into: list[float]) -> ProgressFn:
     """A training ``progress`` callback that appends the loss of every step to ``into``."""
 

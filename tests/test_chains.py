@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from conftest import real_song
 
 from sepcli.cli import main
 from sepcli.cli.outputs import PROVENANCE_FILE
@@ -308,21 +309,6 @@ def three_families(folder: Path) -> list[Path]:
         model = build_model(family, config.to_dict())
         paths.append(export_archive(model, folder / f"{name}.sepcli", name=name))
     return paths
-
-
-def real_song(shared_data: Path, seconds: int) -> np.ndarray:
-    """Real MUSDB18 previews (mixtures) one after another, ``(2, seconds * 44100)``."""
-    from sepcli.audio import load_audio
-
-    parts, total = [], 0
-    for path in sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4")):
-        x, rate = load_audio(path, stream=0)
-        assert rate == 44100
-        parts.append(x)
-        total += x.shape[-1]
-        if total >= seconds * 44100:
-            break
-    return np.concatenate(parts, axis=-1)[:, : seconds * 44100]
 
 
 @pytest.mark.slow

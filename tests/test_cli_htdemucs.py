@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from conftest import real_song
 
 from sepcli.cli import main
 
@@ -155,21 +156,6 @@ def test_bad_files_give_one_line_errors_and_no_archive(tmp_path: Path) -> None:
         assert not out.exists()
 
 
-def _real_song(shared_data: Path, seconds: int) -> np.ndarray:
-    """Real MUSDB18 previews (mixtures) played one after another, ``(2, seconds * 44100)``."""
-    from sepcli.audio import load_audio
-
-    parts, total = [], 0
-    for path in sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4")):
-        audio, rate = load_audio(path, stream=0)
-        assert rate == 44100
-        parts.append(audio)
-        total += audio.shape[-1]
-        if total >= seconds * 44100:
-            break
-    return np.concatenate(parts, axis=-1)[:, : seconds * 44100]
-
-
 @pytest.mark.slow
 @pytest.mark.data
 @pytest.mark.timeout(3600)
@@ -180,7 +166,7 @@ def test_real_song_equals_apply_model(tmp_path: Path, shared_data: Path, kind: s
     7.8-s segments every 5.85 s: 6 chunks (5 overlaps, the last one mostly past the
     end), four 10-s input blocks and five 6.8-s songs; 3 minutes (31 chunks) proved no more.
     """
-    mix = write_wav(tmp_path / "song.wav", _real_song(shared_data, 31), 44100)
+    mix = write_wav(tmp_path / "song.wav", real_song(shared_data, 31), 44100)
     torch.set_num_threads(2)
     ref1, th1 = write_checkpoint(tmp_path, "955717e8", 0, NARROW_PUBLISHED)
     if kind == "single":

@@ -27,6 +27,7 @@ from audio_separator_reference import (
     write_msst_yaml,
 )
 from click.testing import CliRunner
+from conftest import real_song
 
 from sepcli.cli import main
 
@@ -119,22 +120,6 @@ def test_separate_equals_audio_separator_on_a_short_track(tmp_path, model_type):
         assert score >= 60, (stem, score)
 
 
-def _real_song(shared_data: Path, seconds: int) -> np.ndarray:
-    """MUSDB18 preview mixtures end to end, decoded by sepcli: ``(2, seconds * 44100)``."""
-    from sepcli.audio import load_audio
-
-    parts, total = [], 0
-    for path in sorted((shared_data / "musdb18-preview" / "train").glob("*.stem.mp4")):
-        audio = load_audio(path, stream=0)[0]
-        parts.append(audio)
-        total += audio.shape[-1]
-        if total >= seconds * 44100:
-            break
-    mix = np.concatenate(parts, axis=-1)[:, : seconds * 44100]
-    assert mix.shape == (2, seconds * 44100)
-    return np.ascontiguousarray(mix, dtype=np.float32)
-
-
 @pytest.mark.data
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 13 chunks of 8 s through both pipelines: minutes on 2 busy CPUs
@@ -143,7 +128,7 @@ def test_bs_roformer_separate_equals_audio_separator_on_real_music(tmp_path, sha
     # 31 s runs 13 chunks over four 10-s input blocks and five 6.8-s songs, and ends
     # with the chunk placed at the end off the 2-s grid (3 minutes gave 87 chunks and
     # no more boundary cases: its last chunk fell on the grid)
-    mix = _real_song(shared_data, 31)
+    mix = real_song(shared_data, 31)
     song = tmp_path / "song.wav"
     sf.write(song, mix.T, 44100, subtype="FLOAT")
     for stem, score in _check(tmp_path, "bs_roformer", song, mix, 801).items():
@@ -155,7 +140,7 @@ def test_bs_roformer_separate_equals_audio_separator_on_real_music(tmp_path, sha
 @pytest.mark.timeout(1800)
 def test_mdx23c_separate_equals_audio_separator_on_real_music(tmp_path, shared_data):
     # 30 s: the tiny U-Net still costs ~0.5 s per chunk on 2 CPUs; 64-frame chunks, 2 per sample
-    mix = _real_song(shared_data, 30)
+    mix = real_song(shared_data, 30)
     song = tmp_path / "song.wav"
     sf.write(song, mix.T, 44100, subtype="FLOAT")
     for stem, score in _check(tmp_path, "mdx23c", song, mix, 64, 2).items():
