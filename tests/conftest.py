@@ -59,6 +59,15 @@ def musdb_stems(path: Path, seconds: float) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(stems)))
 
 
+@pytest.fixture
+def offline_user_dirs(tmp_path, monkeypatch) -> None:
+    """No user presets, registry or cache of the machine's own, and no network."""
+    monkeypatch.setenv("SEPCLI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SEPCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEPCLI_REGISTRY", raising=False)
+    monkeypatch.setenv("SEPCLI_OFFLINE", "1")
+
+
 def real_song(shared_data: Path, seconds: int) -> np.ndarray:
     """MUSDB18 preview mixtures played one after another, decoded by sepcli:
     ``(2, seconds * 44100)`` float32 (the real-song parity and chain tests)."""

@@ -19,15 +19,7 @@ from conftest import real_song
 from sepcli.cli import main
 from sepcli.cli.outputs import PROVENANCE_FILE
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEPCLI_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("SEPCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("SEPCLI_REGISTRY", raising=False)
-    monkeypatch.setenv("SEPCLI_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_user_dirs")
 
 
 def cli(*args):

@@ -24,13 +24,7 @@ AUDIO_SEPARATOR_PRESETS = (
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No user presets, registry or cache of the machine's own."""
-    monkeypatch.setenv("SEPCLI_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("SEPCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("SEPCLI_REGISTRY", raising=False)
-    monkeypatch.setenv("SEPCLI_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_user_dirs")
 
 
 def cli(*args: str):
