@@ -308,6 +308,7 @@ def separate(
         torch.set_num_threads(threads)
     if cuda:
         device = "cuda"
+    stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
     if any(str(item) == "-" for item in inputs):
         if len(inputs) != 1:
             raise UsageError("'-' (standard input) cannot be mixed with other inputs")
@@ -316,8 +317,7 @@ def separate(
         from sepcli.cli.live import separate_stream
 
         separate_stream(
-            out=out_dir, stems=[s.strip().lower() for s in stems.split(",") if s.strip()]
-            if stems else None, model=model, device=device, separator_config=separator_config,
+            out=out_dir, stems=stem_list, model=model, device=device, separator_config=separator_config,
             fmt=fmt, bit_depth=bit_depth, channels=channels, raw_format=raw_format,
             raw_rate=raw_rate, raw_channels=raw_channels, mix=mix, latency=latency,
             cache_dir=cache_dir, offline=offline, quiet=quiet,
@@ -336,7 +336,6 @@ def separate(
             raise UsageError(f"--report {report}: is a folder; give a file name")
         planning.check_writable_file(report, "--report")
     planning.check_writable([out_dir], "--out")
-    stem_list = [s.strip().lower() for s in stems.split(",") if s.strip()] if stems else None
     chosen_preset = pick_preset(model, preset, preset_files, cache_dir, offline)
     chain = chain_plan = None
     if thens or (chosen_preset is not None and chosen_preset.kind == "chain"):
