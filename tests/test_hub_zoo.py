@@ -258,6 +258,15 @@ def test_inline_config_entry_downloads_verifies_and_converts(file_server, hub_en
     ]  # fmt: skip
 
 
+def test_an_entry_with_inference_normalize_converts_to_an_archive_that_says_so(
+    file_server, hub_env, tmp_path
+):
+    entry, _ = _inline_entry(file_server, "tiny-normalised")
+    entry["config"].setdefault("inference", {})["normalize"] = True
+    reg = str(write_registry(tmp_path / "r.json", [entry]))
+    assert load_model("tiny-normalised", registry=reg).metadata.input_normalization == "track"
+
+
 def test_a_config_the_checkpoint_does_not_fit_names_the_first_key(file_server, hub_env, tmp_path):
     entry, _ = _inline_entry(file_server, "tiny-wrong")
     entry["config"]["model"]["dim"] *= 2
