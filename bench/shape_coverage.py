@@ -40,15 +40,14 @@ NEEDS_MORE = {
 
 
 def run() -> tuple[list[tuple[str, str, str, float]], list[tuple[str, str]]]:
-    from shape_cases import all_configs, dedupe_key, module_view, parity, shape_class, shrink
+    from shape_cases import all_configs, dedupe_key, parity, shape_class, shrink
 
     from sepcli.errors import SepcliError
     from sepcli.models.importers.msst import config_from_msst
 
     rows, left_out = [], []
     done: dict[str, float] = {}
-    for name, (model_type, published) in all_configs().items():
-        data, note = module_view(published)
+    for name, (model_type, data) in all_configs().items():
         if name in NEEDS_MORE:
             left_out.append((name, NEEDS_MORE[name]))
             continue
@@ -69,8 +68,7 @@ def run() -> tuple[list[tuple[str, str, str, float]], list[tuple[str, str]]]:
             done[key] = db
             print(f"{name}: {db:.1f} dB ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
         cfg = config_from_msst(data, model_type, name)
-        shape = shape_class(model_type, cfg) + (f" ({note})" if note else "")
-        rows.append((name, cfg.family, shape, done[key]))
+        rows.append((name, cfg.family, shape_class(model_type, cfg), done[key]))
     return rows, left_out
 
 

@@ -378,11 +378,15 @@ def docs_block(
     built = [e for e in entries if problems[e.name] is None]
     generated = [m["name"] for m in manifest["models"]]
     blocked = [n for n in generated if problems[n] is not None]
-    lines.append(
-        f"The registry holds {len(generated)} generated entries (from splifft "
-        f"{SPLIFFT_VERSION}'s registry) besides the hand-written ones; the configs of "
+    builds = (
         f"{len(generated) - len(blocked)} build with this sepcli; {len(blocked)} do not yet, "
         "each named below with the reason (`sepcli models list` marks them `runs: not yet`)."
+        if blocked
+        else f"all {len(generated)} build with this sepcli."
+    )
+    lines.append(
+        f"The registry holds {len(generated)} generated entries (from splifft "
+        f"{SPLIFFT_VERSION}'s registry) besides the hand-written ones; the configs of {builds}"
     )
     lines += ["", "### Top models by task (published scores)", ""]
     lines.append(

@@ -62,17 +62,6 @@ def all_configs() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-def module_view(data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """(the config without what is not the network's, a note saying what was
-    dropped): ``inference.normalize: true`` (input normalisation around the
-    network, which sepcli's import refuses until the chunking engine has it)."""
-    if not (data.get("inference") or {}).get("normalize"):
-        return data, ""
-    data = copy.deepcopy(data)
-    del data["inference"]["normalize"]
-    return data, "inference.normalize: true is refused at import (input normalisation)"
-
-
 def shape_class(model_type: str, cfg: Any) -> str:
     """The arithmetic a config exercises beyond its family's baseline."""
     if model_type == "mdx23c":

@@ -23,10 +23,17 @@ from sepcli.cli import main
 from sepcli.errors import ArchiveError, ConfigError, UsageError
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.msst_recipe import MsstPlan, MsstRecipe, demix, fade_window
+from sepcli.inference.normalize import denormalize, normalize, track_stats
 from sepcli.inference.recipes import make_recipe
+from sepcli.inference.separator import Separator
 from sepcli.models import build_model, export_archive, load_verified, reference_config
-from sepcli.models.archive import ArchiveMetadata
-from sepcli.models.importers.msst import config_from_msst, import_msst, read_msst_yaml
+from sepcli.models.archive import Archive, ArchiveMetadata
+from sepcli.models.importers.msst import (
+    config_from_msst,
+    import_msst,
+    input_normalization,
+    read_msst_yaml,
+)
 from sepcli.models.nets.scnet import SCNet, SCNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,6 +42,7 @@ DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "scnet_golden.pt"
 MODULE_CASES = ("musdb18", "xl", "vocals-mono")
 DEMIX_CASES = ("padded-batch8", "padded-batch1", "unpadded-batch3", "overlap1")
+NORMALIZE_CASES = ("offset-batch2", "quiet-unpadded")
 
 
 def snr_db(ref: torch.Tensor | np.ndarray, est: torch.Tensor | np.ndarray) -> float:
@@ -54,8 +62,8 @@ def _module(model_cfg: dict, state: dict) -> SCNet:
     return model
 
 
-def _demix_case(golden: dict, case: str) -> tuple[dict, SCNet, MsstPlan]:
-    entry = golden[f"demix/{case}"]
+def _demix_case(golden: dict, case: str, kind: str = "demix") -> tuple[dict, SCNet, MsstPlan]:
+    entry = golden[f"{kind}/{case}"]
     msst = json.loads(entry["msst"])
     model = _module(msst["model"], golden["demix/state"])
     inference = msst["inference"]
@@ -202,9 +210,59 @@ def test_published_configs_import(name):
 @pytest.mark.parametrize(
     "name", ["config_musdb18_scnet.yaml", "config_musdb18_scnet_large_starrytong.yaml"]
 )
-def test_whole_track_normalisation_is_refused_by_name(name):
-    with pytest.raises(ArchiveError, match="inference.normalize"):
-        config_from_msst(read_msst_yaml(DATA / "msst" / name))
+def test_whole_track_normalisation_configs_import(name):
+    cfg = read_msst_yaml(DATA / "msst" / name)
+    assert isinstance(config_from_msst(cfg), SCNetConfig)
+    assert input_normalization(cfg) == "track"
+    cfg["inference"]["normalize"] = "yes"
+    with pytest.raises(ArchiveError, match="inference.normalize must be true or false"):
+        config_from_msst(cfg)
+
+
+@pytest.mark.parametrize("case", NORMALIZE_CASES)
+def test_normalize_matches_msst_inference(golden, case):
+    # MSST's inference.py: normalize_audio(whole track), demix, denormalize_audio per stem
+    entry, model, plan = _demix_case(golden, case, "normalize")
+    mix = entry["input"]
+    stats = track_stats(mix)
+    whole = denormalize(demix(model, normalize(mix, stats), plan, 2), stats)
+    assert snr_db(entry["output"], whole) >= 60
+    # through the separator: two passes over blocks (statistics, then the stream)
+    msst = json.loads(entry["msst"])
+    meta = ArchiveMetadata(
+        "scnet-norm", ("vocals", "other"), 44100, 2, "waveform", "scnet", recipe="msst",
+        config=model.config.to_dict() | {"batch_size": plan.batch_size,
+                                         "num_overlap": plan.num_overlap,
+                                         "chunk_size": plan.chunk},
+        input_normalization=input_normalization(msst),
+    )  # fmt: skip
+    got = Separator(Archive(torch.jit.script(model), meta), device="cpu").separate(mix, 44100)
+    for k, stem in enumerate(("vocals", "other")):
+        assert snr_db(entry["output"][k], got[stem]) >= 60
+
+
+def test_cli_import_and_separate_normalised_match_msst(tmp_path, golden):
+    entry = golden["normalize/offset-batch2"]
+    config = tmp_path / "scnet.yaml"
+    config.write_text(yaml.safe_dump(json.loads(entry["msst"]), sort_keys=False))
+    ckpt = tmp_path / "scnet.ckpt"
+    torch.save({"state_dict": golden["demix/state"]}, ckpt)
+    archive = tmp_path / "scnet.sepcli"
+    runner = CliRunner()
+    result = runner.invoke(main, ["models", "import", "--format", "msst", "--config",
+                                  str(config), str(ckpt), "-o", str(archive)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_verified(archive).metadata.input_normalization == "track"
+    song = tmp_path / "noise.wav"
+    sf.write(song, entry["input"].numpy().T, 44100, subtype="FLOAT")
+    result = runner.invoke(main, ["separate", str(song), "-m", str(archive), "-o",
+                                  str(tmp_path / "out"), "--stems", "vocals,other",
+                                  "--bit-depth", "32", "--clip", "none", "--device", "cpu",
+                                  "--force", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for k, stem in enumerate(("vocals", "other")):
+        got, _ = sf.read(tmp_path / "out" / "noise" / f"{stem}.wav", dtype="float32")
+        assert snr_db(entry["output"][k], got.T) >= 60, stem
 
 
 def test_unknown_scnet_keys_and_types_are_refused(tmp_path, golden):

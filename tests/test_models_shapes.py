@@ -21,7 +21,6 @@ pytest.importorskip("einops")
 from shape_cases import (  # noqa: E402
     all_configs,
     dedupe_key,
-    module_view,
     parity,
     shape_class,
     shrink,
@@ -30,8 +29,12 @@ from shape_cases import (  # noqa: E402
 
 from sepcli.errors import ArchiveError, ConfigError  # noqa: E402
 from sepcli.models import build_model  # noqa: E402
-from sepcli.models.importers.msst import config_from_msst, published_stems  # noqa: E402
-from sepcli.models.importers.splifft import config_from_splifft  # noqa: E402
+from sepcli.models.importers.msst import (  # noqa: E402
+    config_from_msst,
+    input_normalization,
+    published_stems,
+)
+from sepcli.models.importers.splifft import config_from_splifft, msst_from_splifft  # noqa: E402
 from sepcli.models.nets.bs_roformer import BSRoformerConfig  # noqa: E402
 
 CONFIGS = all_configs()
@@ -44,7 +47,6 @@ def _distinct() -> dict[str, tuple[str, dict, str]]:
     for name, (model_type, data) in CONFIGS.items():
         if name in LEFT_OUT:
             continue
-        data = module_view(data)[0]
         small = shrink(model_type, data)
         key = dedupe_key(model_type, small)
         if key not in out:
@@ -65,16 +67,19 @@ def test_the_catalogue_is_all_there_and_imports():
     splifft = [n for n in CONFIGS if n.startswith("splifft/")]
     msst = [n for n in CONFIGS if not n.startswith("splifft/")]
     assert len(splifft) == 72 and len(msst) >= 40
+    normalised = []
     for name, (model_type, data) in CONFIGS.items():
         if name in LEFT_OUT:
             with pytest.raises(ArchiveError):
                 config_from_msst(data, model_type, name)
-        elif module_view(data)[1]:  # the network imports; the input normalisation does not
-            with pytest.raises(ArchiveError, match="normalize"):
-                config_from_msst(data, model_type, name)
-            config_from_msst(module_view(data)[0], model_type, name)
-        else:
-            config_from_msst(data, model_type, name)
+            continue
+        config_from_msst(data, model_type, name)
+        if input_normalization(data, name):  # MSST's whole-track input normalisation
+            normalised.append(name.rsplit("/", 1)[-1])
+    assert sorted(normalised) == [
+        "bs_roformer-aufr33-male_female.json",
+        "bs_roformer-fruit-sw.json",
+    ]
 
 
 @pytest.mark.parametrize(("model_type", "data"), [_mark(d) for d in DISTINCT])
@@ -87,7 +92,7 @@ def test_reduced_width_equals_reference(model_type, data):
 
 def _published(cls: str) -> tuple[str, dict]:
     for name, (model_type, published) in CONFIGS.items():
-        data = module_view(published)[0]
+        data = published
         if (
             name not in LEFT_OUT
             and shape_class(model_type, config_from_msst(data, model_type)) == cls
@@ -163,10 +168,11 @@ def test_splifft_configs_convert_with_its_off_by_one_and_heads():
     ace = json.loads((folder / "bs_roformer-unwa-hyperace_v2_vocals.json").read_text())
     assert config_from_splifft(ace).mask_estimator == "hyperace_residual_v2"
     fruit = json.loads((folder / "bs_roformer-fruit-sw.json").read_text())
-    with pytest.raises(ArchiveError, match="normalize"):
-        config_from_splifft(fruit)
-    fruit["normalization"] = {"enabled": False}
     assert config_from_splifft(fruit).rms_norm_eps == pytest.approx(5.960464477539063e-08)
+    # splifft's normalization.enabled -> MSST's inference.normalize -> the archive's
+    assert input_normalization(msst_from_splifft(fruit)[1]) == "track"
+    fruit["normalization"] = {"enabled": False}
+    assert input_normalization(msst_from_splifft(fruit)[1]) is None
 
 
 def test_new_keys_are_checked():

@@ -121,6 +121,7 @@ def separate_stream(
     from sepcli.audio import stream as pipes
     from sepcli.cli.bars import load_model_for_cli
     from sepcli.inference import live
+    from sepcli.inference.normalize import stream_refusal
     from sepcli.inference.separator import Separator, resolve_device
 
     if fmt not in ("wav", "raw"):
@@ -154,6 +155,8 @@ def separate_stream(
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     plan = live.plan_for_latency(archive.metadata, separator_config, latency)
     separator = Separator(archive, plan.config, device=torch_device)
+    if separator.needs_track_stats:  # MSST's inference.normalize: the whole track first
+        raise stream_refusal(separator.metadata.name)
     names = [r.name for r in separator.stems(stem_list)]
     if len(names) > 1 and not gains and not per_stem:
         raise UsageError(
@@ -407,6 +410,7 @@ def live_command(
     from sepcli import audio
     from sepcli.cli.bars import load_model_for_cli
     from sepcli.inference import live
+    from sepcli.inference.normalize import stream_refusal
     from sepcli.inference.separator import Separator, resolve_device
 
     gains = parse_gains(mix)
@@ -414,6 +418,8 @@ def live_command(
     archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
     plan = live.plan_for_latency(archive.metadata, separator_config, latency)
     separator = Separator(archive, plan.config, device=torch_device)
+    if separator.needs_track_stats:  # MSST's inference.normalize: the whole track first
+        raise stream_refusal(separator.metadata.name)
     if stems:
         wanted = [s.strip().lower() for s in stems.split(",") if s.strip()]
     else:

@@ -11,6 +11,11 @@ PHASE_METHODS = ("mixture", "wiener", "griffin-lim", "misi")
 #: ``msst`` Music-Source-Separation-Training's generic demix (SCNet).
 CHUNKING_RECIPES = ("overlap-add", "demucs", "mdxc", "msst")
 
+#: Input normalisations around a model (see :mod:`sepcli.inference.normalize`):
+#: ``track`` is MSST's ``inference.normalize`` (the whole track's mean and standard
+#: deviation, applied before the chunks and undone on every stem after).
+INPUT_NORMALIZATIONS = ("track",)
+
 #: Ensemble algorithms (see :mod:`sepcli.dsp.ensemble`): audio-separator's / UVR's
 #: names, accepted wherever a blend mode is. Waveform ones first, then spectral.
 ENSEMBLE_ALGORITHMS = (

@@ -22,9 +22,9 @@ but ``htdemucs``; what ``inference.py`` runs SCNet with), for a track of
   NaN (no weight, the padded track's first sample) as 0, cropped back.
 
 MSST's inference script also normalises the whole track by its mean and
-standard deviation when ``inference.normalize`` is true; that needs the whole
-track before the first chunk and is not part of ``demix`` (nor of this recipe:
-the MSST importer refuses such configs).
+standard deviation when ``inference.normalize`` is true; that is not part of
+``demix`` (nor of this recipe) but of the separator, around any recipe
+(:mod:`sepcli.inference.normalize`, ``metadata.input_normalization``).
 
 :func:`demix` runs a whole track at once (the reference path of the tests).
 :class:`MsstRecipe` gives the same chunks to the streaming engine

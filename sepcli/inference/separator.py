@@ -43,6 +43,14 @@ from sepcli.inference.device import (
 )
 from sepcli.inference.ensemble_stream import StreamingEnsemble
 from sepcli.inference.heap import HeapTrimmer
+from sepcli.inference.normalize import (
+    RunningStats,
+    TrackStats,
+    constant_track,
+    denormalize,
+    normalize,
+    stream_refusal,
+)
 from sepcli.inference.pipeline import Prefetch, WriteBehind
 from sepcli.inference.recipes import ChunkEngine, Recipe, make_recipe
 from sepcli.inference.stems import StemRecipe, plan_stems
@@ -179,7 +187,9 @@ class _Unit:
 
     ``make_fn(generator)`` gives ``(B, C, L) -> (B, S_unit, C, L)`` waveforms at
     ``sample_rate``; ``blend`` is the ``(S, S_unit)`` share of the model's
-    sources (``None``: the unit's sources are the model's).
+    sources (``None``: the unit's sources are the model's); ``normalization``
+    is the archive's ``input_normalization`` (``"track"``: the unit's input is
+    standardised by the whole track's statistics, :mod:`sepcli.inference.normalize`).
     """
 
     name: str
@@ -188,11 +198,13 @@ class _Unit:
     sample_rate: int
     num_sources: int
     blend: Tensor | None = None
+    normalization: str | None = None
 
 
 class _UnitStream:
     """Input blocks at the track's rate -> the unit's share of the needed sources,
-    back at the track's rate: resample in, chunked inference, blend, resample out."""
+    back at the track's rate: resample in, (normalise,) chunked inference,
+    (denormalise,) blend, resample out."""
 
     def __init__(
         self,
@@ -201,8 +213,10 @@ class _UnitStream:
         sample_rate: int,
         channels: int,
         needed: list[int],
+        stats: TrackStats | None = None,
     ) -> None:
         self.engine = engine
+        self.stats = stats
         self.channels = channels
         self.needed = needed
         self.sample_rate = sample_rate
@@ -230,15 +244,24 @@ class _UnitStream:
         self.frames_out += out.shape[-1]
         return out
 
+    def _in(self, x: np.ndarray) -> Tensor:
+        """Model-rate input as the network sees it (MSST: ``(x - mean) / std``)."""
+        t = _as_tensor(x)
+        return t if self.stats is None else normalize(t, self.stats)
+
+    def _out(self, est: Tensor) -> Tensor:
+        """The network's sources back at the track's scale (MSST: ``y * std + mean``)."""
+        return est if self.stats is None else denormalize(est, self.stats)
+
     def push(self, block: np.ndarray) -> np.ndarray:
-        return self._through(self.engine.push(_as_tensor(self.res_in.process(block))))
+        return self._through(self._out(self.engine.push(self._in(self.res_in.process(block)))))
 
     def finish(self, frames_in: int) -> np.ndarray:
         """The rest of the output; in all, exactly ``frames_in`` samples (soxr rounds)."""
         tail_in = self.res_in.flush()
-        parts = [self.engine.push(_as_tensor(tail_in))] if tail_in.shape[-1] else []
+        parts = [self.engine.push(self._in(tail_in))] if tail_in.shape[-1] else []
         parts.append(self.engine.finish())
-        rest = self._through(torch.cat(parts, dim=-1))
+        rest = self._through(self._out(torch.cat(parts, dim=-1)))
         flushed = self.res_out.flush()
         rest = np.concatenate([rest, flushed], axis=-1)
         want = frames_in - (self.frames_out - rest.shape[-1] + flushed.shape[-1])
@@ -530,7 +553,9 @@ class Separator:
 
         recipe = make_recipe(meta, cfg)
         count = meta.num_sources if subset is None else len(subset)
-        return _Unit(meta.name, make_fn, recipe, meta.sample_rate, count, blend)
+        return _Unit(
+            meta.name, make_fn, recipe, meta.sample_rate, count, blend, meta.input_normalization
+        )
 
     def _member_unit(self, index: int, member: Any) -> _Unit:
         """A member of an ensemble archive, with the chunking it recommends."""
@@ -576,6 +601,57 @@ class Separator:
         units = self.units if plan.sources is None else [self._archive_unit(plan.sources)]
         return [u for u in units if u.blend is None or bool(u.blend[needed].any())]
 
+    # -- whole-track input normalisation (MSST's inference.normalize) -----
+    @property
+    def needs_track_stats(self) -> bool:
+        """Whether a unit standardises its input by whole-track statistics
+        (``input_normalization``): :meth:`stream` then needs ``track_stats``,
+        which :meth:`measure` computes in a first pass over the track."""
+        return any(u.normalization is not None for u in self.units)
+
+    def measure(
+        self, blocks: Iterable[np.ndarray], sample_rate: int, channels: int
+    ) -> dict[int, TrackStats]:
+        """The first pass: per model rate of a unit that needs them, the
+        :class:`~sepcli.inference.normalize.TrackStats` of the track as that unit
+        is fed (the model's channels, resampled to its rate, then the mean over
+        channels). ``blocks`` are float32 ``(channels, n)`` at ``sample_rate``, as
+        :meth:`stream` takes them; memory does not grow with their number."""
+        rates = sorted({u.sample_rate for u in self.units if u.normalization is not None})
+        model_channels = self.metadata.audio_channels
+        resamplers = {r: audio.StreamResampler(sample_rate, r, model_channels) for r in rates}
+        sums = {r: RunningStats() for r in rates}
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float32)
+            if block.ndim != 2 or block.shape[0] != channels:
+                raise ValueError(f"expected blocks of shape ({channels}, n), got {block.shape}")
+            x = audio.convert_channels(block, model_channels)
+            for r in rates:
+                sums[r].add(resamplers[r].process(x).mean(axis=0, dtype=np.float64))
+        for r in rates:
+            sums[r].add(resamplers[r].flush().mean(axis=0, dtype=np.float64))
+        return {r: sums[r].stats() for r in rates}
+
+    def _unit_stats(
+        self, unit: _Unit, track_stats: Mapping[int, TrackStats] | TrackStats | None, where: str
+    ) -> TrackStats | None:
+        if unit.normalization is None:
+            return None
+        if track_stats is None:
+            raise stream_refusal(self.metadata.name)
+        if isinstance(track_stats, TrackStats):
+            stats = track_stats
+        elif unit.sample_rate in track_stats:
+            stats = track_stats[unit.sample_rate]
+        else:
+            raise UsageError(
+                f"no track statistics at {unit.sample_rate} Hz, the rate model "
+                f"{self.metadata.name!r} runs at (Separator.measure gives them)"
+            )
+        if not stats.usable:
+            raise constant_track(where, self.metadata.name)
+        return stats
+
     def count_chunks(
         self, frames: int, sample_rate: int, stems: Sequence[str] | None = None
     ) -> int:
@@ -596,6 +672,8 @@ class Separator:
         stems: Sequence[str] | None = None,
         out_channels: int | None = None,
         on_chunk: Callable[[int], None] | None = None,
+        track_stats: Mapping[int, TrackStats] | TrackStats | None = None,
+        where: str = "input",
     ) -> Iterator[dict[str, np.ndarray]]:
         """Separate a stream of input blocks.
 
@@ -607,6 +685,13 @@ class Separator:
             out_channels: channels of the output stems (default: the input's,
                 or the model's for inputs with more than 2 channels).
             on_chunk: called with the number of chunks processed each time.
+            track_stats: for a model with ``input_normalization``
+                (:attr:`needs_track_stats`): the whole track's statistics per model
+                rate, from :meth:`measure` over the same blocks (or one
+                :class:`~sepcli.inference.normalize.TrackStats` for every rate).
+                Without them such a model is refused (:class:`UsageError`): a
+                stream cannot know them before it ends.
+            where: the input's name in errors.
 
         Yields:
             dicts stem -> float32 ``(out_channels, m)``; concatenated, each stem
@@ -652,6 +737,7 @@ class Separator:
                 sample_rate,
                 model_channels,
                 needed,
+                self._unit_stats(u, track_stats, where),
             )
             for u in plan_units
             for limit in (limits[u.name],)
@@ -745,9 +831,17 @@ class Separator:
         if mix.ndim != 2:
             raise UsageError(f"expected a (channel, time) waveform, got shape {mix.shape}")
         block = max(1, int(BLOCK_SECONDS * sample_rate))
-        blocks = (mix[:, i : i + block] for i in range(0, mix.shape[-1], block))
+
+        def blocks() -> Iterator[np.ndarray]:
+            return (mix[:, i : i + block] for i in range(0, mix.shape[-1], block))
+
+        stats = None
+        if self.needs_track_stats:  # MSST's inference.normalize: a first pass for its figures
+            stats = self.measure(blocks(), sample_rate, mix.shape[0])
         parts: dict[str, list[np.ndarray]] = {}
-        for out in self.stream(blocks, sample_rate, mix.shape[0], stems, out_channels):
+        for out in self.stream(
+            blocks(), sample_rate, mix.shape[0], stems, out_channels, track_stats=stats
+        ):
             for name, y in out.items():
                 parts.setdefault(name, []).append(y)
         names = [r.name for r in self.stems(stems)]
@@ -783,13 +877,22 @@ class Separator:
         input cut short is separated as far as it decodes, and
         ``result.extra["missing_seconds"]`` says how much was missing.
         ``mp3_bitrate`` (constant, kb/s) or ``mp3_vbr`` (LAME ``-V`` 0-9) set
-        the MP3 encoder. ``on_progress`` gets :class:`~sepcli.progress.Progress`
+        the MP3 encoder. A model with ``input_normalization`` reads the file
+        twice (:meth:`measure`, then the separation). ``on_progress`` gets :class:`~sepcli.progress.Progress`
         events (task ``separate``, unit ``chunks``, item the file name).
         """
         path = Path(path)
         started = time.perf_counter()
         stems = list(outputs)
         self.stems(stems)  # unknown stems fail before decoding
+        stats = None
+        if self.needs_track_stats:  # a first pass over the file: its mean and std
+            if path.exists() and not path.is_file():  # a FIFO or device: no second pass
+                raise stream_refusal(self.metadata.name)
+            with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
+                info = reader.info
+                block = max(1, int(BLOCK_SECONDS * info.sample_rate))
+                stats = self.measure(reader.blocks(block), info.sample_rate, info.channels)
         with audio.open_audio(path, allow_truncated=allow_truncated) as reader:
             info = reader.info
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
@@ -840,6 +943,8 @@ class Separator:
                     stems,
                     oc,
                     on_chunk,
+                    track_stats=stats,
+                    where=str(path),
                 ):
                     if behind is not None:
                         behind.put(out)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from sepcli import atomic
-from sepcli.dsp import CHUNKING_RECIPES, PHASE_METHODS
+from sepcli.dsp import CHUNKING_RECIPES, INPUT_NORMALIZATIONS, PHASE_METHODS
 from sepcli.errors import ArchiveError
 
 __all__ = [
@@ -116,6 +116,13 @@ class ArchiveMetadata:
             reproduce the published models' own chunking).
         extra: free-form JSON for anything else (training run, versions...).
         format_version: archive format version.
+        input_normalization: ``None``, or how the separator must normalise the
+            input around the module (:mod:`sepcli.inference.normalize`):
+            ``"track"`` = MSST's ``inference.normalize`` (the whole track's mean
+            and standard deviation; a file is read twice, a stream is refused).
+            Written to ``sepcli.json`` only when set, so an archive without it
+            has the bytes it had before the field existed, and a sepcli that does
+            not know the field refuses an archive that needs it.
     """
 
     name: str
@@ -138,6 +145,7 @@ class ArchiveMetadata:
     recipe: str = "overlap-add"
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    input_normalization: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -178,6 +186,13 @@ class ArchiveMetadata:
                 f"unknown chunking recipe {self.recipe!r} (this sepcli knows "
                 f"{', '.join(CHUNKING_RECIPES)}; a newer sepcli may read this archive)"
             )
+        if self.input_normalization is not None and (
+            self.input_normalization not in INPUT_NORMALIZATIONS
+        ):
+            out.append(
+                f"unknown input normalization {self.input_normalization!r} (this sepcli knows "
+                f"{', '.join(INPUT_NORMALIZATIONS)}; a newer sepcli may read this archive)"
+            )
         if self.format_version > FORMAT_VERSION:
             out.append(
                 f"format version {self.format_version} is newer than this sepcli understands "
@@ -192,6 +207,8 @@ class ArchiveMetadata:
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["sources"] = list(self.sources)
+        if data["input_normalization"] is None:
+            del data["input_normalization"]  # archives without it keep their bytes
         return json.dumps({"format": ARCHIVE_FORMAT, **data}, indent=2, sort_keys=True)
 
     @classmethod

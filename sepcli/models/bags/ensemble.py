@@ -160,6 +160,12 @@ class Ensemble(nn.Module):
         archive's source names)."""
         meta = archive.metadata
         where = str(archive.path) if archive.path else meta.name
+        if meta.input_normalization is not None:
+            # a member's layout has no place for it: refused rather than dropped
+            raise ConfigError(
+                f"{where}: cannot be an ensemble member (it normalises its input by the "
+                f"whole track, input_normalization {meta.input_normalization!r})"
+            )
         try:
             cfg = config_from_dict(meta.family, meta.config)
         except ConfigError as exc:

@@ -31,16 +31,21 @@ settings: ``inference.dim_t`` frames per chunk and ``inference.num_overlap``
 (audio-separator's fallback 8 when absent); SCNet: MSST's ``audio.chunk_size``
 (or ``inference.chunk_size``), ``inference.num_overlap`` and
 ``inference.batch_size`` for the ``msst`` recipe. ``inference.normalize: true``
-(MSST normalises the whole track before ``demix``) is refused for SCNet.
+(MSST normalises the whole track by its mean and standard deviation before
+``demix`` and undoes it on every stem) becomes the archive's
+``input_normalization = "track"`` (:func:`input_normalization`), which the
+separator applies (:mod:`sepcli.inference.normalize`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,7 @@ __all__ = [
     "read_msst_yaml",
     "detect_model_type",
     "config_from_msst",
+    "input_normalization",
     "load_msst_checkpoint",
     "import_msst",
     "import_msst_archive",
@@ -199,14 +205,24 @@ def _sources(cfg: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return out
 
 
-def _chunking(
-    cfg: Mapping[str, Any], hop: int, where: str, any_chunk: bool = False
-) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Parts:
+    """What a family's config builder reads of an MSST config: its sections, the
+    stems (safe names), the sample rate and the name used in errors."""
+
+    model: Mapping[str, Any]
+    audio: Mapping[str, Any]
+    inference: Mapping[str, Any]
+    sources: tuple[str, ...]
+    rate: int
+    where: str
+
+
+def _chunking(p: _Parts, hop: int, any_chunk: bool = False) -> tuple[int, int]:
     """(dim_t, num_overlap) as audio-separator 0.47.1 reads them. ``any_chunk``
     (the RoFormers): without ``inference.dim_t``, an ``audio.chunk_size`` that is
     not a whole number of hops is allowed (the caller keeps it as ``chunk_size``)."""
-    inference = _section(cfg, "inference", where)
-    audio = _section(cfg, "audio", where)
+    inference, audio, where = p.inference, p.audio, p.where
     dim_t = inference.get("dim_t")
     if dim_t is None:
         chunk = audio.get("chunk_size")
@@ -216,10 +232,6 @@ def _chunking(
             )
         dim_t = int(chunk) // hop + 1
     overlap = inference.get("num_overlap")
-    if inference.get("normalize"):
-        raise ArchiveError(
-            f"{where}: inference.normalize: true (input normalisation) is not supported yet"
-        )
     return int(dim_t), int(overlap) if overlap is not None else 8
 
 
@@ -249,16 +261,20 @@ def config_from_msst(
         raise UsageError(
             f"unknown model type {model_type!r}; sepcli imports {', '.join(MODEL_TYPES)}"
         )
-    model = _section(cfg, "model", where)
     audio = _section(cfg, "audio", where)
-    sources = _sources(cfg, where)
-    rate = int(audio.get("sample_rate", 44100))
+    parts = _Parts(
+        model=_section(cfg, "model", where),
+        audio=audio,
+        inference=_section(cfg, "inference", where),
+        sources=_sources(cfg, where),
+        rate=int(audio.get("sample_rate", 44100)),
+        where=where,
+    )
+    build, used, ignored = _BUILDERS[model_type]
+    _check_keys(parts.model, used, ignored, where)
+    input_normalization(cfg, where)  # a bad value is named here too
     try:
-        if model_type == "mdx23c":
-            return _mdx23c_config(model, audio, cfg, sources, rate, where)
-        if model_type == "scnet":
-            return _scnet_config(model, audio, cfg, sources, rate, where)
-        return _roformer_config(model_type, model, audio, cfg, sources, rate, where)
+        return build(parts)
     except (UsageError, ConfigError) as exc:
         raise ArchiveError(f"{where}: {exc}") from None
     except KeyError as exc:
@@ -267,18 +283,8 @@ def config_from_msst(
         raise ArchiveError(f"{where}: bad value in the model settings ({exc})") from None
 
 
-def _roformer_config(
-    model_type: str,
-    model: Mapping[str, Any],
-    audio: Mapping[str, Any],
-    cfg: Mapping[str, Any],
-    sources: tuple[str, ...],
-    rate: int,
-    where: str,
-) -> Any:
-    mel = model_type == "mel_band_roformer"
-    used = _MEL_USED if mel else _BS_USED
-    _check_keys(model, used, _ROFORMER_IGNORED, where)
+def _roformer_config(p: _Parts, mel: bool) -> Any:
+    model, audio, sources, rate, where = p.model, p.audio, p.sources, p.rate, p.where
     if mel and model.get("linear_transformer_depth", 0):
         raise ArchiveError(
             f"{where}: linear_transformer_depth > 0 is a BS-RoFormer setting; the Mel-Band "
@@ -311,10 +317,10 @@ def _roformer_config(
         raise ArchiveError(
             f"{where}: model.sample_rate={model['sample_rate']} != audio.sample_rate={rate}"
         )
-    dim_t, overlap = _chunking(cfg, hop, where, any_chunk=True)
+    dim_t, overlap = _chunking(p, hop, any_chunk=True)
     chunk = audio.get("chunk_size")
     own_chunk = 0
-    if "dim_t" not in _section(cfg, "inference", where) and int(chunk) % hop:
+    if "dim_t" not in p.inference and int(chunk) % hop:
         own_chunk = int(chunk)  # MSST's chunk, not a whole number of hops
     values: dict[str, Any] = {
         "sources": sources,
@@ -376,26 +382,19 @@ def _head(value: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def _mdx23c_config(
-    model: Mapping[str, Any],
-    audio: Mapping[str, Any],
-    cfg: Mapping[str, Any],
-    sources: tuple[str, ...],
-    rate: int,
-    where: str,
-) -> Any:
+def _mdx23c_config(p: _Parts) -> Any:
     from sepcli.models.nets.mdx23c import MDX23CConfig
 
-    _check_keys(model, _MDX23C_USED, _MDX23C_IGNORED, where)
+    model, audio, where = p.model, p.audio, p.where
     missing = sorted(k for k in ("n_fft", "hop_length", "dim_f") if k not in audio)
     if missing:
         raise ArchiveError(f"{where}: audio section lacks {missing}")
     hop = int(audio["hop_length"])
-    dim_t, overlap = _chunking(cfg, hop, where)
+    dim_t, overlap = _chunking(p, hop)
     norm = model.get("norm")
     return MDX23CConfig(
-        sources=sources,
-        sample_rate=rate,
+        sources=p.sources,
+        sample_rate=p.rate,
         audio_channels=int(audio.get("num_channels", 2)),
         n_fft=int(audio["n_fft"]),
         hop_length=hop,
@@ -422,23 +421,10 @@ def _load_error(path: Path, exc: BaseException) -> ArchiveError:
     )
 
 
-def _scnet_config(
-    model: Mapping[str, Any],
-    audio: Mapping[str, Any],
-    cfg: Mapping[str, Any],
-    sources: tuple[str, ...],
-    rate: int,
-    where: str,
-) -> Any:
+def _scnet_config(p: _Parts) -> Any:
     from sepcli.models.nets.scnet import SCNetConfig
 
-    _check_keys(model, _SCNET_USED, set(), where)
-    inference = _section(cfg, "inference", where)
-    if inference.get("normalize"):
-        raise ArchiveError(
-            f"{where}: inference.normalize: true is not supported (MSST normalises the whole "
-            "track by its mean and std before demix; sepcli streams the track)"
-        )
+    model, audio, inference, sources, where = p.model, p.audio, p.inference, p.sources, p.where
     count = len(model.get("sources") or sources)
     if count != len(sources):
         raise ArchiveError(
@@ -457,12 +443,37 @@ def _scnet_config(
     values = {k: model[k] for k in _SCNET_USED - {"sources"} if k in model}
     return SCNetConfig(
         sources=sources,
-        sample_rate=rate,
+        sample_rate=p.rate,
         chunk_size=int(chunk),
         num_overlap=int(inference["num_overlap"]),
         batch_size=int(inference.get("batch_size", 1)),
         **values,
     )
+
+
+#: MSST model type -> (config builder, model keys it uses, model keys that only
+#: matter for training or speed).
+_BUILDERS: dict[str, tuple[Callable[[_Parts], Any], set[str], set[str]]] = {
+    "bs_roformer": (functools.partial(_roformer_config, mel=False), _BS_USED, _ROFORMER_IGNORED),
+    "mel_band_roformer": (
+        functools.partial(_roformer_config, mel=True),
+        _MEL_USED,
+        _ROFORMER_IGNORED,
+    ),
+    "mdx23c": (_mdx23c_config, _MDX23C_USED, _MDX23C_IGNORED),
+    "scnet": (_scnet_config, _SCNET_USED, set()),
+}
+
+
+def input_normalization(cfg: Mapping[str, Any], where: str = "config") -> str | None:
+    """The archive's ``input_normalization`` for an MSST config: ``"track"`` when
+    ``inference.normalize`` is true (MSST's whole-track mean/std normalisation,
+    :mod:`sepcli.inference.normalize`), else ``None``. A value that is not a
+    boolean is an :class:`ArchiveError` (MSST tests ``is True``)."""
+    value = _section(cfg, "inference", where).get("normalize", False)
+    if not isinstance(value, bool):
+        raise ArchiveError(f"{where}: inference.normalize must be true or false, got {value!r}")
+    return "track" if value else None  # one of sepcli.dsp.INPUT_NORMALIZATIONS
 
 
 def load_msst_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -620,7 +631,7 @@ def import_msst(
 
     Returns:
         the model (eval mode, frozen) and its archive metadata (recipe ``mdxc``;
-        ``msst`` for SCNet).
+        ``msst`` for SCNet; ``input_normalization`` from ``inference.normalize``).
     """
     from sepcli.hashing import sha256_file
     from sepcli.models.build import build_model, make_metadata
@@ -659,6 +670,7 @@ def import_msst(
     meta = make_metadata(
         model,
         name=name,
+        input_normalization=input_normalization(cfg, str(config_path)),
         licence=licence,
         training_data=training_data,
         description=description or f"{family} imported from {checkpoint_path.name}",
@@ -704,5 +716,5 @@ def import_msst_archive(
     from sepcli.models.build import export_archive
 
     model, meta = import_msst(config_path, checkpoint_path, model_type, name, **fields)
-    keep = ("licence", "training_data", "description", "scores", "extra")
+    keep = ("licence", "training_data", "description", "scores", "extra", "input_normalization")
     return export_archive(model, output, name=meta.name, **{k: getattr(meta, k) for k in keep})
