@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -300,6 +302,52 @@ def test_strict_weights_name_the_first_mismatch(tmp_path):
         zf.writestr("code/__torch__/x.py", "def f(): pass\n")
     with pytest.raises(ArchiveError, match="unexpected member 'code/__torch__/x.py'"):
         load_archive(extra)
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+import torch
+from sepcli.errors import ArchiveError
+from sepcli.models.archive import load_archive
+
+torch.set_num_threads(1)
+# a safety net, should the check ever regress: no more than 4 GiB more address space
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
+cap = vm * 1024 + (4 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_archive(sys.argv[1])
+    print("loaded")
+except ArchiveError as exc:
+    print("refused:", exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, RSS in KiB")
+def test_a_config_asking_for_a_huge_module_is_refused_before_it_is_built(tmp_path):
+    from sepcli.models.nets.bs_roformer import BSRoformerConfig
+
+    bands = (2,) * 8 + (4,) * 4 + (8,) * 2 + (17,)
+    cfg = BSRoformerConfig(
+        sources=("vocals",), dim=16, depth=1, freqs_per_bands=bands, dim_head=8, heads=2,
+        stft_n_fft=128, stft_hop_length=32, stft_win_length=128, dim_t=17, num_overlap=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = export_archive(build_model("bs-roformer", cfg), tmp_path / "r.sepcli", name="r")
+    meta = json.loads(read_metadata(path).to_json())
+    meta["config"].update(dim=65536, depth=64)  # a feed-forward layer alone: 64 GiB
+    huge = _rewrite(path, tmp_path / "huge.sepcli", "sepcli.json", json.dumps(meta).encode())
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(huge)], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdict, growth_kib = done.stdout.strip().splitlines()[-2:]
+    assert verdict.startswith("refused:") and "huge.sepcli: tensor '" in verdict, verdict
+    assert "(65536," in verdict or ", 65536" in verdict, verdict  # both shapes named
+    assert int(growth_kib) < 512 * 1024, f"peak RSS grew by {int(growth_kib) // 1024} MiB"
 
 
 def test_scripted_module_is_cached_by_hash_and_never_trusted_across_users(tmp_path):

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,17 @@ def test_nan_and_inf_are_written_as_zero_with_a_warning(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------ atomic writes
+
+
+def test_float_wav_bytes_do_not_depend_on_when_they_were_written(tmp_path):
+    # libsndfile stamps a float WAV's PEAK chunk with the second it was written
+    x = _sine(440.0, 0.2)
+    first = write_audio(tmp_path / "a.wav", x, RATE, bit_depth=32, clip="none").read_bytes()
+    time.sleep(1.1)
+    second = write_audio(tmp_path / "b.wav", x, RATE, bit_depth=32, clip="none").read_bytes()
+    assert first == second and b"PEAK" not in first
+    y, rate = sf.read(tmp_path / "b.wav", dtype="float32", always_2d=True)
+    assert rate == RATE and np.array_equal(y.T, x.astype(np.float32))
 
 
 def test_existing_target_survives_until_commit_and_abort(tmp_path):

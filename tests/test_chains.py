@@ -125,10 +125,14 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_one_resumes(
         return real(self, path, outputs, **kw)
 
     monkeypatch.setattr(Separator, "separate_file", interrupted)
+    partial = tmp_path / "partial.json"
     result = CliRunner().invoke(main, ["separate", str(song), *map(str, three), "-o", str(out),
-                                       *FLOAT])  # fmt: skip
-    assert result.exit_code != 0
+                                       "--report", str(partial), *FLOAT])  # fmt: skip
+    assert result.exit_code == 130
     assert ran == ["song.wav", "vocals.wav", "vocals.accompaniment.wav"]
+    # the report of an interrupted chain says what it did
+    steps = json.loads(partial.read_text())["inputs"][0]["steps"]
+    assert [(s["step"], s.get("status")) for s in steps][:2] == [(1, "ok"), (2, "ok")]
     assert (out / "song" / "vocals.accompaniment.wav").is_file()
     assert not (out / "song" / "vocals.accompaniment.vocals.wav").exists()
     ran.clear()

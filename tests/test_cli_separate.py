@@ -124,6 +124,43 @@ def test_batch_folder_skip_force_report_and_one_failure(tmp_path, tiny_wave_arch
     assert [rec["status"] for rec in json.loads(report.read_text())["inputs"]][1:] == ["ok"] * 3
 
 
+def test_an_interrupted_batch_writes_the_report_of_what_it_did(
+    tmp_path, tiny_wave_archive, monkeypatch
+):
+    from sepcli.inference.separator import Separator
+
+    album = tmp_path / "album"
+    for i in range(3):
+        write_wav(album / f"t{i}.wav", make_tone(0.2, seed=i))
+    real = Separator.separate_file
+
+    def interrupted(self, path, outputs, **kw):
+        if Path(path).name == "t1.wav":
+            raise KeyboardInterrupt
+        return real(self, path, outputs, **kw)
+
+    monkeypatch.setattr(Separator, "separate_file", interrupted)
+    report = tmp_path / "report.json"
+    r = CliRunner().invoke(main, ["separate", str(album), "-o", str(tmp_path / "out"), "-m",
+                                  str(tiny_wave_archive), "--report", str(report)])  # fmt: skip
+    assert r.exit_code == 130
+    records = json.loads(report.read_text())["inputs"]
+    assert [(Path(rec["input"]).name, rec["status"]) for rec in records] == [("t0.wav", "ok")]
+
+
+def test_two_identical_runs_write_identical_float_wav_bytes(tmp_path, tiny_wave_archive):
+    src = write_wav(tmp_path / "a.wav", make_tone(0.3))
+    stems = []
+    for run_dir in ("one", "two"):
+        out = tmp_path / run_dir
+        r = run("separate", str(src), "-o", str(out), "-m", str(tiny_wave_archive),
+                "--bit-depth", "32")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        stems.append({p.name: p.read_bytes() for p in sorted((out / "a").glob("*.wav"))})
+        time.sleep(1.1)  # a float WAV's PEAK chunk (if any) would carry another second
+    assert len(stems[0]) == 2 and stems[0] == stems[1]
+
+
 def test_recursive_and_shards_partition_the_inputs(tmp_path, identity_archive):
     lib = tmp_path / "lib"
     names = []

@@ -137,7 +137,7 @@ def test_separator_file_path_gives_the_same_bits_with_and_without_threads(
         sep.threads = threads
         paths = {s: tmp_path / f"run{run}" / f"{s}.wav" for s in sep.sources}
         sep.separate_file(song, paths, bit_depth=32, clip="none")
-        # the samples (a float WAV's PEAK chunk carries the time it was written)
+        # the samples (the bytes: tests/test_audio.py, tests/test_cli_separate.py)
         outputs.append({s: sf.read(p, dtype="float32")[0] for s, p in paths.items()})
         _others_run(family)
     first = outputs[0]

@@ -44,6 +44,20 @@ def run(method: str, src: torch.Tensor, **kw) -> torch.Tensor:
     return reconstruct(method, mags, mix_spec, N_FFT, HOP, src.shape[-1], **kw)
 
 
+def test_stft_without_centre_gives_the_frames_inside_the_signal():
+    x = sources()[0, :, 0, :5000]  # (3, 5000)
+    window = torch.hann_window(N_FFT, periodic=True)
+    spec = stft(x, N_FFT, HOP, center=False)
+    count = 1 + (5000 - N_FFT) // HOP
+    assert spec.shape == (3, N_FFT // 2 + 1, count)
+    for j in (0, 7, count - 1):
+        frame = torch.fft.rfft(x[:, j * HOP : j * HOP + N_FFT] * window)
+        torch.testing.assert_close(spec[..., j], frame, rtol=1e-5, atol=1e-5)
+    scripted = torch.jit.script(stft)
+    assert torch.equal(scripted(x, N_FFT, HOP, None, False, False), spec)
+    assert stft(x, N_FFT, HOP).shape[-1] == 1 + 5000 // HOP  # centred: the default
+
+
 def test_methods():
     assert PHASE_METHODS == ("mixture", "wiener", "griffin-lim", "misi")
 

@@ -138,6 +138,22 @@ def test_purposes_come_from_fields_and_stems():
     )
 
 
+def test_list_and_download_share_one_purpose_option():
+    from sepcli.cli.models import download_command, list_command
+
+    options = [
+        next(p for p in cmd.params if p.name == "purpose")
+        for cmd in (list_command, download_command)
+    ]
+    assert all(o.multiple and o.metavar == "TASK" for o in options)
+    tasks = "vocals, instrumental, karaoke, dereverb"
+    assert options[0].help.startswith("Only models for TASK: " + tasks)
+    assert options[1].help.startswith(
+        "Also every verifiable model that this sepcli runs for TASK: "
+    )
+    assert options[0].help.split("TASK:")[1] == options[1].help.split("TASK:")[1]
+
+
 def test_best_rule_picks_the_highest_score_per_stem():
     E = namedtuple("E", "name format verifiable builtin sources scores raw")
     a = E("a", "msst", True, None, ("vocals",), {"published": {"vocals": {"SDR": 9.0}}}, {})

@@ -215,3 +215,22 @@ def test_plan_validation():
         MdxcPlan("roformer", 10, 0)
     model, cfg = _roformer(("vocals",))
     assert MdxcPlan.for_family("bs-roformer", cfg) == MdxcPlan("roformer", 512, 2)
+
+
+def test_recipe_takes_overlap_and_refuses_shifts_and_context_as_every_reference_recipe():
+    from sepcli.errors import UsageError
+    from sepcli.inference.config import SeparatorConfig
+    from sepcli.inference.recipes import make_recipe
+    from sepcli.models.archive import ArchiveMetadata
+
+    meta = ArchiveMetadata(
+        "mdx-x", ("vocals", "other"), 44100, 2, "waveform", "mdx23c", recipe="mdxc",
+        config={"hop_length": 1024, "dim_t": 9, "num_overlap": 4},
+    )  # fmt: skip
+    assert make_recipe(meta, SeparatorConfig()) == MdxcRecipe(MdxcPlan("tfc-tdf", 8192, 4))
+    assert make_recipe(meta, SeparatorConfig(overlap=0.5)).plan.num_overlap == 2
+    # the one wording of sepcli.inference.recipes.reference_num_overlap (msst says the same)
+    with pytest.raises(UsageError, match=r"^--shifts is not part of the mdxc chunking recipe; "):
+        make_recipe(meta, SeparatorConfig(shifts=1))
+    with pytest.raises(UsageError, match=r"^--context is not part of the mdxc chunking recipe$"):
+        make_recipe(meta, SeparatorConfig(context_seconds=0.1))

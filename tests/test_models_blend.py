@@ -172,6 +172,11 @@ def test_spectral_blend_modes(tmp_path, members, mode):
     expected = spectral_blend(torch.stack([a["vocals"] for a in alone])[None], mode)[0]
     torch.testing.assert_close(got["vocals"], expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got["drums"], alone[0]["drums"], rtol=1e-5, atol=1e-6)
+    # the module's own forward forms mean blends only: it refuses, never blends otherwise
+    with pytest.raises(
+        (RuntimeError, torch.jit.Error), match=f"blends 'vocals' with mode '{mode}'"
+    ):
+        bag.module(torch.from_numpy(x)[None])
     bad = run(*map(str, members), "--mode", "vocals=loudest", "-o", str(tmp_path / "x.sepcli"))
     assert bad.exit_code == 2 and "loudest" in bad.output and not (tmp_path / "x.sepcli").exists()
 

@@ -3,7 +3,8 @@
 Samples go to a hidden raw temp file beside the target; on commit they are
 encoded to a second temp file, fsync'ed and renamed over the target with
 :mod:`sepcli.atomic` (the one temp-file-and-rename mechanism of sepcli), so an
-existing file is never damaged.
+existing file is never damaged. The same samples give the same bytes (a float
+WAV has no PEAK chunk, whose timestamp would differ from run to run).
 """
 
 from __future__ import annotations
@@ -367,6 +368,8 @@ class AudioWriter:
             with sf.SoundFile(fd, "w", samplerate=self.sample_rate, channels=self.channels,
                               format=major, subtype=self._subtype, closefd=False, **kwargs) as out, \
                     open(raw_path, "rb") as src:  # fmt: skip
+                if self._subtype in ("FLOAT", "DOUBLE"):
+                    _no_peak_chunk(out)
                 while True:
                     chunk = np.fromfile(src, dtype=np.float32, count=_COMMIT_BLOCK * self.channels)
                     if chunk.size == 0:
@@ -407,6 +410,17 @@ class AudioWriter:
             except OSError:
                 pass
         self._fail_cleanup()
+
+
+#: libsndfile's ``SFC_SET_ADD_PEAK_CHUNK`` (``sndfile.h``; soundfile has no name for it).
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
+def _no_peak_chunk(out: sf.SoundFile) -> None:
+    """Write no PEAK chunk: libsndfile adds one to float WAV/RF64 files, stamped with
+    the second it was written, so two identical runs would differ byte for byte.
+    Only before the first frame is written (libsndfile ignores it later)."""
+    sf._snd.sf_command(out._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
 
 
 def _sample_bytes(subtype: str) -> int:

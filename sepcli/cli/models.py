@@ -206,14 +206,20 @@ def _runs(entry: Any) -> str:
     return "yes" if problem is None else f"not yet: {problem}"
 
 
+def _purpose_option(which: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--purpose TASK`` (repeatable: any of them) of ``models list`` and ``download``;
+    ``which`` says which models it picks."""
+    return click.option(
+        "--purpose",
+        multiple=True,
+        metavar="TASK",
+        help=f"{which} TASK: vocals, instrumental, karaoke, dereverb, denoise, decrowd, "
+        "male-female, multistem, drumsep, instrument... (repeatable: any).",
+    )
+
+
 @models.command("list")
-@click.option(
-    "--purpose",
-    multiple=True,
-    metavar="TASK",
-    help="Only models for TASK: vocals, instrumental, karaoke, dereverb, denoise, decrowd, "
-    "male-female, multistem, drumsep, instrument... (repeatable: any).",
-)
+@_purpose_option("Only models for")
 @click.option(
     "--stem",
     multiple=True,
@@ -410,12 +416,7 @@ def _file_info(path: Path, as_json: bool) -> None:
 
 @models.command("download")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--purpose",
-    multiple=True,
-    metavar="TASK",
-    help="Also every verifiable model for TASK that this sepcli runs (see 'models list --purpose').",
-)
+@_purpose_option("Also every verifiable model that this sepcli runs for")
 @click.option(
     "--timeout",
     type=float,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,21 @@ def write_report(path: Path, records: list[dict[str, Any]]) -> None:
         raise AudioEncodeError(
             f"--report {path}: cannot write this file ({exc.strerror or type(exc).__name__})"
         ) from None
+
+
+@contextmanager
+def reported(path: Path | None, records: list[dict[str, Any]]) -> Iterator[None]:
+    """Write the report of ``records`` to ``path`` when the block ends, and on
+    Ctrl-C or a termination signal (the records so far, then re-raised); not
+    when ``path`` is ``None`` or the block fails otherwise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if path is not None:
+            write_report(path, records)
+        raise
+    if path is not None:
+        write_report(path, records)
 
 
 def _files_bar(quiet: bool) -> Progress:
@@ -431,47 +448,40 @@ def separate(
 
     planned: dict[Path, Path] = {}
     progress = _files_bar(quiet)
-    try:
-        with progress:
-            files_task = progress.add_task("files", total=len(files))
-            for path in files:
-                record: dict[str, Any] = {
-                    "input": str(path),
-                    "model": model_name,
-                    "device": str(separator.device),
-                }
-                outputs = plans[path]
-                clash = next((planned[o] for o in outputs.values() if o in planned), None)
-                if clash is not None:
-                    record.update(
-                        status="failed",
-                        error=f"{path}: outputs would overwrite those of {clash}; {clash_hint}",
-                    )
-                    err_console.print(f"[bold red]error:[/] {record['error']}", soft_wrap=True)
-                    records.append(record)
-                    progress.advance(files_task)
-                    continue
-                planned.update(dict.fromkeys(outputs.values(), path))
-                record["outputs"] = {k: str(v) for k, v in outputs.items()}
-                try:
-                    with planning.locked_outputs(
-                        outputs.values(), on_wait=lambda p: _waiting(p, quiet)
-                    ):
-                        _process_track(
-                            separator, path, outputs, _track_identity(path, identity), force,
-                            record, counts_by_kind, progress, quiet, encoding,
-                        )  # fmt: skip
-                except SepcliError as exc:  # the outputs could not be locked
-                    record.update(status="failed", error=str(exc))
-                    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    with reported(report, records), progress:
+        files_task = progress.add_task("files", total=len(files))
+        for path in files:
+            record: dict[str, Any] = {
+                "input": str(path),
+                "model": model_name,
+                "device": str(separator.device),
+            }
+            outputs = plans[path]
+            clash = next((planned[o] for o in outputs.values() if o in planned), None)
+            if clash is not None:
+                record.update(
+                    status="failed",
+                    error=f"{path}: outputs would overwrite those of {clash}; {clash_hint}",
+                )
+                err_console.print(f"[bold red]error:[/] {record['error']}", soft_wrap=True)
                 records.append(record)
                 progress.advance(files_task)
-    except KeyboardInterrupt:
-        if report:
-            write_report(report, records)
-        raise
-    if report:
-        write_report(report, records)
+                continue
+            planned.update(dict.fromkeys(outputs.values(), path))
+            record["outputs"] = {k: str(v) for k, v in outputs.items()}
+            try:
+                with planning.locked_outputs(
+                    outputs.values(), on_wait=lambda p: _waiting(p, quiet)
+                ):
+                    _process_track(
+                        separator, path, outputs, _track_identity(path, identity), force,
+                        record, counts_by_kind, progress, quiet, encoding,
+                    )  # fmt: skip
+            except SepcliError as exc:  # the outputs could not be locked
+                record.update(status="failed", error=str(exc))
+                err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            records.append(record)
+            progress.advance(files_task)
     _print_summary(records, counts_by_kind, quiet)
 
 
@@ -598,21 +608,14 @@ def _separate_chain(
                     mp3_vbr=mp3_vbr, clip=clip, channels=channels)  # fmt: skip
     counts = {"done": 0, "other": 0, "foreign": 0}
     progress = _files_bar(quiet)
-    try:
-        with progress:
-            run_chain(
-                chain=chain, plans=plan, files=files, out_dir=out_dir, template=template,
-                fmt=fmt, encoding=encoding, settings=settings,
-                separator_config=separator_config, device=device, force=force,
-                cache_dir=cache_dir, offline=offline, quiet=quiet, progress=progress,
-                counts=counts, into=records,
-            )  # fmt: skip
-    except KeyboardInterrupt:
-        if report:
-            write_report(report, records)
-        raise
-    if report:
-        write_report(report, records)
+    with reported(report, records), progress:
+        run_chain(
+            chain=chain, plans=plan, files=files, out_dir=out_dir, template=template,
+            fmt=fmt, encoding=encoding, settings=settings,
+            separator_config=separator_config, device=device, force=force,
+            cache_dir=cache_dir, offline=offline, quiet=quiet, progress=progress,
+            counts=counts, into=records,
+        )  # fmt: skip
     _print_summary(records, counts, quiet)
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from sepcli.dsp import ENSEMBLE_ALGORITHMS
-from sepcli.dsp.stft import hann_window
+from sepcli.dsp.stft import hann_window, stft
 from sepcli.errors import ConfigError
 
 __all__ = [
@@ -161,20 +161,7 @@ def analysis_frames(
         complex ``(..., n_fft // 2 + 1, frames)``, ``frames = 1 + (length - n_fft) // hop_length``;
         frame ``j`` is the windowed FFT of ``x[..., j * hop_length : j * hop_length + n_fft]``.
     """
-    if window is None:
-        window = hann_window(n_fft, x.device)
-    shape = x.shape
-    spec = torch.stft(
-        x.reshape(-1, shape[-1]),
-        n_fft=n_fft,
-        hop_length=hop_length,
-        window=window.to(x.dtype),
-        center=False,
-        normalized=False,
-        onesided=True,
-        return_complex=True,
-    )
-    return spec.reshape(shape[:-1] + spec.shape[-2:])
+    return stft(x, n_fft, hop_length, window, center=False)
 
 
 def synthesis_frames(spec: Tensor, n_fft: int = N_FFT, window: Tensor | None = None) -> Tensor:

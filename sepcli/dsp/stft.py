@@ -34,6 +34,7 @@ def stft(
     hop_length: int,
     window: Tensor | None = None,
     normalized: bool = False,
+    center: bool = True,
 ) -> Tensor:
     """Complex STFT of a real waveform.
 
@@ -44,9 +45,16 @@ def stft(
         window: optional precomputed :func:`hann_window` (same device as ``x``).
         normalized: ``torch.stft(normalized=True)``, times ``n_fft ** -0.5``;
             only for models trained so (some RoFormer checkpoints).
+        center: ``True`` (the convention): frame ``j`` is centred on sample
+            ``j * hop_length`` of ``x`` reflect-padded by ``n_fft // 2``.
+            ``False``: only the frames that lie wholly inside ``x``, frame ``j``
+            starting at sample ``j * hop_length`` (``time >= n_fft``); for a
+            caller that pads or streams the signal itself.
 
     Returns:
-        complex tensor of shape ``(..., n_fft // 2 + 1, 1 + time // hop_length)``.
+        complex tensor of shape ``(..., n_fft // 2 + 1, frames)``: ``1 + time //
+        hop_length`` frames, or ``1 + (time - n_fft) // hop_length`` with
+        ``center=False``.
     """
     if window is None:
         window = hann_window(n_fft, x.device)
@@ -57,7 +65,7 @@ def stft(
         n_fft=n_fft,
         hop_length=hop_length,
         window=window.to(flat.dtype),
-        center=True,
+        center=center,
         normalized=normalized,
         onesided=True,
         pad_mode="reflect",

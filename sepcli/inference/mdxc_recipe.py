@@ -49,7 +49,7 @@ from torch import Tensor
 from sepcli.errors import UsageError
 from sepcli.inference.config import SeparatorConfig
 from sepcli.inference.engine import Chunk, ModelFn, Recipe
-from sepcli.inference.recipes import register_recipe
+from sepcli.inference.recipes import reference_num_overlap, register_recipe
 from sepcli.models.archive import ArchiveMetadata
 
 __all__ = [
@@ -169,17 +169,11 @@ class MdxcRecipe(Recipe):
                 f"model {meta.name!r} ({meta.family}) has no hop/dim_t/num_overlap in its "
                 "config, which the mdxc recipe needs"
             )
-        if config.shifts:
-            raise UsageError("--shifts is not part of the mdxc chunking recipe; use --shifts 0")
-        if config.context_seconds is not None:
-            raise UsageError("--context is not part of the mdxc chunking recipe (chunks abut)")
+        overlap = reference_num_overlap(config, cls.name, int(cfg["num_overlap"]))
         # a RoFormer chunk that is not a whole number of hops is its ``chunk_size``
         chunk = int(cfg.get("chunk_size") or 0) or hop * (int(cfg["dim_t"]) - 1)
         if config.segment_seconds is not None:
             chunk = hop * max(1, round(config.segment_seconds * meta.sample_rate / hop))
-        overlap = int(cfg["num_overlap"])
-        if config.overlap is not None:
-            overlap = max(1, round(1.0 / (1.0 - config.overlap)))
         return cls(MdxcPlan(mode, chunk, min(overlap, chunk)))
 
     @property

@@ -10,11 +10,13 @@ A zip (members stored, each with its CRC-32) holding:
   (:data:`sepcli.models.bags.ensemble.MEMBER_LAYOUT`); each member's family and
   config are in the ensemble's config, its tensors under ``members.N.model.``.
 
-Loading builds the module from sepcli's own family code (the family table),
-loads the weights strictly (a missing, extra or reshaped tensor is named) and
-scripts it; the scripted module is cached per archive SHA-256 in the user's
-cache (:mod:`.scriptcache`), so only the first load of an archive pays for
-scripting.
+Loading builds the module from sepcli's own family code (the family table) on
+the meta device first and compares its tensors' names and shapes with the
+weights' header (a config asking for a huge module costs nothing before it is
+refused), then builds it for real, loads the weights strictly (a missing, extra
+or reshaped tensor is named) and scripts it; the scripted module is cached per
+archive SHA-256 in the user's cache (:mod:`.scriptcache`), so only the first
+load of an archive pays for scripting.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ __all__ = [
     "read_weights",
     "load_tensors",
     "load_strict",
+    "check_shapes",
+    "weights_header",
+    "build_for_weights",
     "build_from_data",
     "state_for_data",
 ]
@@ -80,28 +85,70 @@ def state_for_data(module: torch.nn.Module, reference: torch.nn.Module) -> dict[
     return {k: state[k].detach().to("cpu").contiguous().clone() for k in wanted if k in state}
 
 
+def check_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str
+) -> None:
+    """Every name of ``expected`` (the module's state dict) in ``found`` (the
+    weights), no other, same shapes; otherwise one line naming the first
+    offending tensor in the module's order (with both shapes for a reshaped one)."""
+    for name, want in expected.items():
+        if name not in found:
+            missing = sum(1 for k in expected if k not in found)
+            raise ArchiveError(f"{where}: weights lack tensor {name!r} ({missing} missing)")
+        if found[name] != want:
+            raise ArchiveError(
+                f"{where}: tensor {name!r} has shape {found[name]}, the config gives {want}"
+            )
+    for name in found:
+        if name not in expected:
+            raise ArchiveError(f"{where}: weights hold tensor {name!r}, unknown to the family")
+
+
 def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Load ``tensors`` into ``module``: every name present, no other, same shapes
     and dtypes; otherwise one line naming the first offending tensor."""
     expected = module.state_dict()
-    for name in expected:
-        if name not in tensors:
-            missing = sum(1 for k in expected if k not in tensors)
-            raise ArchiveError(f"{where}: weights lack tensor {name!r} ({missing} missing)")
+    check_shapes(
+        {k: tuple(v.shape) for k, v in expected.items()},
+        {k: tuple(t.shape) for k, t in tensors.items()},
+        where,
+    )
     for name, tensor in tensors.items():
-        if name not in expected:
-            raise ArchiveError(f"{where}: weights hold tensor {name!r}, unknown to the family")
         want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise ArchiveError(
-                f"{where}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"the config gives {tuple(want.shape)}"
-            )
         if tensor.dtype != want.dtype:
             raise ArchiveError(
                 f"{where}: tensor {name!r} is {tensor.dtype}, the module holds {want.dtype}"
             )
     module.load_state_dict(tensors, strict=True)
+
+
+def build_for_weights(
+    family: str, config: Any, layout: Any, weights: bytes, where: str
+) -> torch.nn.Module:
+    """The module of ``family`` and ``config`` (an ensemble with its member
+    ``layout``) with the safetensors blob ``weights`` loaded strictly.
+
+    The module is first built on the meta device (no memory for its tensors) and
+    its state dict compared, name by name and shape by shape, with the weights'
+    header: a config that asks for a module the weights do not fill (a crafted
+    archive asking for a huge one) is refused in one line before anything is
+    allocated; only then are the tensors read and the module built for real.
+
+    Raises:
+        ArchiveError: the config cannot be built, or the weights do not fit it.
+    """
+    shapes = weights_header(weights, where)
+    try:
+        with torch.device("meta"):
+            skeleton = build_from_data(family, config, layout)
+    except SepcliError as exc:
+        raise ArchiveError(f"{where}: cannot build the {family} module ({exc})") from None
+    check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes, where)
+    del skeleton
+    tensors = load_tensors(weights, where)
+    module = build_from_data(family, config, layout)
+    load_strict(module, tensors, where)
+    return module
 
 
 def write_data_archive(
@@ -183,6 +230,31 @@ def read_weights(raw: bytes, where: str) -> bytes:
             return zf.read(WEIGHTS_FILE)
     except Exception as exc:
         raise ArchiveError(f"{where}: damaged archive ({_first_line(exc)})") from None
+
+
+def weights_header(weights: bytes, where: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a safetensors blob declares, from its header
+    alone (an 8-byte little-endian length, then JSON); no tensor is read."""
+    size = int.from_bytes(weights[:8], "little") if len(weights) >= 8 else -1
+    if not 0 < size <= len(weights) - 8:
+        raise ArchiveError(f"{where}: damaged weights (no safetensors header)")
+    try:
+        header = json.loads(weights[8 : 8 + size])
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ArchiveError(f"{where}: damaged weights ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise ArchiveError(f"{where}: damaged weights (the header is not a JSON object)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(
+            type(d) is int and d >= 0 for d in shape
+        ):  # fmt: skip
+            raise ArchiveError(f"{where}: damaged weights (tensor {name!r} has no valid shape)")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def load_tensors(weights: bytes, where: str) -> dict[str, torch.Tensor]:

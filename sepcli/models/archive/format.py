@@ -535,15 +535,8 @@ def load_archive(
 def _load_data(
     path: Path, raw: bytes, digest: str, device: torch.device
 ) -> tuple[torch.jit.ScriptModule, ArchiveMetadata]:
-    from sepcli.errors import SepcliError
     from sepcli.models.archive import scriptcache
-    from sepcli.models.archive.data import (
-        build_from_data,
-        load_strict,
-        load_tensors,
-        open_data_archive,
-        read_weights,
-    )
+    from sepcli.models.archive.data import build_for_weights, open_data_archive, read_weights
     from sepcli.models.families import FAMILIES
 
     text, layout = open_data_archive(path, raw)
@@ -563,14 +556,9 @@ def _load_data(
         return cached, metadata
     ctx = _quiet_jit()
     try:
-        tensors = load_tensors(read_weights(raw, str(path)), str(path))
-        try:
-            module = build_from_data(metadata.family, dict(metadata.config), layout)
-        except SepcliError as exc:
-            raise ArchiveError(
-                f"{path}: cannot build the {metadata.family} module ({exc})"
-            ) from None
-        load_strict(module, tensors, str(path))
+        weights = read_weights(raw, str(path))
+        module = build_for_weights(metadata.family, dict(metadata.config), layout, weights,
+                                   str(path))  # fmt: skip
         scripted = _script(module)
     finally:
         ctx.__exit__(None, None, None)

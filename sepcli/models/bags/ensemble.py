@@ -108,6 +108,16 @@ class Ensemble(nn.Module):
         # Members of other rates are resampled by the separator, once per member;
         # forward() (the whole input through every member) needs one rate.
         self.single_rate = all(int(m.model.sample_rate) == self.sample_rate for m in members)
+        # forward() forms the weighted mean only; a stem of another blend mode is
+        # blended by the separator (spectral modes in chunks of their own), so
+        # forward() refuses such an ensemble instead of returning another blend.
+        other = [(s, m) for s, m in zip(config.sources, config.modes, strict=True) if m != "mean"]
+        self.refusal = (
+            f"this ensemble blends {other[0][0]!r} with mode {other[0][1]!r}, which only "
+            "sepcli's Separator runs; forward() gives mean blends"
+            if other
+            else ""
+        )
         self.members = nn.ModuleList(members)
 
     @staticmethod
@@ -273,13 +283,20 @@ class Ensemble(nn.Module):
         return cls(members, config)
 
     def forward(self, mix: Tensor) -> Tensor:
-        """``mix (B, C, T)`` -> ``(B, S, C, T)``: every member on the whole input.
+        """``mix (B, C, T)`` -> ``(B, S, C, T)``: every member on the whole input,
+        each stem the weighted mean of the members' (weights of the blend matrices).
 
         The separator does not call this: it runs each member with its own
-        chunking (and rate) and blends the waveforms.
+        chunking (and rate) and blends the waveforms with each stem's mode. An
+        ensemble with a stem of another mode than ``mean``, or with members of
+        other sample rates, is refused here (``RuntimeError``; ``torch.jit.Error``
+        once scripted): run it with a
+        :class:`~sepcli.inference.separator.Separator`.
         """
         if not self.single_rate:
             raise RuntimeError("members of other sample rates: run this ensemble with a Separator")
+        if self.refusal != "":
+            raise RuntimeError(self.refusal)
         b, c, t = mix.shape
         out = torch.zeros(b, self.num_sources, c * t, dtype=mix.dtype, device=mix.device)
         for member in self.members:
