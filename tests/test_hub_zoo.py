@@ -222,6 +222,8 @@ def test_info_shows_the_card(hub_env):
                  "hash source", "splifft 0.0.9 data/registry.json"):  # fmt: skip
         assert text in out, text
     assert "instrumental = 'instrum'" in run("info", "mel_roformer-becruily-deux").output
+    assert "whole track's mean and std" in " ".join(out.split())  # inference.normalize
+    assert "whole track" not in run("info", "bs-roformer-viperx").output
 
 
 def test_a_typo_suggests_the_nearest_names(hub_env):
@@ -280,7 +282,9 @@ def test_an_entry_with_inference_normalize_converts_to_an_archive_that_says_so(
     entry, _ = _inline_entry(file_server, "tiny-normalised")
     entry["config"].setdefault("inference", {})["normalize"] = True
     reg = str(write_registry(tmp_path / "r.json", [entry]))
-    assert load_model("tiny-normalised", registry=reg).metadata.input_normalization == "track"
+    archive = load_model("tiny-normalised", registry=reg)
+    assert archive.metadata.input_normalization == "track"
+    assert "whole track's mean and std" in " ".join(run("info", str(archive.path)).output.split())
 
 
 def test_a_config_the_checkpoint_does_not_fit_names_the_first_key(file_server, hub_env, tmp_path):

@@ -188,6 +188,7 @@ def _card_rows(table: Table, entry: Any, sources: list[str]) -> None:
         "purpose": ", ".join(catalog.purposes(entry, sources)),
         "authors": ", ".join(raw.get("authors") or []),
         "published stems": ", ".join(f"{s} = {p!r}" for s, p in names.items()),
+        "input": _input_row(raw.get("config")),
         "runs": _runs(entry),
         "hash source": raw.get("hash_source", ""),
         "config source": raw.get("config_source", ""),
@@ -196,6 +197,15 @@ def _card_rows(table: Table, entry: Any, sources: list[str]) -> None:
     for key, value in rows.items():
         if value:
             table.add_row(key, str(value))
+
+
+def _input_row(config: Any) -> str:
+    """``models info``: how the model wants its input prepared, where it is not as is."""
+    inference = config.get("inference") if isinstance(config, dict) else None
+    if isinstance(inference, dict) and inference.get("normalize") is True:
+        return ("normalised by the whole track's mean and std (MSST's inference.normalize): "
+                "files only, not standard input or live")  # fmt: skip
+    return ""
 
 
 def _runs(entry: Any) -> str:
@@ -405,7 +415,10 @@ def _file_info(path: Path, as_json: bool) -> None:
         "name": meta.name, "description": meta.description, "family": meta.family,
         "sources": ", ".join(meta.sources), "sample_rate": meta.sample_rate,
         "parameters": meta.num_parameters or "", "licence": meta.licence,
-        "training_data": meta.training_data, "size": _size(data["size"]),
+        "training_data": meta.training_data,
+        "input": "normalised by the whole track's mean and std: files only, not standard "
+        "input or live" if meta.input_normalization == "track" else "",
+        "size": _size(data["size"]),
         "sha256": data["sha256"], "local": data["path"],
     }  # fmt: skip
     for key, value in rows.items():
