@@ -27,18 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from snr import snr_db
 
 from sepcli.models import build_model
 from sepcli.models.importers.msst import config_from_msst
 
 FIXTURES = Path(__file__).parent / "data" / "shapes" / "msst_configs.json"
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 def all_configs() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -159,7 +153,7 @@ def parity(
             got = ours(mix)
         if expected.dim() == 3:
             expected = expected.unsqueeze(1)
-        return snr_db(expected, got), float("inf"), cfg
+        return snr_db(expected, got, "reference"), float("inf"), cfg
     from splifft_reference import load_reference_into, splifft_output, splifft_roformer
 
     frames = cfg.dim_t
@@ -176,7 +170,7 @@ def parity(
     with torch.no_grad():
         got = ours(mix)
     plain = ours(mix).detach()
-    return snr_db(expected, got), snr_db(plain, got), cfg
+    return snr_db(expected, got, "reference"), snr_db(plain, got, "plain"), cfg
 
 
 def dedupe_key(model_type: str, data: dict[str, Any]) -> str:

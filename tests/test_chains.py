@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 from conftest import real_song
+from snr import snr_db
 
 from sepcli.cli import main
 from sepcli.cli.outputs import PROVENANCE_FILE
@@ -28,13 +29,6 @@ def cli(*args):
 
 def read(path: Path) -> np.ndarray:
     return sf.read(path, dtype="float32", always_2d=True)[0].T
-
-
-def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - est) ** 2))
-    return (
-        float("inf") if noise == 0 else 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise)
-    )
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_each_step_equals_running_it_alone_on_the_previous_steps_file(
         assert cli("separate", source, "-m", archive, "-o", alone, *FLOAT).exit_code == 0
         for stem, route in stems.items():
             ref = read(alone / source.stem / f"{stem}.wav")
-            assert snr_db(ref, read(folder / f"{route}.wav")) >= 60, (k, stem)
+            assert snr_db(ref, read(folder / f"{route}.wav"), route) >= 60, (k, stem)
     # provenance: the output's stem path and every step on the way to it
     prov = json.loads((folder / PROVENANCE_FILE).read_text())["outputs"]
     last = prov["vocals.accompaniment.vocals.wav"]["chain"]
@@ -372,7 +366,7 @@ def test_real_song_through_three_families(tmp_path, shared_data, monkeypatch):
             ref = read(alone / source.stem / f"{stem}.wav")
             got = read(folder / f"{prefix}{stem}.wav")
             assert ref.shape == got.shape
-            scores[prefix + stem] = snr_db(ref, got)
+            scores[prefix + stem] = snr_db(ref, got, prefix + stem)
     print({k: round(v, 1) for k, v in scores.items()})
     assert min(scores.values()) >= 60, scores
 

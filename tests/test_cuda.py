@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 from conftest import IdentityModel, _meta, make_tone, save_torchscript_archive, write_wav
+from snr import snr_db
 
 from sepcli.cli import main
 from sepcli.inference.device import mps_available
@@ -149,13 +150,6 @@ def _report(**record) -> None:
             f.write(json.dumps({"device": DEVICE, **record}) + "\n")
 
 
-def _snr(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref.double() - est.double()).pow(2).sum()
-    return float(
-        10 * torch.log10(ref.double().pow(2).sum().clamp_min(1e-30) / noise.clamp_min(1e-30))
-    )
-
-
 @pytest.fixture(scope="module")
 def family_archives(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("families")
@@ -190,7 +184,7 @@ def test_fp32_on_the_device_equals_the_cpu(name, family_archives, cpu_stems):
     assert sep.devices.model.type == torch.device(DEVICE).type or DEVICE == "mps"
     got = sep.separate(mix, 44100)
     for stem, ref in cpu_stems[name].items():
-        snr = _snr(ref, got[stem])
+        snr = snr_db(ref, got[stem], stem, floor=1e-30)
         _report(test="fp32", model=name, stem=stem, snr_db=snr)
         assert snr >= FP32_MIN_SNR, f"{name}/{stem}: {snr:.1f} dB"
 
@@ -203,7 +197,7 @@ def test_half_precision_within_its_bound(name, precision, family_archives, cpu_s
     got = sep.separate(mix, 44100)
     for stem, ref in cpu_stems[name].items():
         assert got[stem].dtype == torch.float32 and torch.isfinite(got[stem]).all()
-        snr = _snr(ref, got[stem])
+        snr = snr_db(ref, got[stem], stem, floor=1e-30)
         _report(test=precision, model=name, stem=stem, snr_db=snr)
         assert snr >= HALF_MIN_SNR[precision], f"{name}/{stem} {precision}: {snr:.1f} dB"
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_tone, write_wav
+from snr import snr_db
 
 import sepcli.inference.device as device_mod
 import sepcli.inference.separator as separator_module
@@ -292,10 +293,6 @@ def test_separator_goes_on_after_oom(tiny_mask_archive, monkeypatch):
 # -- precision ---------------------------------------------------------------------
 
 
-def _snr(ref: torch.Tensor, est: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - est).pow(2).sum().clamp_min(1e-20)))
-
-
 def test_bf16_autocast_changes_only_the_network(tmp_path):
     from sepcli.models import UMXConfig, build_model, export_archive
 
@@ -308,7 +305,7 @@ def test_bf16_autocast_changes_only_the_network(tmp_path):
     for name in fp32:
         assert bf16[name].dtype == torch.float32
         assert bf16[name].shape == fp32[name].shape
-        snr = _snr(fp32[name], bf16[name])
+        snr = snr_db(fp32[name], bf16[name], name, floor=1e-20)
         assert 15 < snr < 200, snr  # bf16 has 8 bits of mantissa: close, not equal
     assert Separator(path, device="cpu", precision="bf16").identity()["precision"] == "bf16"
     assert "batch_size" not in Separator(path, device="cpu").identity()

@@ -13,6 +13,7 @@ from fractions import Fraction
 import pytest
 import torch
 from conftest import assert_data_archive
+from snr import snr_db
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.hub import load_model, resolve_model
@@ -47,10 +48,6 @@ def _file(file_server, sig: str, data: bytes) -> dict:
             "size": len(data)}  # fmt: skip
 
 
-def _snr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum().clamp_min(1e-30)))
-
-
 def test_single_and_bag_entries_convert_once_and_load_offline(file_server, hub_env, tmp_path):
     (ref1, data1), (ref2, data2) = _checkpoint(1), _checkpoint(2)
     weights = [[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 0.5]]
@@ -69,14 +66,14 @@ def test_single_and_bag_entries_convert_once_and_load_offline(file_server, hub_e
     assert meta.family == "htdemucs" and meta.recipe == "demucs" and meta.licence == "test"
     assert meta.scores == {"musdb18hq-test": {"average": {"SDR": 1.0}}}
     with torch.no_grad():
-        assert _snr(ref1(mix), single.module(mix)) >= 60
+        assert snr_db(ref1(mix), single.module(mix), "single", floor=1e-30) >= 60
     bag = load_model("tiny-bag", registry=reg)
     assert bag.metadata.family == "ensemble"
     with torch.no_grad():
         expected = demucs_apply.apply_model(
             demucs_apply.BagOfModels([ref1, ref2], weights), mix, shifts=0, split=False
         )
-        assert _snr(expected, bag.module(mix)) >= 60
+        assert snr_db(expected, bag.module(mix), "bag", floor=1e-30) >= 60
     # only the converted archives stay; offline works without fetching again
     names = sorted(p.split("/")[-1] for p in cached_files(hub_env))
     assert names == ["tiny-bag.sepcli", "tiny-bag.sepcli.verified.json",

@@ -15,6 +15,7 @@ import pytest
 import torch
 from audio_separator_reference import reference_model, tiny_msst_yaml, write_msst_yaml
 from conftest import assert_data_archive
+from snr import snr_db
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.errors import RegistryError
@@ -22,10 +23,6 @@ from sepcli.hub import load_model, resolve_model
 from sepcli.hub.registry import load_registry, parse_entry
 
 pytestmark = pytest.mark.network
-
-
-def _snr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum().clamp_min(1e-30)))
 
 
 def _file(file_server, target: str, path: str, data: bytes) -> dict:
@@ -59,7 +56,7 @@ def test_msst_entry_converts_once_and_loads_offline(file_server, hub_env, tmp_pa
     assert meta.extra["registry"]["files"]["checkpoint"] == entry["files"][1]["sha256"]
     mix = 0.3 * torch.randn(1, 2, 8820)
     with torch.no_grad():
-        assert _snr(ref(mix)[:, None], archive.module(mix)) >= 60
+        assert snr_db(ref(mix)[:, None], archive.module(mix), floor=1e-30) >= 60
     names = sorted(p.split("/")[-1] for p in cached_files(hub_env))
     assert names == ["tiny-bs.sepcli", "tiny-bs.sepcli.verified.json"]
     assert_data_archive(archive.path)

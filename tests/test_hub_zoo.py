@@ -21,6 +21,7 @@ import pytest
 import torch
 from audio_separator_reference import reference_model, tiny_msst_yaml
 from click.testing import CliRunner
+from snr import snr_db
 from test_hub_server import cached_files, file_server, hub_env, write_registry  # noqa: F401
 
 from sepcli.cli import main
@@ -269,8 +270,7 @@ def test_inline_config_entry_downloads_verifies_and_converts(file_server, hub_en
     mix = 0.3 * torch.randn(1, 2, 8820)
     with torch.no_grad():
         want, got = ref(mix)[:, None], archive.module(mix)
-    snr = 10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum().clamp_min(1e-30))
-    assert snr >= 60
+    assert snr_db(want, got, floor=1e-30) >= 60
     assert sorted(p.split("/")[-1] for p in cached_files(hub_env)) == [
         "tiny-inline.sepcli", "tiny-inline.sepcli.verified.json"
     ]  # fmt: skip

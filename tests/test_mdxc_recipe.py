@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from audio_separator_reference import reference_module
+from snr import snr_db
 
 from sepcli.inference.mdxc_recipe import (
     MdxcPlan,
@@ -35,14 +36,6 @@ from sepcli.inference.mdxc_recipe import (
 from sepcli.models import build_model
 from sepcli.models.nets.bs_roformer import BSRoformerConfig
 from sepcli.models.nets.mdx23c import MDX23CConfig
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
-
 
 N_FFT = 128
 BANDS = (2,) * 8 + (4,) * 4 + (8,) * 2 + (N_FFT // 2 + 1 - 48,)

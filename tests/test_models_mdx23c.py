@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_separator_reference import reference_module
+from snr import snr_db
 
 from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
@@ -26,13 +27,6 @@ from sepcli.models.importers.msst import config_from_msst, read_msst_yaml
 from sepcli.models.nets.mdx23c import MDX23C, MDX23CConfig
 
 YAML_8K = Path(__file__).parent / "data" / "msst" / "model_2_stem_full_band_8k.yaml"
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 def _noise(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -120,7 +114,7 @@ def test_scripted_equals_eager_and_other_lengths_run():
             mix = _noise(1, length, seed=length)
             eager = ours(mix)
             assert eager.shape == (1, 2, 2, length)
-            assert snr_db(eager, scripted(mix)) >= 100
+            assert snr_db(eager, scripted(mix), f"scripted {length}") >= 100
 
 
 def test_config_round_trip_and_validation():
@@ -174,5 +168,5 @@ def test_published_size_equals_reference():
     mix = _noise(1, cfg.chunk_samples)
     with torch.no_grad():
         got = ours(mix)
-        assert snr_db(ref(mix), got) >= 60
-        assert snr_db(got, scripted(mix)) >= 100
+        assert snr_db(ref(mix), got, "reference") >= 60
+        assert snr_db(got, scripted(mix), "scripted") >= 100

@@ -22,6 +22,7 @@ from audio_separator_reference import (
 )
 from click.testing import CliRunner
 from conftest import assert_data_archive
+from snr import snr_db
 
 from sepcli.cli import main
 from sepcli.errors import ArchiveError, UsageError
@@ -35,11 +36,6 @@ from sepcli.models.importers.msst import (
 )
 
 PUBLISHED = PUBLISHED_YAMLS
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 _tiny_yaml = tiny_msst_yaml
@@ -95,7 +91,7 @@ def test_import_equals_reference_and_archives(tmp_path, model_type, wrap):
     archive = load_archive(out)
     assert archive.metadata.family == model.family and archive.metadata.recipe == "mdxc"
     with torch.no_grad():
-        assert snr_db(got, archive.module(mix)) >= 100
+        assert snr_db(got, archive.module(mix), "archive") >= 100
 
 
 def test_cli_import(tmp_path):

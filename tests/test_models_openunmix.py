@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import assert_data_archive
+from snr import snr_db
 
 from sepcli.dsp.phase import reconstruct
 from sepcli.dsp.stft import stft
@@ -54,10 +55,6 @@ def _random_umx(
             bn.running_mean.normal_(0.0, 0.3)
             bn.running_var.uniform_(0.5, 2.0)
     return model.eval()
-
-
-def _snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    return float(10 * torch.log10(reference.square().sum() / (reference - estimate).square().sum()))
 
 
 def _ours(model, mix: torch.Tensor, n_fft: int, hop: int, niter: int) -> torch.Tensor:
@@ -110,7 +107,7 @@ def test_folder_import_equals_openunmix_separator(tiny_folder, niter):
         reference = separator(mix)
         estimate = _ours(ours, mix, 512, 128, niter)
     assert estimate.shape == reference.shape
-    assert _snr_db(reference, estimate) >= 60.0
+    assert snr_db(reference, estimate) >= 60.0
 
 
 def test_folder_import_archive_round_trip(tiny_folder, tmp_path):
@@ -129,7 +126,7 @@ def test_folder_import_archive_round_trip(tiny_folder, tmp_path):
     with torch.no_grad():
         reference = separator(mix)
         estimate = reconstruct("mixture", archive.module(mix), stft(mix, 512, 128), 512, 128, 8000)
-    assert _snr_db(reference, estimate) >= 60.0
+    assert snr_db(reference, estimate) >= 60.0
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +157,7 @@ def test_bare_files_with_preset_equal_openunmix_separator(umxse_files, niter):
     with torch.no_grad():
         reference = separator(mix)
         estimate = _ours(ours, mix, 1024, 512, niter)
-    assert _snr_db(reference, estimate) >= 60.0
+    assert snr_db(reference, estimate) >= 60.0
 
 
 def test_convert_in_memory_state_dicts_with_registry_style_preset(umxse_files):
@@ -267,7 +264,7 @@ def test_umxhq_size_bare_file_equals_openunmix(tmp_path):
     with torch.no_grad():
         reference = separator(mix)
         estimate = _ours(ours, mix, 4096, 1024, 0)
-    assert _snr_db(reference, estimate) >= 60.0
+    assert snr_db(reference, estimate) >= 60.0
 
 
 @pytest.mark.slow
@@ -300,6 +297,6 @@ def test_separate_cli_on_a_real_song_equals_openunmix_separator(tmp_path, shared
             torch.from_numpy(mix)[None]
         )[0, 0]
     assert estimate.shape == tuple(reference.shape)
-    snr = _snr_db(reference, torch.from_numpy(estimate))
+    snr = snr_db(reference, torch.from_numpy(estimate))
     print(f"pipeline SNR {snr:.1f} dB")
     assert snr >= 60.0

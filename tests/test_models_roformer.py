@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_separator_reference import reference_module
+from snr import snr_db
 
 from sepcli.errors import ConfigError
 from sepcli.models import build_model, config_from_dict, reference_config
@@ -35,13 +36,6 @@ MEL_YAMLS = (
     DATA / "model_mel_band_roformer_ep_3005_sdr_11.4360.yaml",
     DATA / "config_vocals_mel_band_roformer_kim.yaml",
 )
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
@@ -197,7 +191,7 @@ def test_scripted_equals_eager(model):
     with torch.no_grad():
         for length in (1000, 4097, cfg.chunk_samples):
             mix = _noise(1, 2, length, seed=length)
-            assert snr_db(ours(mix), scripted(mix)) >= 100
+            assert snr_db(ours(mix), scripted(mix), f"scripted {length}") >= 100
 
 
 @pytest.mark.parametrize("model", ["bs", "mel"])
@@ -215,15 +209,15 @@ def test_inference_blocks_equal_the_autograd_path(model, budget, monkeypatch):
     with torch.no_grad():
         fast = ours(mix)
     plain = ours(mix).detach()
-    assert snr_db(plain, fast) >= 100
-    assert snr_db(_ref_out(ref, mix, cfg.num_sources), fast) >= 60
+    assert snr_db(plain, fast, "blocked/plain") >= 100
+    assert snr_db(_ref_out(ref, mix, cfg.num_sources), fast, "reference/blocked") >= 60
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast16 = ours(mix)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain16 = ours(mix).detach()
     assert fast16.dtype == torch.float32
     # bf16 rounding, as far from fp32 as the plain path under autocast
-    assert snr_db(plain, fast16) >= snr_db(plain, plain16) - 3
+    assert snr_db(plain, fast16, "bf16 blocked") >= snr_db(plain, plain16, "bf16 plain") - 3
 
 
 @pytest.mark.parametrize(
@@ -317,5 +311,5 @@ def test_published_size_equals_reference(yaml_path):
     with torch.no_grad():
         got = ours(mix)
         script = scripted(mix)
-    assert snr_db(expected, got) >= 60
-    assert snr_db(got, script) >= 100
+    assert snr_db(expected, got, "reference") >= 60
+    assert snr_db(got, script, "scripted") >= 100

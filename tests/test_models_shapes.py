@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from snr import snr_db
 
 pytest.importorskip("splifft", reason="splifft 0.0.9 is a test-only reference")
 pytest.importorskip("einops")
@@ -24,7 +25,6 @@ from shape_cases import (  # noqa: E402
     parity,
     shape_class,
     shrink,
-    snr_db,
 )
 
 from sepcli.errors import ArchiveError, ConfigError  # noqa: E402
