@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile as sf
@@ -160,28 +161,37 @@ def _write_checkpoint(tmp_path: Path, golden: dict, case: str) -> tuple[Path, Pa
     return config, ckpt
 
 
-def test_cli_import_and_separate_match_msst(tmp_path, golden):
-    case = "padded-batch8"
-    config, ckpt = _write_checkpoint(tmp_path, golden, case)
+def _import_and_separate(tmp_path: Path, config: Path, ckpt: Path, mix: Any) -> tuple[Any, dict]:
+    """``models import --format msst`` then ``sepcli separate`` of ``mix`` (float WAV,
+    no clipping): the archive's metadata and the written stems (``(2, n)`` each)."""
     archive = tmp_path / "scnet.sepcli"
     runner = CliRunner()
     result = runner.invoke(main, ["models", "import", "--format", "msst", "--config",
                                   str(config), str(ckpt), "-o", str(archive)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    meta = load_verified(archive).metadata
-    assert (meta.family, meta.recipe, meta.sources) == ("scnet", "msst", ("vocals", "other"))
-    entry = golden[f"demix/{case}"]
     song = tmp_path / "noise.wav"
-    sf.write(song, entry["input"].numpy().T, 44100, subtype="FLOAT")
+    sf.write(song, mix.numpy().T, 44100, subtype="FLOAT")
     result = runner.invoke(main, ["separate", str(song), "-m", str(archive), "-o",
                                   str(tmp_path / "out"), "--stems", "vocals,other",
                                   "--bit-depth", "32", "--clip", "none", "--device", "cpu",
                                   "--force", "-q"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    for k, stem in enumerate(("vocals", "other")):
+    stems = {}
+    for stem in ("vocals", "other"):
         got, rate = sf.read(tmp_path / "out" / "noise" / f"{stem}.wav", dtype="float32")
         assert rate == 44100
-        assert snr_db(entry["output"][k], got.T, stem) >= 60, stem
+        stems[stem] = got.T
+    return load_verified(archive).metadata, stems
+
+
+def test_cli_import_and_separate_match_msst(tmp_path, golden):
+    case = "padded-batch8"
+    config, ckpt = _write_checkpoint(tmp_path, golden, case)
+    entry = golden[f"demix/{case}"]
+    meta, got = _import_and_separate(tmp_path, config, ckpt, entry["input"])
+    assert (meta.family, meta.recipe, meta.sources) == ("scnet", "msst", ("vocals", "other"))
+    for k, stem in enumerate(("vocals", "other")):
+        assert snr_db(entry["output"][k], got[stem], stem) >= 60, stem
 
 
 PUBLISHED = {
@@ -241,22 +251,10 @@ def test_cli_import_and_separate_normalised_match_msst(tmp_path, golden):
     config.write_text(yaml.safe_dump(json.loads(entry["msst"]), sort_keys=False))
     ckpt = tmp_path / "scnet.ckpt"
     torch.save({"state_dict": golden["demix/state"]}, ckpt)
-    archive = tmp_path / "scnet.sepcli"
-    runner = CliRunner()
-    result = runner.invoke(main, ["models", "import", "--format", "msst", "--config",
-                                  str(config), str(ckpt), "-o", str(archive)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert load_verified(archive).metadata.input_normalization == "track"
-    song = tmp_path / "noise.wav"
-    sf.write(song, entry["input"].numpy().T, 44100, subtype="FLOAT")
-    result = runner.invoke(main, ["separate", str(song), "-m", str(archive), "-o",
-                                  str(tmp_path / "out"), "--stems", "vocals,other",
-                                  "--bit-depth", "32", "--clip", "none", "--device", "cpu",
-                                  "--force", "-q"])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    meta, got = _import_and_separate(tmp_path, config, ckpt, entry["input"])
+    assert meta.input_normalization == "track"
     for k, stem in enumerate(("vocals", "other")):
-        got, _ = sf.read(tmp_path / "out" / "noise" / f"{stem}.wav", dtype="float32")
-        assert snr_db(entry["output"][k], got.T) >= 60, stem
+        assert snr_db(entry["output"][k], got[stem]) >= 60, stem
 
 
 def test_unknown_scnet_keys_and_types_are_refused(tmp_path, golden):
