@@ -2,13 +2,14 @@
 published config of each new RoFormer shape (issue 26).
 
 Each case is a published config of :mod:`shape_cases`' catalogue at reduced
-width (:func:`shape_cases.shrink`: every key kept) with its published chunking
-(``inference.dim_t`` or ``audio.chunk_size``, ``num_overlap``, stereo or mono)
-and seeded random weights. The archive is made by ``sepcli models import
---format msst`` from a checkpoint of the reference module's weights and run by
-``sepcli separate`` on MUSDB preview mixtures played one after another
-(:func:`conftest.real_song`; a mono model gets their mono downmix as a mono
-file), long enough for at least three chunks and an end off the chunk grid.
+width (:func:`shape_cases.shrink`: every key kept; the mask MLPs 1 x ``dim``)
+with its published chunking (``inference.dim_t`` or ``audio.chunk_size``,
+``num_overlap``, stereo or mono) and seeded random weights. The archive is made
+by ``sepcli models import --format msst`` from a checkpoint of the reference
+module's weights and run by ``sepcli separate`` on MUSDB preview mixtures
+played one after another (:func:`conftest.real_song`; a mono model gets their
+mono downmix as a mono file), long enough for two or more chunks on the grid
+and the one placed at the end, off the grid.
 
 The peer: the reference module inside the chunking loop these archives carry
 (recipe ``mdxc``: audio-separator 0.47.1's ``MDXCSeparator.demix``, RoFormer
@@ -16,8 +17,8 @@ branch; tests/separate_parity.py). The module is audio-separator 0.47.1's model
 class where it has every part of the config (baseline heads, mono, linear
 attention), else splifft 0.0.9's ``BSRoformer`` (HyperACE and axial-refiner
 heads, ``rms_norm_eps``, ``skip_connection``, which audio-separator's class
-ignores) run through splifft's own STFT and masking
-(:func:`splifft_reference.splifft_waveform_model`).
+ignores) on ``torch.stft`` (:class:`splifft_reference.SplifftWaveform`, which
+says why not splifft's own STFT).
 
 A chunk that is not a whole number of hops (no ``inference.dim_t``) cannot be
 given to audio-separator, which reads a chunk only as ``stft_hop_length *
