@@ -65,6 +65,7 @@ TRVLVR = "TRvlvr/application_data/mdx_model_data/mdx_c_configs/"
 #: other new shapes (two outputs, a published stem name with spaces, a chunk that
 #: is not a whole number of hops) on a baseline class.
 CASES = [
+    ("hyperace_v1", "bs+hyperace_residual_v1", SPLIFFT + "bs_roformer-unwa-hyperace_v1_instrum.json"),
     ("rms_norm_eps", "bs+eps", SPLIFFT + "bs_roformer-fruit-sw.json"),
     ("mono", "bs+mono", SPLIFFT + "bs_roformer-anvuew-dereverb_room_mono.json"),
     ("skip_connection", "mel+skip", TRVLVR + "config_mel_band_roformer_similarity.yaml"),
@@ -73,18 +74,16 @@ CASES = [
     ("chunk_not_whole_hops", "bs", SPLIFFT + "bs_roformer-gilliaaan-phantom_center_wide_v1.json"),
 ]  # fmt: skip
 #: Shape classes whose every published config has 21.8-s chunks (960000 samples)
-#: and a head whose width no config key sets (HyperACE's CNN: 256-768 channels;
-#: the axial refiner: 8 heads of 64): at least three such chunks through both
-#: pipelines take 10-20 minutes on 2 CPUs each, beyond the suite's budget.
-#: ``SEPCLI_SHAPES_HEAVY=1`` runs them (docs/models.md has the figures of one run).
+#: and a head whose width no key sets (HyperACE's CNN: 256-768 channels; the axial
+#: refiner: 8 heads of 64): 2-3 minutes each on 2 idle CPUs (HyperACE v1, 70 s, is
+#: in :data:`CASES`), beyond the suite's budget; ``SEPCLI_SHAPES_HEAVY=1`` runs them.
 HEAVY = [
-    ("hyperace_v1", "bs+hyperace_residual_v1", SPLIFFT + "bs_roformer-unwa-hyperace_v1_instrum.json"),
     ("hyperace_v2", "bs+hyperace_residual_v2", SPLIFFT + "bs_roformer-unwa-hyperace_v2_vocals.json"),
     ("axial_refiner", "bs+axial_refiner_large_v2", SPLIFFT + "mel_roformer-unwa-large_inst_v2.json"),
 ]  # fmt: skip
 _HEAVY_SKIP = pytest.mark.skipif(
     not os.environ.get("SEPCLI_SHAPES_HEAVY"),
-    reason="21.8-s chunks through a full-width head: minutes per chunk on 2 CPUs; "
+    reason="21.8-s chunks through a full-width head: 2-3 minutes on 2 idle CPUs; "
     "SEPCLI_SHAPES_HEAVY=1 runs it",
 )
 
