@@ -78,8 +78,9 @@ def shape_class(model_type: str, cfg: Any) -> str:
     return "+".join(parts)
 
 
-def shrink(model_type: str, msst: dict[str, Any], frames: int = 8) -> dict[str, Any]:
-    """The config with small widths (every key kept) and a ``frames``-frame chunk."""
+def shrink(model_type: str, msst: dict[str, Any], frames: int | None = 8) -> dict[str, Any]:
+    """The config with small widths (every key kept) and a ``frames``-frame chunk
+    (``None``: the published chunking kept)."""
     data = copy.deepcopy(msst)
     model = data["model"]
     data.setdefault("inference", {})
@@ -93,8 +94,9 @@ def shrink(model_type: str, msst: dict[str, Any], frames: int = 8) -> dict[str, 
     head = model.get("mask_estimator")
     if isinstance(head, dict) and "axial_refiner_depth" in head:
         head["axial_refiner_depth"] = 1
-    data["inference"]["dim_t"] = frames
-    data["audio"].pop("chunk_size", None)
+    if frames is not None:
+        data["inference"]["dim_t"] = frames
+        data["audio"].pop("chunk_size", None)
     return data
 
 
@@ -134,6 +136,24 @@ def _perturb_zeros(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def splifft_random(
+    cfg: Any, frames: int, seed: int = 0, published: bool = False
+) -> torch.nn.Module:
+    """splifft 0.0.9's module for the RoFormer config ``cfg`` (rotary tables for
+    ``frames`` STFT frames) with seeded random weights: ``published``, the
+    reference's own initialisation with zero-initialised gates perturbed; else
+    :func:`_randomise`'s larger weights (reduced width)."""
+    from splifft_reference import splifft_roformer
+
+    torch.manual_seed(seed)
+    ref = splifft_roformer(cfg, frames)
+    if published:
+        _perturb_zeros(ref, seed)
+    else:
+        _randomise(ref, seed)
+    return ref
+
+
 def parity(
     model_type: str, data: dict[str, Any], seed: int = 0, published: bool = False
 ) -> tuple[float, float, Any]:
@@ -154,15 +174,10 @@ def parity(
         if expected.dim() == 3:
             expected = expected.unsqueeze(1)
         return snr_db(expected, got, "reference"), float("inf"), cfg
-    from splifft_reference import load_reference_into, splifft_output, splifft_roformer
+    from splifft_reference import load_reference_into, splifft_output
 
     frames = cfg.dim_t
-    torch.manual_seed(seed)
-    ref = splifft_roformer(cfg, frames)
-    if published:
-        _perturb_zeros(ref, seed)
-    else:
-        _randomise(ref, seed)
+    ref = splifft_random(cfg, frames, seed, published)
     ours = build_model(cfg.family, cfg).eval()
     load_reference_into(ours, ref)
     mix = 0.5 * torch.randn(1, cfg.audio_channels, cfg.stft_hop_length * (frames - 1), generator=g)

@@ -11,6 +11,8 @@ librosa's). Nothing here is copied into sepcli.
 config; :func:`splifft_output` runs it the way splifft's inference does (mask
 times the mixture STFT, inverse STFT), with sepcli's STFT, whose parity with
 ``torch.stft`` is tested elsewhere: the comparison is at the network.
+:class:`SplifftWaveform` runs it on waveforms as splifft's own inference does
+(splifft's STFT), for the chunked real-song checks (tests/test_cli_separate_shapes.py).
 """
 
 from __future__ import annotations
@@ -139,3 +141,41 @@ def splifft_output(ref: torch.nn.Module, ours: torch.nn.Module, mix: torch.Tenso
     sources = out.shape[1]
     out = out.reshape(batch, sources, freqs, channels, frames).permute(0, 1, 3, 2, 4)
     return istft(out, ours.n_fft, ours.hop_length, length, ours.window, ours.normalized)
+
+
+class SplifftWaveform(torch.nn.Module):
+    """splifft's module on waveform chunks of ``chunk`` samples, as the inference of
+    MSST and audio-separator runs its RoFormers: ``torch.stft`` (Hann, centred,
+    reflect padding), the mask times the mixture spectrogram in splifft's layout,
+    ``torch.istft`` to ``chunk`` samples; ``(B, C, chunk) -> (B, S, C, chunk)``.
+    No sepcli code on this path.
+
+    Not splifft's own ``Stft`` (a DFT as 1-D convolutions): its float32 rounding
+    differs from the FFT's in the near-silent bins of real music (above a lossy
+    codec's low-pass), which each band's RMSNorm scales up to unit size, so a
+    random-weight network's outputs differ by far more than rounding (41.5 dB at
+    one chunk where the FFT on both sides gives 123 dB;
+    tests/test_cli_separate_shapes.py)."""
+
+    def __init__(self, ref: torch.nn.Module, cfg, chunk: int) -> None:
+        super().__init__()
+        self.model = ref
+        self.n_fft, self.hop_length = cfg.stft_n_fft, cfg.stft_hop_length
+        self.register_buffer("window", torch.hann_window(cfg.stft_win_length))
+        self.chunk = chunk
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        batch, channels, _ = mix.shape
+        args = {"n_fft": self.n_fft, "hop_length": self.hop_length, "window": self.window}
+        spec = torch.stft(mix.reshape(batch * channels, -1), **args, return_complex=True)
+        freqs, frames = spec.shape[-2:]
+        spec = torch.view_as_real(spec).reshape(batch, channels, freqs, frames, 2)
+        spec = spec.permute(0, 2, 1, 3, 4).reshape(batch, freqs * channels, frames, 2)
+        mask = self.model(spec)  # (B, S, F * C, N, 2)
+        out = torch.view_as_complex(spec.unsqueeze(1).contiguous()) * torch.view_as_complex(
+            mask.contiguous()
+        )
+        sources = out.shape[1]
+        out = out.reshape(batch * sources, freqs, channels, frames).transpose(1, 2)
+        wave = torch.istft(out.reshape(-1, freqs, frames), **args, length=self.chunk)
+        return wave.reshape(batch, sources, channels, self.chunk)

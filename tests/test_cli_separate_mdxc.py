@@ -4,88 +4,26 @@ A checkpoint in the published format (the published YAML's keys, small widths,
 the reference's own random initialisation) is imported with ``sepcli models
 import --format msst`` and run by ``sepcli separate`` (float32 WAV out, no
 clipping). The peer is audio-separator 0.47.1's own ``MDXCSeparator.demix``
-with its own model class on the same samples, driven as in
-tests/test_mdxc_recipe.py (object made with ``__new__``, only the attributes
-``demix`` reads set; residual stems as audio-separator computes them). Only
-its file pipeline's peak normalisation is left out. Reference installation:
-tests/audio_separator_reference.py.
+with its own model class on the same samples (tests/separate_parity.py).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from audio_separator_reference import (
-    reference_model,
-    reference_module,
-    tiny_msst_yaml,
-    write_msst_yaml,
-)
-from click.testing import CliRunner
+from audio_separator_reference import reference_model, tiny_msst_yaml
 from conftest import real_song, with_noise_floor
+from separate_parity import cli_separate, import_archive, reference_separate
 from snr import snr_db
-
-from sepcli.cli import main
 
 
 def _import(tmp_path: Path, model_type: str, dim_t: int | None, num_overlap: int | None):
     cfg = tiny_msst_yaml(model_type, dim_t, num_overlap)
     ref = reference_model(model_type, cfg, seed=1)
-    ckpt = tmp_path / f"{model_type}.ckpt"
-    torch.save(ref.state_dict(), ckpt)
-    config = write_msst_yaml(tmp_path / f"{model_type}.yaml", cfg)
-    archive = tmp_path / f"{model_type}.sepcli"
-    result = CliRunner().invoke(
-        main, ["models", "import", "--format", "msst", "--config", str(config), str(ckpt),
-               "-o", str(archive)],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return archive, ref, cfg
-
-
-def reference_separate(ref: torch.nn.Module, cfg: dict, mix: np.ndarray) -> dict[str, np.ndarray]:
-    """audio-separator's ``MDXCSeparator.demix`` on ``mix (channel, time)``, by stem name."""
-    ml_collections = pytest.importorskip("ml_collections")
-    module = reference_module("architectures.mdxc_separator")
-    sep = module.MDXCSeparator.__new__(module.MDXCSeparator)  # no file loading, no devices
-    sep.logger = logging.getLogger("audio-separator-reference")
-    sep.pitch_shift = 0
-    sep.is_roformer = "num_subbands" not in cfg["model"]
-    sep.override_model_segment_size = False
-    sep.segment_size = 256
-    sep.overlap = cfg["inference"].get("num_overlap", 8)
-    sep.batch_size = cfg["inference"].get("batch_size", 1)
-    sep.torch_device = sep.torch_device_cpu = torch.device("cpu")
-    sep.model_data_cfgdict = ml_collections.ConfigDict(cfg)
-    sep.model_run = ref
-    target = cfg["training"].get("target_instrument")
-    sep.is_primary_stem_main_target = bool(target)
-    if target:
-        sep.primary_stem_name = target
-        sep.secondary_stem_name = next(i for i in cfg["training"]["instruments"] if i != target)
-    with torch.no_grad():
-        out = sep.demix(mix.astype(np.float32), override_model_segment_size=False)
-    return {k.lower(): np.asarray(v) for k, v in out.items()}
-
-
-def _separate(tmp_path: Path, archive: Path, song: Path, stems: str) -> dict[str, np.ndarray]:
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main, ["separate", str(song), "-m", str(archive), "-o", str(out), "--stems", stems,
-               "--bit-depth", "32", "--clip", "none", "--device", "cpu", "--force", "-q"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    found = {}
-    for stem in stems.split(","):
-        audio, rate = sf.read(out / song.stem / f"{stem}.wav", dtype="float32", always_2d=True)
-        assert rate == 44100
-        found[stem] = audio.T
-    return found
+    return import_archive(tmp_path, model_type, cfg, ref.state_dict()), ref, cfg
 
 
 def _check(tmp_path, model_type, song, mix, dim_t=None, num_overlap=None) -> dict[str, float]:
@@ -95,7 +33,7 @@ def _check(tmp_path, model_type, song, mix, dim_t=None, num_overlap=None) -> dic
         pairs = {"vocals": "vocals", "instrumental": "instrumental"}
     else:  # one-stem model: audio-separator's instrumental is the mixture minus vocals
         pairs = {"vocals": "vocals", "accompaniment": "instrumental"}
-    got = _separate(tmp_path, archive, song, ",".join(pairs))
+    got = cli_separate(tmp_path, archive, song, ",".join(pairs))
     scores = {}
     for ours, theirs in pairs.items():
         assert got[ours].shape == expected[theirs].shape == mix.shape
