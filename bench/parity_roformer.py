@@ -25,17 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _snr(ref, est) -> float:
-    import numpy as np
-
-    ref, est = np.asarray(ref, dtype=np.float64), np.asarray(est, dtype=np.float64)
-    noise = ((ref - est) ** 2).sum()
-    return float("inf") if noise == 0 else float(10 * np.log10((ref**2).sum() / noise))
-
-
 def published(rows: list[str]) -> None:
     import torch
     from audio_separator_reference import PUBLISHED_YAMLS, reference_model
+    from snr import snr_db
 
     from sepcli.models import build_model
     from sepcli.models.importers.msst import config_from_msst, read_msst_yaml
@@ -64,7 +57,7 @@ def published(rows: list[str]) -> None:
             expected = expected.unsqueeze(1)
         params = sum(p.numel() for p in ours.parameters())
         rows.append(
-            f"| {path.name} | {params:,} | {_snr(expected, got):.1f} | {_snr(got, script):.1f} |"
+            f"| {path.name} | {params:,} | {snr_db(expected, got):.1f} | {snr_db(got, script):.1f} |"
         )
         print(rows[-1], flush=True)
 
@@ -73,12 +66,13 @@ def cli(rows: list[str], seconds: int) -> None:
     import numpy as np
     import soundfile as sf
     import test_cli_separate_mdxc as t
+    from conftest import real_song
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         shared = ROOT.parent / "shared" / "data"
         if (shared / "musdb18-preview" / "train").is_dir():
-            mix, what = t._real_song(shared, seconds), "real music"
+            mix, what = real_song(shared, seconds), "real music"
         else:
             g = np.random.default_rng(0)
             mix, what = (0.1 * g.standard_normal((2, seconds * 44100))).astype(np.float32), "noise"
