@@ -80,6 +80,33 @@ def _prepare(
     return latency, warm
 
 
+def _streaming_separator(
+    model: str,
+    device: str,
+    separator_config: Any,
+    latency: float | None,
+    cache_dir: str | None,
+    offline: bool,
+    quiet: bool,
+) -> tuple[Any, Any]:
+    """The model loaded for a stream (``separate -`` and ``live``): its
+    :class:`~sepcli.inference.separator.Separator` on the chunk plan for ``latency``,
+    and that plan. A model that needs the whole track first (MSST's
+    ``inference.normalize``) is refused."""
+    from sepcli.cli.bars import load_model_for_cli
+    from sepcli.inference import live
+    from sepcli.inference.normalize import stream_refusal
+    from sepcli.inference.separator import Separator, resolve_device
+
+    torch_device = resolve_device(device)
+    archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
+    plan = live.plan_for_latency(archive.metadata, separator_config, latency)
+    separator = Separator(archive, plan.config, device=torch_device)
+    if separator.needs_track_stats:
+        raise stream_refusal(separator.metadata.name)
+    return separator, plan
+
+
 def _report_pipe(stats: Any, quiet: bool) -> None:
     if quiet or not stats.latencies:
         return
@@ -119,10 +146,7 @@ def separate_stream(
 ) -> None:
     """``sepcli separate -``: standard input in, stems out as they are computed."""
     from sepcli.audio import stream as pipes
-    from sepcli.cli.bars import load_model_for_cli
     from sepcli.inference import live
-    from sepcli.inference.normalize import stream_refusal
-    from sepcli.inference.separator import Separator, resolve_device
 
     if fmt not in ("wav", "raw"):
         raise UsageError("standard input writes --format wav or raw (streams)")
@@ -151,12 +175,9 @@ def separate_stream(
     if gains and per_stem:
         raise UsageError("--mix makes one output and -o with {stem} one per stem: give one")
 
-    torch_device = resolve_device(device)
-    archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
-    plan = live.plan_for_latency(archive.metadata, separator_config, latency)
-    separator = Separator(archive, plan.config, device=torch_device)
-    if separator.needs_track_stats:  # MSST's inference.normalize: the whole track first
-        raise stream_refusal(separator.metadata.name)
+    separator, plan = _streaming_separator(
+        model, device, separator_config, latency, cache_dir, offline, quiet
+    )
     names = [r.name for r in separator.stems(stem_list)]
     if len(names) > 1 and not gains and not per_stem:
         raise UsageError(
@@ -408,18 +429,12 @@ def live_command(
     if threads:
         torch.set_num_threads(threads)
     from sepcli import audio
-    from sepcli.cli.bars import load_model_for_cli
     from sepcli.inference import live
-    from sepcli.inference.normalize import stream_refusal
-    from sepcli.inference.separator import Separator, resolve_device
 
     gains = parse_gains(mix)
-    torch_device = resolve_device(device)
-    archive = load_model_for_cli(model, torch_device, cache_dir, offline, quiet)
-    plan = live.plan_for_latency(archive.metadata, separator_config, latency)
-    separator = Separator(archive, plan.config, device=torch_device)
-    if separator.needs_track_stats:  # MSST's inference.normalize: the whole track first
-        raise stream_refusal(separator.metadata.name)
+    separator, plan = _streaming_separator(
+        model, device, separator_config, latency, cache_dir, offline, quiet
+    )
     if stems:
         wanted = [s.strip().lower() for s in stems.split(",") if s.strip()]
     else:
