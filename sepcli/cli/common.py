@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from sepcli.dsp import PHASE_METHODS
 from sepcli.errors import SepcliError, exit_code_for
@@ -22,6 +23,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: stderr console for messages and progress; stdout stays clean for data (--json, paths).
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
+
+
+def card_table() -> Table:
+    """The two-column key/value table of an ``info`` command (bold key, folded value)."""
+    table = Table(show_header=False, show_edge=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    return table
 
 
 def archive_output_options(func: F) -> F:

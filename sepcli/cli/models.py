@@ -14,7 +14,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from sepcli.cli.bars import download_bar
-from sepcli.cli.common import err_console, handle_errors, out_console, setup_logging
+from sepcli.cli.common import card_table, err_console, handle_errors, out_console, setup_logging
 from sepcli.errors import IntegrityError, ModelNotFoundError
 from sepcli.hub import (
     list_models,
@@ -363,9 +363,7 @@ def info_command(hub: dict[str, Any], name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table = card_table()
     for key in (
         "name",
         "description",
@@ -408,9 +406,7 @@ def _file_info(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table = card_table()
     rows = {
         "name": meta.name, "description": meta.description, "family": meta.family,
         "sources": ", ".join(meta.sources), "sample_rate": meta.sample_rate,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sepcli.cli.common import handle_errors, out_console, setup_logging
+from sepcli.cli.common import card_table, handle_errors, out_console, setup_logging
 from sepcli.hub import list_models, open_registry
 from sepcli.hub.presets import Preset, chain_problems, load_presets, resolve_preset
 
@@ -161,9 +161,7 @@ def info_command(name, preset_files, cache_dir, offline, as_json) -> None:
     if as_json:
         click.echo(json.dumps(row, indent=2))
         return
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table = card_table()
     table.add_row("name", preset.name)
     table.add_row("kind", preset.kind)
     if preset.description:
